@@ -1,0 +1,1 @@
+"""The platform's Jupyter server extensions, one package each."""

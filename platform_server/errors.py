@@ -1,0 +1,68 @@
+"""Errors: domain errors raised by storage and services, and the one HTTP error handlers raise."""
+
+from __future__ import annotations
+
+from tornado import web
+
+
+class PlatformError(web.HTTPError):
+    """An error shown to the API client as ``{"message": ..., "reason": ...}``.
+
+    The message is shown verbatim (it is never %-formatted), so it may contain user input.
+    """
+
+    def __init__(self, status_code: int, message: str, *, reason: str | None = None) -> None:
+        super().__init__(status_code, reason=reason)
+        # Set after __init__ so tornado never applies %-formatting to user-provided text.
+        self.log_message = message
+        self.message = message
+
+
+class DomainError(Exception):
+    """Base of the errors that storage and services raise; handlers map them to HTTP."""
+
+    status_code = 400
+    reason = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_http(self) -> PlatformError:
+        """The HTTP error an API handler answers with."""
+        return PlatformError(self.status_code, self.message, reason=self.reason)
+
+
+class InvalidInput(DomainError):
+    """Input that fails validation; nothing was changed."""
+
+    status_code = 400
+    reason = "invalid_input"
+
+
+class NotFound(DomainError):
+    """The thing does not exist, or the caller may not know that it does."""
+
+    status_code = 404
+    reason = "not_found"
+
+
+class Conflict(DomainError):
+    """The request conflicts with the current state (a name taken, a limit reached)."""
+
+    status_code = 409
+    reason = "conflict"
+
+
+class Forbidden(DomainError):
+    """The caller is known but not allowed to do this."""
+
+    status_code = 403
+    reason = "forbidden"
+
+
+class DatabaseUnavailable(DomainError):
+    """PostgreSQL cannot be reached; the request may be retried once it is back."""
+
+    status_code = 503
+    reason = "database_unavailable"

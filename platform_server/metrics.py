@@ -1,0 +1,13 @@
+"""Prometheus metrics of the platform, beside jupyter_server's own (requests by handler)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+LOGINS = Counter("platform_logins_total", "Successful password logins.")
+LOGIN_FAILURES = Counter(
+    "platform_login_failures_total",
+    "Refused password logins, by why they were refused.",
+    ["reason"],
+)
+REGISTRATIONS = Counter("platform_registrations_total", "Accounts created by registration.")
