@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from jupyter_server.serverapp import ServerApp
 from traitlets import Float, Integer, Unicode, default
@@ -33,9 +33,9 @@ class PlatformApp(ServerApp):
 
     # No root-level contents, files, kernels, sessions, nbconvert, config (which writes the
     # server's config files), events (server-wide), shutdown or the default pages.
-    default_services = ("api", "auth", "security")
+    default_services = ("api", "auth", "security")  # type: ignore[assignment]
 
-    subcommands: dict[str, Any] = {  # type: ignore[assignment]
+    subcommands: ClassVar[dict[str, Any]] = {  # type: ignore[misc]
         "create-user": (
             "extensions.accounts.cli.CreateUserApp",
             "Create a user (with --admin, an administrator); the password is read from a "
@@ -52,9 +52,9 @@ class PlatformApp(ServerApp):
         help="Folder of the platform's local state (the embedded PostgreSQL's files).",
     ).tag(config=True)
 
-    db_pool_size = Integer(
-        10, help="Most connections this process keeps open to PostgreSQL."
-    ).tag(config=True)
+    db_pool_size = Integer(10, help="Most connections this process keeps open to PostgreSQL.").tag(
+        config=True
+    )
 
     db_timeout = Float(
         5.0,

@@ -12,9 +12,8 @@ class PlatformError(web.HTTPError):
     """
 
     def __init__(self, status_code: int, message: str, *, reason: str | None = None) -> None:
-        super().__init__(status_code, reason=reason)
-        # Set after __init__ so tornado never applies %-formatting to user-provided text.
-        self.log_message = message
+        # No format args are passed, so tornado never %-formats the (maybe user-given) text.
+        super().__init__(status_code, message, reason=reason)
         self.message = message
 
 

@@ -97,8 +97,8 @@ class PlatformAPIHandler(APIHandler):
         reason = None
         if isinstance(error, PlatformError):
             message, reason = error.message, error.reason
-        elif isinstance(error, web.HTTPError) and error.log_message:
-            message = error.log_message % error.args if error.args else error.log_message
+        elif isinstance(error, web.HTTPError) and error.get_message():
+            message = error.get_message() or ""
             reason = error.reason
         elif status_code >= 500:
             message = "Internal server error; the server log has the details."

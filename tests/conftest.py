@@ -123,6 +123,8 @@ def client(base_url: str) -> Client:
     return Client(base_url)
 
 
+PASSWORD = "correct horse"
+
 UserFactory = Callable[..., Awaitable[Client]]
 
 
@@ -130,7 +132,9 @@ UserFactory = Callable[..., Awaitable[Client]]
 def make_user(base_url: str) -> UserFactory:
     """Register a user and return a client logged in as them (cookie + XSRF)."""
 
-    async def make(username: str = "alice", password: str = "correct horse", **extra: Any) -> Client:
+    async def make(
+        username: str = "alice", password: str = "correct horse", **extra: Any
+    ) -> Client:
         browser = Client(base_url)
         response = await browser.post(
             "/api/accounts/register", {"username": username, "password": password, **extra}

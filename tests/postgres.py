@@ -29,7 +29,7 @@ def postgres_server(tmp_dir: Path) -> Iterator[str]:
     if external:
         yield external
         return
-    import pgserver  # noqa: PLC0415
+    import pgserver
 
     server = pgserver.get_server(tmp_dir / "pgdata", cleanup_mode="delete")
     try:

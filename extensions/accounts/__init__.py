@@ -6,6 +6,6 @@ from typing import Any
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
-    from extensions.accounts.app import AccountsApp  # noqa: PLC0415  (jupyter's lazy pattern)
+    from extensions.accounts.app import AccountsApp
 
     return [{"module": "extensions.accounts", "app": AccountsApp}]

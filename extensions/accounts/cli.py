@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 from jupyter_core.application import JupyterApp
 from traitlets import Bool, Unicode
@@ -26,10 +26,10 @@ class CreateUserApp(JupyterApp):
     admin = Bool(False, help="Make the user an administrator.").tag(config=True)
     email = Unicode("", help="The user's email address (optional).").tag(config=True)
 
-    flags: dict[str, Any] = {  # type: ignore[assignment]
+    flags: ClassVar[dict[str, Any]] = {  # type: ignore[misc]
         "admin": ({"CreateUserApp": {"admin": True}}, "Make the user an administrator."),
     }
-    aliases: dict[str, Any] = {  # type: ignore[assignment]
+    aliases: ClassVar[dict[str, Any]] = {  # type: ignore[misc]
         "email": "CreateUserApp.email",
         "db-url": "PlatformApp.db_url",
         "data-dir": "PlatformApp.data_dir",
@@ -54,7 +54,8 @@ class CreateUserApp(JupyterApp):
             email = validation.email(self.email)
         except DomainError as e:
             self.exit(e.message)
-        platform = self.parent if isinstance(self.parent, PlatformApp) else PlatformApp(config=self.config)
+        # Options given after the subcommand (--PlatformApp.db_url=...) are in this app's config.
+        platform = PlatformApp(config=self.config, log=self.log)
         conninfo = platform.start_database()
         try:
             asyncio.run(self._create(conninfo, username, password, email))
@@ -62,7 +63,7 @@ class CreateUserApp(JupyterApp):
             self.exit(e.message)
         finally:
             platform.stop_embedded_database()
-        print(f"Created {'administrator' if self.admin else 'user'} {username}.")  # noqa: T201
+        print(f"Created {'administrator' if self.admin else 'user'} {username}.")
 
     async def _create(self, conninfo: str, username: str, password: str, email: str | None) -> None:
         db = Database(conninfo, max_size=1, log=self.log)

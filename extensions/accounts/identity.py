@@ -16,6 +16,8 @@ from platform_server.errors import DatabaseUnavailable
 if TYPE_CHECKING:
     from jupyter_server.base.handlers import JupyterHandler
 
+    from platform_server.app import PlatformApp
+
 
 @dataclass
 class PlatformUser(User):
@@ -46,7 +48,7 @@ class PlatformIdentityProvider(IdentityProvider):
 
     @default("accounts")
     def _default_accounts(self) -> Accounts:
-        return Accounts(parent=self, db=self.parent.db)
+        return Accounts(parent=self, db=cast("PlatformApp", self.parent).db)
 
     @default("token")
     def _default_token(self) -> str:
@@ -67,7 +69,7 @@ class PlatformIdentityProvider(IdentityProvider):
         """See ``login_available``."""
         return False
 
-    async def get_user(self, handler: web.RequestHandler) -> PlatformUser | None:  # type: ignore[override]
+    async def get_user(self, handler: web.RequestHandler) -> PlatformUser | None:
         """The user a token or login cookie identifies, or None."""
         cached = getattr(handler, "_jupyter_current_user", None)
         if cached is not None:

@@ -6,12 +6,13 @@ from datetime import datetime
 from typing import TypedDict, cast
 
 import psycopg
+from psycopg import sql
 
 from platform_server.db import Connection
 from platform_server.errors import Conflict, NotFound
 
-# Touch last_seen/last_used at most this often, not on every request.
-TOUCH_INTERVAL = "60 seconds"
+# Touch last_seen/last_used at most this often (seconds), not on every request.
+TOUCH_INTERVAL = 60
 
 
 class UserRow(TypedDict):
@@ -44,7 +45,10 @@ class FailureRow(TypedDict):
     retry_after: float | None
 
 
-_USER_COLUMNS = "id, username, email, password_hash, is_admin, disabled, created_at"
+_USER_FIELDS = ("id", "username", "email", "password_hash", "is_admin", "disabled", "created_at")
+USER_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, _USER_FIELDS))
+# The same columns of users aliased as "u", for joins.
+U_COLUMNS = sql.SQL(", ").join(sql.Identifier("u", f) for f in _USER_FIELDS)
 
 
 async def create_user(
@@ -53,8 +57,10 @@ async def create_user(
     """Insert a user; ``Conflict`` when the name is taken."""
     try:
         cur = await conn.execute(
-            f"""INSERT INTO users (username, email, password_hash, is_admin)
-                VALUES (%s, %s, %s, %s) RETURNING {_USER_COLUMNS}""",
+            sql.SQL(
+                """INSERT INTO users (username, email, password_hash, is_admin)
+                VALUES (%s, %s, %s, %s) RETURNING {cols}"""
+            ).format(cols=USER_COLUMNS),
             [username, email, password_hash, is_admin],
         )
     except psycopg.errors.UniqueViolation as e:
@@ -66,14 +72,19 @@ async def create_user(
 async def get_user_by_name(conn: Connection, username: str) -> UserRow | None:
     """The user called ``username`` (case-insensitive), or None."""
     cur = await conn.execute(
-        f"SELECT {_USER_COLUMNS} FROM users WHERE lower(username) = lower(%s)", [username]
+        sql.SQL("SELECT {cols} FROM users WHERE lower(username) = lower(%s)").format(
+            cols=USER_COLUMNS
+        ),
+        [username],
     )
     return cast(UserRow | None, await cur.fetchone())
 
 
 async def get_user(conn: Connection, user_id: int) -> UserRow:
     """The user with this id; ``NotFound`` if it was deleted."""
-    cur = await conn.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = %s", [user_id])
+    cur = await conn.execute(
+        sql.SQL("SELECT {cols} FROM users WHERE id = %s").format(cols=USER_COLUMNS), [user_id]
+    )
     row = await cur.fetchone()
     if row is None:
         msg = "No such user."
@@ -83,7 +94,9 @@ async def get_user(conn: Connection, user_id: int) -> UserRow:
 
 async def list_users(conn: Connection) -> list[UserRow]:
     """Every user, oldest first."""
-    cur = await conn.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY id")
+    cur = await conn.execute(
+        sql.SQL("SELECT {cols} FROM users ORDER BY id").format(cols=USER_COLUMNS)
+    )
     return cast(list[UserRow], await cur.fetchall())
 
 
@@ -99,13 +112,15 @@ async def update_user(
 ) -> UserRow:
     """Change the given fields of one user and return the new row."""
     cur = await conn.execute(
-        f"""UPDATE users SET
+        sql.SQL(
+            """UPDATE users SET
                 email = CASE WHEN %(clear_email)s THEN NULL ELSE coalesce(%(email)s, email) END,
                 password_hash = coalesce(%(password_hash)s, password_hash),
                 disabled = coalesce(%(disabled)s, disabled),
                 is_admin = coalesce(%(is_admin)s, is_admin),
                 updated_at = now()
-            WHERE id = %(id)s RETURNING {_USER_COLUMNS}""",
+            WHERE id = %(id)s RETURNING {cols}"""
+        ).format(cols=USER_COLUMNS),
         {
             "id": user_id,
             "email": email,
@@ -144,9 +159,11 @@ async def create_login(
 async def user_for_login(conn: Connection, secret_hash: bytes) -> tuple[UserRow, int] | None:
     """The enabled user of an unexpired login, with the login's id; None otherwise."""
     cur = await conn.execute(
-        f"""SELECT l.id AS login_id, {", ".join("u." + c for c in _USER_COLUMNS.split(", "))}
-            FROM logins l JOIN users u ON u.id = l.user_id
-            WHERE l.secret_hash = %s AND l.expires_at > now() AND NOT u.disabled""",
+        sql.SQL(
+            """SELECT l.id AS login_id, {cols}
+               FROM logins l JOIN users u ON u.id = l.user_id
+               WHERE l.secret_hash = %s AND l.expires_at > now() AND NOT u.disabled"""
+        ).format(cols=U_COLUMNS),
         [secret_hash],
     )
     row = await cur.fetchone()
@@ -154,9 +171,9 @@ async def user_for_login(conn: Connection, secret_hash: bytes) -> tuple[UserRow,
         return None
     login_id = int(row.pop("login_id"))
     await conn.execute(
-        f"""UPDATE logins SET last_seen_at = now()
-            WHERE id = %s AND last_seen_at < now() - interval '{TOUCH_INTERVAL}'""",
-        [login_id],
+        """UPDATE logins SET last_seen_at = now()
+           WHERE id = %s AND last_seen_at < now() - make_interval(secs => %s)""",
+        [login_id, TOUCH_INTERVAL],
     )
     return cast(UserRow, row), login_id
 
@@ -218,10 +235,12 @@ async def delete_token(conn: Connection, user_id: int, token_id: int) -> None:
 async def user_for_token(conn: Connection, token_hash: bytes) -> UserRow | None:
     """The enabled user of an unexpired token, or None."""
     cur = await conn.execute(
-        f"""SELECT t.id AS token_id, {", ".join("u." + c for c in _USER_COLUMNS.split(", "))}
-            FROM api_tokens t JOIN users u ON u.id = t.user_id
-            WHERE t.token_hash = %s AND (t.expires_at IS NULL OR t.expires_at > now())
-              AND NOT u.disabled""",
+        sql.SQL(
+            """SELECT t.id AS token_id, {cols}
+               FROM api_tokens t JOIN users u ON u.id = t.user_id
+               WHERE t.token_hash = %s AND (t.expires_at IS NULL OR t.expires_at > now())
+                 AND NOT u.disabled"""
+        ).format(cols=U_COLUMNS),
         [token_hash],
     )
     row = await cur.fetchone()
@@ -229,9 +248,9 @@ async def user_for_token(conn: Connection, token_hash: bytes) -> UserRow | None:
         return None
     token_id = row.pop("token_id")
     await conn.execute(
-        f"""UPDATE api_tokens SET last_used_at = now() WHERE id = %s
-            AND (last_used_at IS NULL OR last_used_at < now() - interval '{TOUCH_INTERVAL}')""",
-        [token_id],
+        """UPDATE api_tokens SET last_used_at = now() WHERE id = %s
+           AND (last_used_at IS NULL OR last_used_at < now() - make_interval(secs => %s))""",
+        [token_id, TOUCH_INTERVAL],
     )
     return cast(UserRow, row)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypeAlias
@@ -15,16 +16,20 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from platform_server.errors import DatabaseUnavailable
 
 Connection: TypeAlias = psycopg.AsyncConnection[DictRow]
+Pool: TypeAlias = AsyncConnectionPool[Connection]
 
 UNAVAILABLE_MESSAGE = "The database is unavailable. Try again in a few seconds."
+# While PostgreSQL is down, at most one request per interval (seconds) tries to reach it;
+# the others are answered 503 at once instead of each waiting for the pool's timeout.
+PROBE_INTERVAL = 0.5
 
 
 class Database:
-    """An ``AsyncConnectionPool`` that turns connection failures into ``DatabaseUnavailable``.
+    """An ``AsyncConnectionPool`` that fails fast while PostgreSQL is down and recovers.
 
     The pool opens on first use, so it binds to whichever event loop serves requests. Every
-    connection is checked when it leaves the pool, so after PostgreSQL restarts the next
-    request gets a fresh connection instead of an error.
+    connection is checked as it leaves the pool, so a restarted server costs no request an
+    error once it is back.
     """
 
     def __init__(
@@ -36,28 +41,38 @@ class Database:
         log: logging.Logger | None = None,
     ) -> None:
         self.conninfo = conninfo
+        self.max_size = max_size
+        self.timeout = timeout
         self.log = log or logging.getLogger(__name__)
-        self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
-            conninfo,
+        self._pool = self._new_pool()
+        self._opened = False
+        self._open_lock = asyncio.Lock()
+        self._down = False
+        self._probe_lock = asyncio.Lock()
+        self._last_probe = 0.0
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _new_pool(self) -> Pool:
+        return AsyncConnectionPool(
+            self.conninfo,
             connection_class=psycopg.AsyncConnection[DictRow],
-            kwargs={"row_factory": dict_row, "connect_timeout": max(1, int(timeout))},
+            kwargs={"row_factory": dict_row, "connect_timeout": max(1, int(self.timeout))},
             min_size=1,
-            max_size=max_size,
-            timeout=timeout,
+            max_size=self.max_size,
+            timeout=self.timeout,
             check=AsyncConnectionPool.check_connection,
             open=False,
             name="platform",
         )
-        self._opened = False
-        self._open_lock = asyncio.Lock()
 
-    async def _ensure_open(self) -> None:
-        if self._opened:
-            return
-        async with self._open_lock:
-            if not self._opened:
-                await self._pool.open(wait=False)
-                self._opened = True
+    async def _ensure_open(self) -> Pool:
+        pool = self._pool
+        if not self._opened:
+            async with self._open_lock:
+                if not self._opened:
+                    await pool.open(wait=False)
+                    self._opened = True
+        return pool
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -65,13 +80,43 @@ class Database:
 
         Store functions take this connection and never open transactions of their own.
         """
-        await self._ensure_open()
+        if self._down:
+            await self._probe()
+        pool = await self._ensure_open()
         try:
-            async with self._pool.connection() as conn:
+            async with pool.connection() as conn:
                 yield conn
-        except (psycopg.OperationalError, PoolTimeout) as e:
-            self.log.warning("database | unavailable: %s", type(e).__name__)
+        except PoolTimeout as e:
+            if not self._down:
+                self.log.warning("database | unreachable; answering 503 until it is back")
+            self._down = True
             raise DatabaseUnavailable(UNAVAILABLE_MESSAGE) from e
+        except psycopg.OperationalError as e:
+            self.log.warning("database | connection failed: %s", type(e).__name__)
+            raise DatabaseUnavailable(UNAVAILABLE_MESSAGE) from e
+
+    async def _probe(self) -> None:
+        """While down: one request at a time checks whether PostgreSQL is back; others fail."""
+        if self._probe_lock.locked():
+            raise DatabaseUnavailable(UNAVAILABLE_MESSAGE)
+        async with self._probe_lock:
+            if not self._down:
+                return
+            if time.monotonic() - self._last_probe < PROBE_INTERVAL:
+                raise DatabaseUnavailable(UNAVAILABLE_MESSAGE)
+            self._last_probe = time.monotonic()
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.conninfo, connect_timeout=2)
+            except psycopg.OperationalError as e:
+                raise DatabaseUnavailable(UNAVAILABLE_MESSAGE) from e
+            await conn.close()
+            # A fresh pool: the old one may be backing off for minutes between reconnections.
+            old, self._pool, self._opened = self._pool, self._new_pool(), False
+            self._down = False
+            task = asyncio.create_task(old.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            self.log.info("database | reachable again")
 
     async def ping(self) -> None:
         """Raise ``DatabaseUnavailable`` unless PostgreSQL answers a query."""
@@ -83,3 +128,4 @@ class Database:
         if self._opened:
             await self._pool.close()
             self._opened = False
+        await asyncio.gather(*self._closing)

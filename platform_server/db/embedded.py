@@ -26,11 +26,12 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or join) the server and return the conninfo of the platform's database."""
-        import pgserver  # slow to import; only needed without DATABASE_URL
+        # Slow to import, and only needed without DATABASE_URL.
+        from pgserver.postgres_server import get_server
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         self.log.info("database | starting embedded PostgreSQL in %s", self.pgdata)
-        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        self._server = get_server(self.pgdata, cleanup_mode="stop")
         admin_uri: str = self._server.get_uri("postgres")
         with psycopg.connect(admin_uri, autocommit=True) as conn:
             exists = conn.execute(
