@@ -11,10 +11,19 @@ class PlatformError(web.HTTPError):
     The message is shown verbatim (it is never %-formatted), so it may contain user input.
     """
 
-    def __init__(self, status_code: int, message: str, *, reason: str | None = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        reason: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         # No format args are passed, so tornado never %-formats the (maybe user-given) text.
         super().__init__(status_code, message, reason=reason)
         self.message = message
+        # Sent with the error response (tornado clears headers set before an error).
+        self.headers = headers or {}
 
 
 class DomainError(Exception):
@@ -27,9 +36,15 @@ class DomainError(Exception):
         super().__init__(message)
         self.message = message
 
+    def headers(self) -> dict[str, str]:
+        """Headers the HTTP answer must carry. Override in a subclass."""
+        return {}
+
     def to_http(self) -> PlatformError:
         """The HTTP error an API handler answers with."""
-        return PlatformError(self.status_code, self.message, reason=self.reason)
+        return PlatformError(
+            self.status_code, self.message, reason=self.reason, headers=self.headers()
+        )
 
 
 class InvalidInput(DomainError):

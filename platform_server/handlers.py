@@ -16,6 +16,15 @@ from platform_server.errors import DatabaseUnavailable, DomainError, PlatformErr
 DB_SETTING = "platform_db"
 
 
+def unauthenticated() -> PlatformError:
+    """The 401 of a request without valid credentials."""
+    return PlatformError(
+        401,
+        "Authentication required: log in, or send an API token as 'Authorization: token <t>'.",
+        reason="unauthenticated",
+    )
+
+
 class PlatformAPIHandler(APIHandler):
     """JSON in, JSON out; domain errors become ``{"message", "reason"}`` with their status."""
 
@@ -26,12 +35,7 @@ class PlatformAPIHandler(APIHandler):
 
     def get_login_url(self) -> str:
         """API clients get 401, never a redirect to a login page."""
-        self.set_header("WWW-Authenticate", 'token realm="platform"')
-        raise PlatformError(
-            401,
-            "Authentication required: log in, or send an API token as 'Authorization: token <t>'.",
-            reason="unauthenticated",
-        )
+        raise unauthenticated()
 
     def check_xsrf_cookie(self) -> None:
         """Jupyter's XSRF check, with a message that says how to pass it."""
@@ -83,12 +87,21 @@ class PlatformAPIHandler(APIHandler):
         # Domain errors are expected outcomes, not crashes: answer with their status and
         # message instead of tornado's logged 500.
         if isinstance(e, DomainError):
-            try:
-                raise e.to_http() from e
-            except PlatformError as http_error:
-                super()._handle_request_exception(http_error)
-            return
-        super()._handle_request_exception(e)
+            e = e.to_http()
+        # tornado's web.authenticated and the XSRF check answer 403 to a write without
+        # credentials; the client needs to hear that it must authenticate.
+        auth_refusal = (
+            isinstance(e, web.HTTPError)
+            and e.status_code == 403
+            and (not isinstance(e, PlatformError) or e.reason == "xsrf")
+        )
+        if auth_refusal and getattr(self, "_jupyter_current_user", "unset") is None:
+            e = unauthenticated()
+        try:
+            # tornado reads the error from sys.exc_info(), so the replacement must be raised.
+            raise e
+        except BaseException as raised:
+            super()._handle_request_exception(raised)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Render every error as JSON ``{"message", "reason"}``."""
@@ -104,6 +117,11 @@ class PlatformAPIHandler(APIHandler):
             message = "Internal server error; the server log has the details."
         else:
             message = responses.get(status_code, "Error")
+        if isinstance(error, PlatformError):
+            for name, value in error.headers.items():
+                self.set_header(name, value)
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", 'token realm="platform"')
         if status_code == 503:
             self.set_header("Retry-After", "5")
         self.set_header("Content-Type", "application/json")

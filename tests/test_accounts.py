@@ -195,9 +195,7 @@ async def test_usernames_are_unique_case_insensitively(
 
 
 @pytest.mark.parametrize("password", ["", "short", "1234567", None, 12345678])
-async def test_register_rejects_short_or_missing_password(
-    client: Client, base_url: str, password: Any
-) -> None:
+async def test_register_rejects_short_or_missing_password(client: Client, password: Any) -> None:
     response = await client.post(
         "/api/accounts/register", {"username": "alice", "password": password}
     )
@@ -371,6 +369,16 @@ async def test_logout_revokes_the_login_server_side(make_user: UserFactory, base
     # Logging in again works.
     assert (await login(browser, "alice")).status == 200
     assert await me_status(browser) == 200
+
+
+async def test_writes_after_logout_are_401(make_user: UserFactory) -> None:
+    # The browser still holds a valid _xsrf cookie and sends the header, so only the
+    # missing login can be the problem: it must be told to log in again (401).
+    browser = await make_user("alice")
+    assert (await browser.post("/api/accounts/logout")).status == 204
+    assert "_xsrf" in browser.cookies
+    assert_error(await browser.patch("/api/accounts/me", {"email": "x@example.com"}), 401)
+    assert_error(await browser.post("/api/accounts/tokens", {"name": "x"}), 401)
 
 
 async def test_logout_ends_only_that_login(make_user: UserFactory, base_url: str) -> None:
@@ -662,9 +670,7 @@ async def test_create_token_shows_the_secret_once(make_user: UserFactory) -> Non
     assert "hash" not in listing
 
 
-async def test_tokens_are_listed_newest_first_and_per_user(
-    make_user: UserFactory, base_url: str
-) -> None:
+async def test_tokens_are_listed_newest_first_and_per_user(make_user: UserFactory) -> None:
     alice = await make_user("alice")
     bob = await make_user("bob")
     first = await create_token(alice, "first")
@@ -865,10 +871,11 @@ class TestTimestampsAreUtc:
 
     async def test_timestamps_end_with_z(self, make_user: UserFactory, base_url: str) -> None:
         browser = await make_user("alice")
-        assert (await me(browser)).json["created_at"].endswith("Z")
+        created_at = (await me(browser)).json["created_at"]
+        assert created_at.endswith("Z"), created_at
         token = await create_token(browser, expires_in_days=1)
-        assert token["created_at"].endswith("Z")
-        assert token["expires_at"].endswith("Z")
+        for field in ("created_at", "expires_at"):
+            assert token[field].endswith("Z"), (field, token[field])
         assert await me_status(Client(base_url, token=token["token"])) == 200
         listed = (await list_tokens(browser))[0]
         for field in ("created_at", "last_used_at", "expires_at"):

@@ -59,7 +59,9 @@ class Outage:
         self.admin_url: str = self.server.get_uri("postgres")
 
     def stop(self) -> None:
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata, user=self.server.system_user)
+        pg_ctl(
+            ["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata, user=self.server.system_user
+        )
 
     def start(self) -> None:
         self.server.ensure_postgres_running()
@@ -91,7 +93,8 @@ async def wait_for_status(api: Client, path: str, status: int) -> Any:
         if response.status == status:
             return response
         await asyncio.sleep(0.1)
-    raise AssertionError(f"{path} never answered {status}; last: {response}")
+    msg = f"{path} never answered {status}; last: {response}"
+    raise AssertionError(msg)
 
 
 async def test_outage_answers_503_and_recovers(

@@ -8,7 +8,7 @@ from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from tornado import web
 
 from extensions.accounts.identity import PlatformIdentityProvider, PlatformUser
-from extensions.accounts.manager import Accounts, Identity, TooManyAttempts
+from extensions.accounts.manager import Accounts, Identity
 from platform_server.handlers import PlatformAPIHandler
 
 
@@ -63,13 +63,9 @@ class LoginHandler(UnauthenticatedFormHandler):
     async def post(self) -> None:
         """Check the password and start a login."""
         body = self.read_json(frozenset({"username", "password"}))
-        try:
-            user, secret = await self.accounts.login(
-                body, self.request.remote_ip or "unknown", self.request.headers.get("User-Agent")
-            )
-        except TooManyAttempts as e:
-            self.set_header("Retry-After", str(e.retry_after))
-            raise
+        user, secret = await self.accounts.login(
+            body, self.request.remote_ip or "unknown", self.request.headers.get("User-Agent")
+        )
         self.platform_identity.set_login_secret(self, secret)
         self.xsrf_token  # noqa: B018  (sets the _xsrf cookie the next writes must echo)
         self.finish_json(self.accounts.user_model(user))

@@ -37,6 +37,15 @@ class PlatformUser(User):
         return self.identity is not None and self.identity.is_admin
 
 
+def authenticated_user(handler: web.RequestHandler) -> PlatformUser:
+    """The user of a request that ``web.authenticated`` let through."""
+    user = handler.current_user
+    if not isinstance(user, PlatformUser) or user.identity is None:
+        msg = "authenticated_user() called on an unauthenticated request"
+        raise TypeError(msg)
+    return user
+
+
 class PlatformIdentityProvider(IdentityProvider):
     """Authenticates requests by API token (header or ``?token=``) or by login cookie.
 

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 from traitlets import Bool, Float, Instance, Integer, List, Unicode
@@ -34,6 +34,10 @@ class TooManyAttempts(DomainError):
         super().__init__(
             f"Too many failed logins. Try again in {self.retry_after} s.",
         )
+
+    def headers(self) -> dict[str, str]:
+        """When to try again."""
+        return {"Retry-After": str(self.retry_after)}
 
 
 class BadCredentials(DomainError):
@@ -88,7 +92,7 @@ def isoformat(value: datetime | None) -> str | None:
     """A timestamp as ISO 8601 in UTC with a 'Z', as Jupyter writes them."""
     if value is None:
         return None
-    return value.isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def secret_hash(secret: str) -> bytes:

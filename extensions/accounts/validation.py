@@ -8,9 +8,9 @@ from typing import Any
 from extensions.accounts.passwords import MAX_PASSWORD_BYTES
 from platform_server.errors import InvalidInput
 
-USERNAME = re.compile(r"^[a-z0-9_.-]{3,32}$")
+USERNAME = re.compile(r"[a-z0-9_.-]{3,32}")
 # Deliberately loose: one @, a dot in the domain, no spaces. Delivery is the real test.
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 MIN_PASSWORD_LENGTH = 8
 MAX_TOKEN_DAYS = 3650
 
@@ -21,7 +21,7 @@ def _fail(message: str) -> InvalidInput:
 
 def username(value: Any) -> str:
     """A username, lower-cased: 3-32 characters of a-z, 0-9, '_', '.', '-'."""
-    if not isinstance(value, str) or not USERNAME.match(value.lower()):
+    if not isinstance(value, str) or not USERNAME.fullmatch(value.lower()):
         msg = "username must be 3-32 characters of a-z, 0-9, '_', '.' and '-'."
         raise _fail(msg)
     return value.lower()
@@ -42,7 +42,7 @@ def email(value: Any) -> str | None:
     """An email address, or None when not given."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > 254 or not EMAIL.match(value):
+    if not isinstance(value, str) or len(value) > 254 or not EMAIL.fullmatch(value):
         msg = "email is not a valid email address."
         raise _fail(msg)
     return value
