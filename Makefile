@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_STAMP := tests/js/node_modules/.installed
 ARGS ?=
 
-.PHONY: install run test lint typecheck pytest clean
+.PHONY: install run test lint typecheck pytest bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(NODE_STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (PYTHON=... selects another).")'
@@ -15,6 +16,12 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
+
+# JupyterLab's client library, which the compatibility tests drive from Node.js.
+$(NODE_STAMP): tests/js/package.json tests/js/package-lock.json
+	@command -v npm >/dev/null || { echo "Node.js 20+ with npm is needed (apt-get install nodejs npm)"; exit 1; }
+	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(NODE_STAMP)
 
 run: install
 	$(BIN)/platform-server --ip=127.0.0.1 --port=8888 $(ARGS)
@@ -30,6 +37,10 @@ pytest: install
 	$(BIN)/pytest $(ARGS)
 
 test: lint typecheck pytest
+
+# Performance against baselines measured in the same run; prints ratios, writes results.json.
+bench: install
+	$(BIN)/python -m benchmarks.contents
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

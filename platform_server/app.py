@@ -17,7 +17,7 @@ from platform_server.db.secrets import load_or_create_secret
 from platform_server.handlers import DB_SETTING
 
 # The platform's own server extensions, in the order they load.
-PLATFORM_EXTENSIONS = ("extensions.accounts",)
+PLATFORM_EXTENSIONS = ("extensions.accounts", "extensions.workspaces")
 
 
 class PlatformApp(ServerApp):
@@ -117,6 +117,8 @@ class PlatformApp(ServerApp):
 
     def init_configurables(self) -> None:
         """Connect to PostgreSQL before the identity provider and managers are made."""
+        # Also home to jupyter's notebook-signature secret (JupyterApp.data_dir is this trait).
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         conninfo = self.start_database()
         if not self.trait_has_value("cookie_secret"):
             # Shared through the database, so a cookie signed by one replica is good on all.

@@ -80,3 +80,22 @@ class DatabaseUnavailable(DomainError):
 
     status_code = 503
     reason = "database_unavailable"
+
+
+class TooLarge(DomainError):
+    """The request would store more bytes than a limit allows; nothing was changed."""
+
+    status_code = 413
+    reason = "too_large"
+
+
+class QuotaExceeded(TooLarge):
+    """The write would take a workspace over its storage quota; nothing was changed."""
+
+    reason = "quota_exceeded"
+
+
+class EditConflict(Conflict):
+    """The file changed since the client read it (its ``If-Match`` is stale); nothing was saved."""
+
+    reason = "edit_conflict"

@@ -75,6 +75,14 @@ def platform_config(database_url: str, overrides: dict[str, Any]) -> Config:
     return config
 
 
+async def stop_all_sandboxes(app: PlatformApp) -> None:
+    """Sandboxes outlive the platform by design; a test's must not outlive the test."""
+    sandboxes = app.web_app.settings.get("sandboxes")
+    if sandboxes is not None:
+        for handle in await sandboxes.spawner.find_running():
+            await sandboxes.spawner.stop(handle)
+
+
 @pytest.fixture
 def jp_serverapp(
     jp_server_config: dict[str, Any],
@@ -106,6 +114,7 @@ def jp_serverapp(
     app.start_app()
     jp_asyncio_loop.run_until_complete(app._post_start())
     yield app
+    jp_asyncio_loop.run_until_complete(stop_all_sandboxes(app))
     jp_asyncio_loop.run_until_complete(app._cleanup())
     PlatformApp.clear_instance()
     ServerApp.clear_instance()

@@ -1,0 +1,151 @@
+"""Shared pieces of the benchmarks: servers in subprocesses, timing, the results file."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results.json"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One benchmark case: ours against the baseline, measured in the same run."""
+
+    name: str
+    unit: str
+    ours: float
+    baseline: float
+
+    @property
+    def ratio(self) -> float:
+        """ours / baseline: below 1 is faster than the baseline."""
+        return self.ours / self.baseline if self.baseline else float("inf")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class HTTP:
+    """A keep-alive HTTP/1.1 connection with JSON helpers."""
+
+    def __init__(self, port: int, headers: dict[str, str]) -> None:
+        self.port = port
+        self.headers = headers
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        """Send a request; return status and body."""
+        data = json.dumps(body).encode() if body is not None else None
+        headers = dict(self.headers)
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        self.conn.request(method, path, body=data, headers=headers)
+        response = self.conn.getresponse()
+        return response.status, response.read()
+
+    def json(self, method: str, path: str, body: Any = None, expect: int | None = 200) -> Any:
+        """Send a request, check its status (any 2xx when ``expect`` is None), return JSON."""
+        status, raw = self.call(method, path, body)
+        if status != expect and not (expect is None and 200 <= status < 300):
+            msg = f"{method} {path}: {status} {raw[:300]!r}"
+            raise RuntimeError(msg)
+        return json.loads(raw) if raw else None
+
+
+def wait_for(port: int, path: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Wait until the server in ``process`` answers ``path`` (any status)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            msg = f"server exited with {process.returncode}"
+            raise RuntimeError(msg)
+        try:
+            HTTP(port, {}).call("GET", path)
+            return
+        except OSError:
+            time.sleep(0.1)
+    msg = f"server on {port} did not start"
+    raise RuntimeError(msg)
+
+
+@contextlib.contextmanager
+def server(args: list[str], port: int, ready_path: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server command until the block ends."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(port, ready_path, process)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def temp_dir() -> Iterator[Path]:
+    """A temporary folder, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as path:
+        yield Path(path)
+
+
+def timed(action: Callable[[], object], rounds: int) -> list[float]:
+    """Run ``action`` ``rounds`` times after one warm-up; return each duration in ms."""
+    action()
+    durations = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        action()
+        durations.append((time.perf_counter() - start) * 1000)
+    return durations
+
+
+def p50(samples: list[float]) -> float:
+    """The median."""
+    return statistics.median(samples)
+
+
+def p95(samples: list[float]) -> float:
+    """The 95th percentile (the largest sample for small sets)."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def report(results: list[Result]) -> None:
+    """Print a table and merge the results into ``benchmarks/results.json`` by name."""
+    width = max(len(r.name) for r in results)
+    print(f"{'case':<{width}}  {'unit':>6}  {'ours':>10}  {'baseline':>10}  {'ratio':>6}")
+    for r in results:
+        print(
+            f"{r.name:<{width}}  {r.unit:>6}  {r.ours:>10.2f}  {r.baseline:>10.2f}  {r.ratio:>6.2f}"
+        )
+    merged = {}
+    if RESULTS.exists():
+        merged = {entry["name"]: entry for entry in json.loads(RESULTS.read_text())}
+    for r in results:
+        merged[r.name] = {**asdict(r), "ratio": round(r.ratio, 3)}
+    RESULTS.write_text(
+        json.dumps(sorted(merged.values(), key=lambda e: e["name"]), indent=2) + "\n"
+    )

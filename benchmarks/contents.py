@@ -1,0 +1,193 @@
+"""Contents API: our PostgreSQL-backed workspaces against stock jupyter_server on local disk.
+
+Both servers run here, in this run, as subprocesses of the same Python; every case is timed
+over the same HTTP API with a keep-alive connection, and reported as p50/p95 with the ratio
+ours/stock.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+from pgserver.postgres_server import get_server
+
+from benchmarks.common import HTTP, Result, free_port, p50, p95, report, server, temp_dir, timed
+
+SIZES = {"1KB": 1024, "1MB": 1024**2, "10MB": 10 * 1024**2}
+ROUNDS = {"1KB": 50, "1MB": 20, "10MB": 8}
+LISTINGS = (1000, 10000)
+UPLOAD_MB = 100
+CHUNK = 1024 * 1024  # JupyterLab's upload chunk size
+
+
+def text(size: int) -> str:
+    """``size`` bytes of printable text."""
+    return base64.b64encode(os.urandom(size))[:size].decode()
+
+
+def upload(http: HTTP, prefix: str, path: str, data: bytes) -> None:
+    """Upload ``data`` in chunks exactly as JupyterLab's file browser does."""
+    chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
+    for number, chunk in enumerate(chunks, start=1):
+        http.json(
+            "PUT",
+            f"{prefix}/api/contents/{path}",
+            {
+                "type": "file",
+                "format": "base64",
+                "content": base64.b64encode(chunk).decode(),
+                "chunk": -1 if number == len(chunks) else number,
+            },
+            expect=None,
+        )
+
+
+def cases(http: HTTP, prefix: str) -> dict[str, list[float]]:
+    """Time every case against one server; ``prefix`` is where its Jupyter API lives."""
+    samples: dict[str, list[float]] = {}
+    for label, size in SIZES.items():
+        body = {"type": "file", "format": "text", "content": text(size)}
+        path = f"{prefix}/api/contents/file_{label}.txt"
+        http.json("PUT", path, body, expect=201)
+        samples[f"put_{label}"] = timed(
+            lambda p=path, b=body: http.json("PUT", p, b), ROUNDS[label]
+        )
+        samples[f"get_{label}"] = timed(
+            lambda p=path: http.json("GET", p + "?type=file&format=text&content=1"), ROUNDS[label]
+        )
+    for count in LISTINGS:
+        samples[f"list_{count}"] = timed(
+            lambda c=count: http.json("GET", f"{prefix}/api/contents/dir{c}?content=1"), 10
+        )
+    data = os.urandom(UPLOAD_MB * 1024 * 1024)
+    samples[f"upload_{UPLOAD_MB}MB_chunked"] = timed(
+        lambda: upload(http, prefix, "upload.bin", data), 2
+    )
+    return samples
+
+
+def fill_stock(root: Path) -> None:
+    """The listing directories, on disk."""
+    for count in LISTINGS:
+        folder = root / f"dir{count}"
+        folder.mkdir()
+        for i in range(count):
+            (folder / f"file{i:05}.txt").write_text("x")
+
+
+def fill_ours(conninfo: str, workspace: str) -> None:
+    """The listing directories, in PostgreSQL (as if saved through the API)."""
+    digest = hashlib.sha256(b"x").digest()
+    with psycopg.connect(conninfo) as conn:
+        for count in LISTINGS:
+            conn.execute(
+                """INSERT INTO workspace_items (workspace_id, path, parent, name, type)
+                   VALUES (%s, %s, '', %s, 'directory')""",
+                [workspace, f"dir{count}", f"dir{count}"],
+            )
+            conn.execute(
+                """INSERT INTO workspace_items
+                       (workspace_id, path, parent, name, type, content, size, sha256, mimetype)
+                   SELECT %s, %s || '/' || n, %s, n, 'file', 'x', 1, %s, 'text/plain'
+                   FROM (SELECT 'file' || lpad(i::text, 5, '0') || '.txt' AS n
+                         FROM generate_series(0, %s - 1) i) names""",
+                [workspace, f"dir{count}", f"dir{count}", digest, count],
+            )
+
+
+def run_stock(tmp: Path) -> dict[str, list[float]]:
+    """Stock jupyter_server with its default (large-file) contents manager."""
+    root = tmp / "stock"
+    root.mkdir()
+    fill_stock(root)
+    port, token = free_port(), secrets.token_hex(16)
+    args = [
+        "jupyter_server",
+        f"--port={port}",
+        "--ip=127.0.0.1",
+        "--allow-root",
+        "--ServerApp.open_browser=False",
+        f"--ServerApp.root_dir={root}",
+        f"--IdentityProvider.token={token}",
+        "--ServerApp.jpserver_extensions={'jupyter_server_terminals': False}",
+    ]
+    with server(args, port, "/api/status"):
+        return cases(HTTP(port, {"Authorization": f"token {token}"}), "")
+
+
+def run_ours(tmp: Path) -> dict[str, list[float]]:
+    """The platform, on its own PostgreSQL server."""
+    pg = get_server(tmp / "pgdata", cleanup_mode="delete")
+    try:
+        conninfo: str = pg.get_uri("postgres")
+        port = free_port()
+        args = [
+            "platform_server",
+            f"--port={port}",
+            "--ip=127.0.0.1",
+            f"--PlatformApp.db_url={conninfo}",
+            f"--PlatformApp.data_dir={tmp / 'data'}",
+        ]
+        with server(args, port, "/api/health"):
+            http = HTTP(port, {})
+            user = {"username": "bench", "password": secrets.token_hex(12)}
+            http.json("POST", "/api/accounts/register", user, expect=201)
+            token = login_token(port, user)
+            api = HTTP(port, {"Authorization": f"token {token}"})
+            workspace = api.json("POST", "/api/workspaces", {"name": "bench"}, expect=201)["uuid"]
+            fill_ours(conninfo, workspace)
+            return cases(api, f"/w/{workspace}")
+    finally:
+        pg.cleanup()
+
+
+def login_token(port: int, user: dict[str, str]) -> str:
+    """Log in with a password and make an API token."""
+    http = HTTP(port, {})
+    http.conn.request(
+        "POST",
+        "/api/accounts/login",
+        body=json.dumps(user),
+        headers={"Content-Type": "application/json"},
+    )
+    response = http.conn.getresponse()
+    response.read()
+    cookies = {}
+    for header in response.headers.get_all("Set-Cookie") or []:
+        name, _, rest = header.partition("=")
+        cookies[name] = rest.split(";")[0]
+    cookie_header = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    browser = HTTP(port, {"Cookie": cookie_header, "X-XSRFToken": cookies["_xsrf"]})
+    token: str = browser.json("POST", "/api/accounts/tokens", {"name": "bench"}, expect=201)[
+        "token"
+    ]
+    return token
+
+
+def summarise(ours: dict[str, list[float]], stock: dict[str, list[float]]) -> list[Result]:
+    """p50 and p95 of every case, ours against stock."""
+    stats: dict[str, Callable[[list[float]], float]] = {"p50": p50, "p95": p95}
+    return [
+        Result(f"contents.{case}.{stat}", "ms", fn(ours[case]), fn(stock[case]))
+        for case in ours
+        for stat, fn in stats.items()
+    ]
+
+
+def main() -> None:
+    """Run both servers, print the table, update results.json."""
+    with temp_dir() as tmp:
+        stock = run_stock(tmp)
+        ours = run_ours(tmp)
+    report(summarise(ours, stock))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""``WorkspacesApp``: the workspaces extension's wiring into the server."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from jupyter_server.extension.application import ExtensionApp
+
+from extensions.workspaces.handlers import default_handlers
+from extensions.workspaces.jupyter_handlers import workspace_routes
+from extensions.workspaces.manager import Workspaces
+from platform_server.app import PlatformApp
+
+
+class WorkspacesApp(ExtensionApp):
+    """Workspaces (``/api/workspaces``) and their files through the Jupyter Contents API."""
+
+    name = "workspaces"
+    load_other_extensions = True
+
+    def initialize_settings(self) -> None:
+        """Share the ``Workspaces`` service with the handlers."""
+        platform = cast(PlatformApp, self.serverapp)
+        self.settings["workspaces"] = Workspaces(parent=self, db=platform.db)
+
+    def initialize_handlers(self) -> None:
+        """Register the REST handlers and the per-workspace Jupyter routes."""
+        self.handlers.extend(default_handlers)
+        self.handlers.extend(workspace_routes())

@@ -1,0 +1,133 @@
+"""``PostgresCheckpoints``: Jupyter checkpoints of workspace files, kept in PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from jupyter_server.services.contents.checkpoints import AsyncCheckpoints
+from traitlets import Instance, Integer, default
+
+from extensions.workspaces import items, paths
+from platform_server.db import Connection, Database
+from platform_server.errors import DomainError, PlatformError
+
+if TYPE_CHECKING:
+    from extensions.workspaces.contents import PostgresContentsManager
+
+
+@asynccontextmanager
+async def http_transaction(db: Database | None) -> AsyncIterator[Connection]:
+    """One transaction whose domain errors reach the client as HTTP errors (the API edge)."""
+    if db is None:
+        msg = "This contents manager is not bound to a database."
+        raise PlatformError(500, msg, reason="not_configured")
+    try:
+        async with db.transaction() as conn:
+            yield conn
+    except DomainError as e:
+        raise e.to_http() from e
+
+
+def api_path(path: str) -> str:
+    """The canonical form of a client's path; a 400 error when it has none."""
+    try:
+        return paths.canonical(path)
+    except DomainError as e:
+        raise e.to_http() from e
+
+
+def checkpoint_model(row: items.CheckpointRow) -> dict[str, Any]:
+    """Jupyter's checkpoint model: a string id and the saved file's last_modified."""
+    return {"id": str(row["id"]), "last_modified": row["last_modified"]}
+
+
+class PostgresCheckpoints(AsyncCheckpoints):
+    """Checkpoints of one workspace's files, in the ``checkpoints`` table.
+
+    Unlike Jupyter's file checkpoints (one per file), the newest ``max_checkpoints`` per file are
+    kept; making a checkpoint identical to the newest returns that one. Ids are row ids.
+    The parent must be a ``PostgresContentsManager``: its database and workspace are used.
+    """
+
+    max_checkpoints = Integer(
+        20,
+        min=1,
+        help="Checkpoints kept per file; making one more deletes the oldest.",
+    ).tag(config=True)
+
+    db = Instance(Database, allow_none=True, help="The database (default: the parent's).")
+    workspace_id = Instance(
+        uuid.UUID, allow_none=True, help="The workspace (default: the parent's)."
+    )
+
+    @default("db")
+    def _default_db(self) -> Database | None:
+        return getattr(self.parent, "db", None)
+
+    @default("workspace_id")
+    def _default_workspace_id(self) -> uuid.UUID | None:
+        return getattr(self.parent, "workspace_id", None)
+
+    def _workspace(self) -> uuid.UUID:
+        if self.workspace_id is None:
+            msg = "This contents manager is not bound to a workspace."
+            raise PlatformError(500, msg, reason="not_configured")
+        return self.workspace_id
+
+    async def create_checkpoint(
+        self, contents_mgr: PostgresContentsManager, path: str
+    ) -> dict[str, Any]:
+        """Checkpoint the current content of the file at ``path``."""
+        path = contents_mgr.writable_path(path, "checkpoint")
+        async with http_transaction(self.db) as conn:
+            row = await items.create_checkpoint(
+                conn, self._workspace(), path, keep=self.max_checkpoints
+            )
+        return checkpoint_model(row)
+
+    async def restore_checkpoint(
+        self, contents_mgr: PostgresContentsManager, checkpoint_id: str, path: str
+    ) -> None:
+        """Write checkpoint ``checkpoint_id`` back to the file at ``path``."""
+        path = contents_mgr.writable_path(path, "restore")
+        async with http_transaction(self.db) as conn:
+            await items.restore_checkpoint(
+                conn,
+                self._workspace(),
+                path,
+                checkpoint_id,
+                quota=contents_mgr.workspace_quota,
+            )
+
+    async def rename_checkpoint(self, checkpoint_id: str, old_path: str, new_path: str) -> None:
+        """Move one checkpoint of ``old_path`` to ``new_path``."""
+        async with http_transaction(self.db) as conn:
+            await items.rename_checkpoints(
+                conn, self._workspace(), api_path(old_path), api_path(new_path), checkpoint_id
+            )
+
+    async def rename_all_checkpoints(self, old_path: str, new_path: str) -> None:
+        """Move every checkpoint of ``old_path`` to ``new_path`` (one statement)."""
+        async with http_transaction(self.db) as conn:
+            await items.rename_checkpoints(
+                conn, self._workspace(), api_path(old_path), api_path(new_path)
+            )
+
+    async def delete_checkpoint(self, checkpoint_id: str, path: str) -> None:
+        """Delete one checkpoint of ``path``."""
+        async with http_transaction(self.db) as conn:
+            await items.delete_checkpoint(conn, self._workspace(), api_path(path), checkpoint_id)
+
+    async def delete_all_checkpoints(self, path: str) -> None:
+        """Delete every checkpoint of ``path`` and of anything under it (one statement)."""
+        async with http_transaction(self.db) as conn:
+            await items.delete_checkpoints(conn, self._workspace(), api_path(path))
+
+    async def list_checkpoints(self, path: str) -> list[dict[str, Any]]:
+        """The checkpoints of ``path``, oldest first."""
+        async with http_transaction(self.db) as conn:
+            rows = await items.list_checkpoints(conn, self._workspace(), api_path(path))
+        return [checkpoint_model(row) for row in rows]

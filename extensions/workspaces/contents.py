@@ -1,0 +1,654 @@
+"""``PostgresContentsManager``: Jupyter's contents API over one workspace stored in PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import functools
+import hashlib
+import logging
+import re
+import uuid
+from base64 import decodebytes, encodebytes
+from datetime import UTC, datetime
+from typing import Any
+
+import nbformat
+import psycopg
+from jupyter_events import EventLogger
+from jupyter_server import DEFAULT_EVENTS_SCHEMA_PATH
+from jupyter_server.base.call_context import CallContext
+from jupyter_server.services.contents.manager import AsyncContentsManager, copy_pat
+from nbformat import NotebookNode, sign
+from tornado.web import RequestHandler
+from traitlets import Instance, Integer, TraitError, Unicode, default
+from traitlets.config import Configurable
+
+from extensions.workspaces import items, paths
+from extensions.workspaces.checkpoints import PostgresCheckpoints, api_path, http_transaction
+from platform_server.db import Database
+from platform_server.db.migrate import apply_migrations
+from platform_server.errors import DomainError, PlatformError, TooLarge
+
+# Hash content off the event loop above this size (bytes): 1 MB hashes in ~1 ms.
+_THREAD_THRESHOLD = 1024 * 1024
+
+
+@functools.lru_cache(maxsize=16)
+def _hidden_by_globs(globs: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One regex for all of ``hide_globs`` (fnmatch per name and glob is 20x slower)."""
+    if not globs:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs))
+
+
+def _notebook_bytes(nb: NotebookNode, validation_error: dict[str, Any]) -> bytes:
+    """Serialise a notebook exactly as Jupyter writes it to disk (validating it on the way)."""
+    text: str = nbformat.writes(  # type: ignore[no-untyped-call]
+        nb, version=nbformat.NO_CONVERT, capture_validation_error=validation_error
+    )
+    if not text.endswith("\n"):
+        text += "\n"
+    return text.encode("utf-8")
+
+
+def _read_notebook(data: bytes, path: str, validation_error: dict[str, Any]) -> NotebookNode:
+    """Parse stored notebook bytes as Jupyter does; a 400 error when they are no notebook."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        msg = f"{path} is not UTF-8 encoded"
+        raise PlatformError(400, msg, reason="bad format") from None
+    try:
+        nb: NotebookNode = nbformat.reads(  # type: ignore[no-untyped-call]
+            text, as_version=4, capture_validation_error=validation_error
+        )
+    except Exception as e:
+        msg = f"Unreadable Notebook: {path} {e!r}"
+        raise PlatformError(400, msg) from e
+    return nb
+
+
+@functools.cache
+def _fallback_event_logger() -> EventLogger:
+    """One event logger for managers without a server above them (as Jupyter would make)."""
+    logger = EventLogger()
+    logger.register_event_schema(DEFAULT_EVENTS_SCHEMA_PATH / "contents_service" / "v1.yaml")
+    return logger
+
+
+@functools.lru_cache(maxsize=4)
+def _server_notary(root: Configurable) -> sign.NotebookNotary:
+    """The notary shared by every manager under ``root`` (configured by its config)."""
+    return sign.NotebookNotary(parent=root)  # type: ignore[no-untyped-call]
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+class PostgresContentsManager(AsyncContentsManager):
+    """The files of one workspace, stored in PostgreSQL, behind Jupyter's contents API.
+
+    Behaves as jupyter_server's ``AsyncLargeFileManager`` does (models, errors, chunked
+    uploads, hidden files, untitled and copy names), and adds what a shared database allows:
+    per-file and per-workspace size limits, several checkpoints per file, and ``If-Match``
+    (a PUT whose ``If-Match`` is not the stored file's sha256 is refused with 409).
+
+    The platform makes one per request, bound to the URL's workspace:
+    ``PostgresContentsManager(parent=app, db=db, workspace_id=uuid, log=log)``; that costs no
+    I/O. A stock ``jupyter server`` can use it too (standalone mode): set ``db_url`` and
+    ``workspace`` and it makes its own database pool, migrates, and finds the workspace.
+    """
+
+    db = Instance(Database, allow_none=True, help="The platform's database (not config).")
+    workspace_id = Instance(
+        uuid.UUID, allow_none=True, help="The workspace whose files are served (not config)."
+    )
+
+    db_url = Unicode(
+        "",
+        help="Standalone mode: PostgreSQL URL of the platform's database (migrated at start). "
+        "Unused when the platform passes its database.",
+    ).tag(config=True)
+
+    workspace = Unicode(
+        "",
+        help="Standalone mode: the workspace to serve, by id, or by name (a workspace of the "
+        "user 'standalone', made if missing).",
+    ).tag(config=True)
+
+    max_file_size = Integer(
+        100 * 1024 * 1024,
+        help="Largest file (in bytes) that can be saved or uploaded, chunked uploads included "
+        "(413 beyond). 0 disables the limit.",
+    ).tag(config=True)
+
+    workspace_quota = Integer(
+        1024 * 1024 * 1024,
+        help="Most bytes of files one workspace may hold (checkpoints not counted); a write "
+        "that would go beyond is refused with 413. 0 disables the quota.",
+    ).tag(config=True)
+
+    @default("checkpoints_class")
+    def _default_checkpoints_class(self) -> type[PostgresCheckpoints]:
+        return PostgresCheckpoints
+
+    @default("notary")
+    def _default_notary(self) -> sign.NotebookNotary:
+        # One notary (it opens a SQLite store of signatures) per server, not one per request.
+        root = self.parent
+        if root is None:
+            return sign.NotebookNotary(parent=self)  # type: ignore[no-untyped-call]
+        while getattr(root, "parent", None) is not None:
+            root = root.parent
+        return _server_notary(root)
+
+    @default("event_logger")
+    def _default_event_logger(self) -> EventLogger:
+        # Made per request, a manager must not build (and register schemas in) its own logger:
+        # it uses the nearest ancestor's, the server's, so listeners see every workspace's events.
+        parent = self.parent
+        while parent is not None:
+            found = getattr(parent, "event_logger", None)
+            if isinstance(found, EventLogger):
+                return found
+            parent = getattr(parent, "parent", None)
+        return _fallback_event_logger()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.db is None and self.db_url:
+            self._start_standalone()
+
+    def _start_standalone(self) -> None:
+        """Standalone mode: migrate the database and find (or make) the workspace to serve."""
+        if not self.workspace:
+            msg = "PostgresContentsManager.workspace is required with db_url."
+            raise TraitError(msg)
+        log = self.log if isinstance(self.log, logging.Logger) else logging.getLogger(__name__)
+        apply_migrations(self.db_url, log)
+        try:
+            with psycopg.connect(self.db_url) as conn:
+                workspace_id = items.resolve_workspace(conn, self.workspace)
+        except DomainError as e:
+            raise TraitError(e.message) from e
+        self.workspace_id = workspace_id
+        self.db = Database(self.db_url, log=log)
+        self.log.info("contents | serving workspace %s from PostgreSQL", workspace_id)
+
+    def info_string(self) -> str:
+        """What the server logs at start."""
+        return f"Serving contents of workspace {self.workspace_id} from PostgreSQL"
+
+    # --- helpers -------------------------------------------------------------------------
+
+    @property
+    def _workspace(self) -> uuid.UUID:
+        if self.workspace_id is None:
+            msg = "This contents manager is not bound to a workspace."
+            raise PlatformError(500, msg, reason="not_configured")
+        return self.workspace_id
+
+    @property
+    def _postgres_checkpoints(self) -> bool:
+        """Whether checkpoints live in our tables (moved and deleted with their files)."""
+        return isinstance(self.checkpoints, PostgresCheckpoints)
+
+    def writable_path(self, path: str, action: str) -> str:
+        """The canonical form of a path about to be written; 400 if invalid or hidden."""
+        path = api_path(path)
+        if not self.allow_hidden and paths.is_hidden(path):
+            msg = f"Cannot {action} the hidden file or directory {path!r}"
+            raise PlatformError(400, msg, reason="hidden")
+        return path
+
+    def _readable_path(self, path: str) -> str:
+        """The canonical form of a path about to be read; 404 if hidden (as Jupyter does)."""
+        path = api_path(path)
+        if not self.allow_hidden and paths.is_hidden(path):
+            msg = f"No such file or directory: {path}"
+            raise PlatformError(404, msg, reason="not_found")
+        return path
+
+    def _if_match(self) -> list[str] | None:
+        """The entity tags of the current PUT request's ``If-Match`` header, if it has one."""
+        handler = CallContext.get(CallContext.JUPYTER_HANDLER)
+        if not isinstance(handler, RequestHandler) or handler.request.method != "PUT":
+            return None
+        header = handler.request.headers.get("If-Match")
+        if header is None:
+            return None
+        tags = [tag.strip().removeprefix("W/").strip('"') for tag in header.split(",")]
+        return [tag for tag in tags if tag] or None
+
+    def _emit(self, data: dict[str, str]) -> None:
+        """Record a contents event, as Jupyter's managers do."""
+        self.emit(data=data)  # type: ignore[no-untyped-call]
+
+    def _check_size(self, size: int, path: str) -> None:
+        try:
+            items.check_size(size, self.max_file_size, path)
+        except TooLarge as e:
+            raise e.to_http() from e
+
+    def _model(
+        self,
+        path: str,
+        kind: str,
+        size: int | None,
+        mimetype: str | None,
+        created: datetime,
+        modified: datetime,
+    ) -> dict[str, Any]:
+        """A contents model without content, as Jupyter's ``get(content=False)`` makes it."""
+        return {
+            "name": path.rpartition("/")[2],
+            "path": path,
+            "type": kind,
+            "writable": True,
+            "created": created,
+            "last_modified": modified,
+            "content": None,
+            "format": None,
+            "mimetype": mimetype,
+            "size": None if kind == "directory" else size,
+            "hash": None,
+            "hash_algorithm": None,
+        }
+
+    def _row_model(self, row: items.ItemRow) -> dict[str, Any]:
+        return self._model(
+            row["path"],
+            row["type"],
+            row["size"],
+            row["mimetype"],
+            row["created"],
+            row["last_modified"],
+        )
+
+    # --- existence -----------------------------------------------------------------------
+
+    async def _type(self, path: str) -> str | None:
+        path = api_path(path)
+        if not path:
+            return "directory"
+        async with http_transaction(self.db) as conn:
+            return await items.item_type(conn, self._workspace, path)
+
+    async def dir_exists(self, path: str) -> bool:
+        """Whether ``path`` is a directory (the root always is)."""
+        return await self._type(path) == "directory"
+
+    async def file_exists(self, path: str) -> bool:
+        """Whether ``path`` is a file or a notebook."""
+        return await self._type(path) in {"file", "notebook"}
+
+    async def exists(self, path: str) -> bool:
+        """Whether anything is at ``path`` (one query, not Jupyter's two)."""
+        return await self._type(path) is not None
+
+    async def is_hidden(self, path: str) -> bool:
+        """Whether a segment of ``path`` starts with '.'; 400 for an invalid path."""
+        return paths.is_hidden(api_path(path))
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def get(
+        self,
+        path: str,
+        content: bool = True,
+        type: str | None = None,
+        format: str | None = None,
+        require_hash: bool = False,
+    ) -> dict[str, Any]:
+        """The model of a file, notebook or directory (with a listing when ``content``)."""
+        path = self._readable_path(path)
+        if not path:
+            model = await self._root_model(content)
+        else:
+            model = await self._item_model(path, content, type, format, require_hash)
+        self._emit({"action": "get", "path": path})
+        return model
+
+    async def _root_model(self, content: bool) -> dict[str, Any]:
+        async with http_transaction(self.db) as conn:
+            created = await items.workspace_created(conn, self._workspace)
+            rows = await items.list_children(conn, self._workspace, "") if content else None
+        model = self._model("", "directory", None, None, created, created)
+        if rows is not None:
+            model["content"] = self._listing("", rows)
+            model["format"] = "json"
+        return model
+
+    async def _item_model(
+        self,
+        path: str,
+        content: bool,
+        type: str | None,
+        format: str | None,
+        require_hash: bool,
+    ) -> dict[str, Any]:
+        rows = None
+        async with http_transaction(self.db) as conn:
+            row = await items.get_item(conn, self._workspace, path, content=content)
+            if row["type"] == "directory":
+                if type not in {None, "directory"}:
+                    msg = f"{path} is a directory, not a {type}"
+                    raise PlatformError(400, msg, reason="bad type")
+                if content:
+                    rows = await items.list_children(conn, self._workspace, path)
+        if row["type"] == "directory":
+            model = self._row_model(row)
+            if rows is not None:
+                model["content"] = self._listing(path, rows)
+                model["format"] = "json"
+            return model
+
+        if type == "notebook" or (type is None and path.endswith(".ipynb")):
+            kind = "notebook"
+        elif type == "directory":
+            msg = f"{path} is not a directory"
+            raise PlatformError(400, msg, reason="bad type")
+        else:
+            kind = "file"
+        mimetype = None
+        if kind == "file":
+            # A notebook read as a file has no stored mimetype: guess as Jupyter does.
+            mimetype = row["mimetype"] if row["type"] == "file" else items.guess_mimetype(path)
+        model = self._model(path, kind, row["size"], mimetype, row["created"], row["last_modified"])
+        data = row["content"]
+        if data is not None:
+            if kind == "notebook":
+                validation_error: dict[str, Any] = {}
+                nb = await asyncio.to_thread(_read_notebook, data, path, validation_error)
+                self.mark_trusted_cells(nb, path)  # type: ignore[no-untyped-call]
+                model["content"] = nb
+                model["format"] = "json"
+                self.validate_notebook_model(model, validation_error)  # type: ignore[no-untyped-call]
+            else:
+                self._file_content(model, data, format)
+        if require_hash and row["sha256"] is not None:
+            model["hash"] = row["sha256"].hex()
+            model["hash_algorithm"] = "sha256"
+        return model
+
+    def _file_content(self, model: dict[str, Any], data: bytes, format: str | None) -> None:
+        """Fill in a file's content as Jupyter does: text if asked or if it decodes, else base64."""
+        if format in {None, "text"}:
+            try:
+                model["content"] = data.decode("utf-8")
+                model["format"] = "text"
+            except UnicodeDecodeError:
+                if format == "text":
+                    msg = f"{model['path']} is not UTF-8 encoded"
+                    raise PlatformError(400, msg, reason="bad format") from None
+        if model["content"] is None:
+            model["content"] = encodebytes(data).decode("ascii")
+            model["format"] = "base64"
+        if model["mimetype"] is None:
+            text = model["format"] == "text"
+            model["mimetype"] = "text/plain" if text else "application/octet-stream"
+
+    def _listing(self, parent: str, rows: list[Any]) -> list[dict[str, Any]]:
+        """Models of a directory's children (hidden and ``hide_globs`` names left out)."""
+        prefix = f"{parent}/" if parent else ""
+        show_hidden = self.allow_hidden
+        hidden = _hidden_by_globs(tuple(self.hide_globs))
+        listing: list[dict[str, Any]] = []
+        append = listing.append
+        for name, kind, size, mimetype, created, modified in rows:
+            if (not show_hidden and name.startswith(".")) or (hidden and hidden.match(name)):
+                continue
+            append(
+                {
+                    "name": name,
+                    "path": prefix + name,
+                    "type": kind,
+                    "writable": True,
+                    "created": created,
+                    "last_modified": modified,
+                    "content": None,
+                    "format": None,
+                    "mimetype": mimetype,
+                    "size": None if kind == "directory" else size,
+                    "hash": None,
+                    "hash_algorithm": None,
+                }
+            )
+        return listing
+
+    # --- saving --------------------------------------------------------------------------
+
+    async def save(self, model: dict[str, Any], path: str = "") -> dict[str, Any]:
+        """Save a file, notebook or directory model (or one chunk of an upload).
+
+        Returns the saved model without content; for a notebook that fails validation, with
+        the ``message`` Jupyter gives. Nothing is written when the request is refused.
+        """
+        chunk = model.get("chunk")
+        if chunk is not None:
+            return await self._save_chunk(model, path, chunk)
+        path = self.writable_path(path, "create")
+        self.run_pre_save_hooks(model=model, path=path)  # type: ignore[no-untyped-call]
+        if "type" not in model:
+            raise PlatformError(400, "No file type provided")
+        kind = model["type"]
+        if "content" not in model and kind != "directory":
+            raise PlatformError(400, "No file content provided")
+        if not path:
+            if kind == "directory":
+                return await self.get("", content=False)
+            raise PlatformError(400, "The root is a directory.")
+
+        message = None
+        if kind == "directory":
+            async with http_transaction(self.db) as conn:
+                row = await items.make_directory(conn, self._workspace, path)
+        elif kind in {"notebook", "file"}:
+            if kind == "notebook":
+                data, message = await self._notebook_content(model["content"], path)
+            else:
+                data = self._decode(model["content"], model.get("format"), path)
+            row = await self._write(path, data, checkpoint=kind == "notebook")
+        else:
+            msg = f"Unhandled contents type: {kind}"
+            raise PlatformError(400, msg)
+
+        saved = self._row_model(row)
+        if message:
+            saved["message"] = message
+        self._emit({"action": "save", "path": path})
+        return saved
+
+    async def _write(self, path: str, data: bytes, *, checkpoint: bool) -> items.ItemRow:
+        """Store a file's bytes in one transaction (limits, quota and If-Match checked)."""
+        self._check_size(len(data), path)
+        sha256 = (
+            await asyncio.to_thread(_sha256, data)
+            if len(data) > _THREAD_THRESHOLD
+            else _sha256(data)
+        )
+        in_tables = checkpoint and self._postgres_checkpoints
+        async with http_transaction(self.db) as conn:
+            row = await items.write_file(
+                conn,
+                self._workspace,
+                path,
+                data,
+                sha256,
+                quota=self.workspace_quota,
+                if_match=self._if_match(),
+                checkpoint_if_none=in_tables,
+            )
+        # Jupyter keeps one checkpoint per notebook at least; other checkpoint classes are
+        # asked separately (ours did it in the save's transaction).
+        if checkpoint and not in_tables and not await self.list_checkpoints(path):
+            await self.create_checkpoint(path)
+        return row
+
+    def _decode(self, content: Any, format: str | None, path: str) -> bytes:
+        """A file's bytes from a model's content, as Jupyter's ``_save_file`` decodes it."""
+        if format not in {"text", "base64"}:
+            msg = "Must specify format of file contents as 'text' or 'base64'"
+            raise PlatformError(400, msg)
+        if not isinstance(content, str):
+            msg = f"The content of {path} must be a string."
+            raise PlatformError(400, msg)
+        try:
+            if format == "text":
+                return content.encode("utf-8")
+            return decodebytes(content.encode("ascii"))
+        except Exception as e:
+            msg = f"Encoding error saving {path}: {e}"
+            raise PlatformError(400, msg) from e
+
+    async def _notebook_content(self, content: Any, path: str) -> tuple[bytes, str | None]:
+        """A notebook's bytes (as Jupyter writes them) and its validation message, if any."""
+        if not isinstance(content, dict):
+            msg = f"The content of the notebook {path} must be a JSON object."
+            raise PlatformError(400, msg)
+        nb = nbformat.from_dict(content)  # type: ignore[no-untyped-call]
+        self.check_and_sign(nb, path)  # type: ignore[no-untyped-call]
+        validation_error: dict[str, Any] = {}
+        try:
+            data = await asyncio.to_thread(_notebook_bytes, nb, validation_error)
+        except Exception as e:
+            msg = f"Invalid notebook {path}: {e}"
+            raise PlatformError(400, msg) from e
+        checked: dict[str, Any] = {"content": nb}
+        self.validate_notebook_model(checked, validation_error)  # type: ignore[no-untyped-call]
+        return data, checked.get("message")
+
+    async def _save_chunk(self, model: dict[str, Any], path: str, chunk: Any) -> dict[str, Any]:
+        """One chunk of an upload (JupyterLab: 1, 2, ..., then -1 for the last)."""
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk == 0 or chunk < -1:
+            msg = f"Invalid chunk number {chunk!r}: 1, 2, ... then -1 for the last."
+            raise PlatformError(400, msg)
+        path = self.writable_path(path, "create")
+        if not path:
+            raise PlatformError(400, "The root is a directory.")
+        if chunk == 1:
+            self.run_pre_save_hooks(model=model, path=path)  # type: ignore[no-untyped-call]
+        if "type" not in model:
+            raise PlatformError(400, "No file type provided")
+        if model["type"] != "file":
+            msg = f'File type "{model["type"]}" is not supported for large file transfer'
+            raise PlatformError(400, msg)
+        if "content" not in model:
+            raise PlatformError(400, "No file content provided")
+        data = self._decode(model["content"], model.get("format"), path)
+        limits = {"max_size": self.max_file_size, "quota": self.workspace_quota}
+        workspace_id = self._workspace
+        try:
+            async with http_transaction(self.db) as conn:
+                if chunk == -1:
+                    row = await items.finish_upload(
+                        conn, workspace_id, path, data, **limits, if_match=self._if_match()
+                    )
+                else:
+                    received = await items.append_chunk(
+                        conn, workspace_id, path, chunk, data, **limits, if_match=self._if_match()
+                    )
+        except PlatformError as e:
+            if e.status_code == TooLarge.status_code:
+                # The upload cannot succeed: free its chunks now, not when they expire.
+                async with http_transaction(self.db) as conn:
+                    await items.discard_upload(conn, workspace_id, path)
+            raise
+        if chunk == -1:
+            saved = self._row_model(row)
+            self._emit({"action": "save", "path": path})
+            return saved
+        # The file itself changes only with the last chunk; until then, describe the upload.
+        now = datetime.now(UTC)
+        return self._model(path, "file", received, items.file_mimetype(path), now, now)
+
+    # --- deleting, renaming, copying -----------------------------------------------------
+
+    async def delete_file(self, path: str) -> None:
+        """Delete a file, or a directory with everything in it (and their checkpoints)."""
+        path = self.writable_path(path, "delete")
+        if not path:
+            raise PlatformError(400, "Can't delete root")
+        async with http_transaction(self.db) as conn:
+            await items.delete_item(conn, self._workspace, path)
+
+    async def delete(self, path: str) -> None:
+        """Delete a file or directory and its checkpoints, in one transaction."""
+        await self.delete_file(path)
+        if not self._postgres_checkpoints:
+            await self.checkpoints.delete_all_checkpoints(path)  # type: ignore[no-untyped-call]
+        self._emit({"action": "delete", "path": api_path(path)})
+
+    async def rename_file(self, old_path: str, new_path: str) -> None:
+        """Move a file or a directory (with its descendants and checkpoints); 409 if taken."""
+        old_path = self.writable_path(old_path, "rename")
+        new_path = self.writable_path(new_path, "rename")
+        if old_path == new_path:
+            return
+        if not old_path or not new_path:
+            raise PlatformError(400, "The root cannot be renamed or replaced.")
+        async with http_transaction(self.db) as conn:
+            await items.rename_item(conn, self._workspace, old_path, new_path)
+
+    async def rename(self, old_path: str, new_path: str) -> None:
+        """Rename a file or directory and its checkpoints, in one transaction."""
+        await self.rename_file(old_path, new_path)
+        if not self._postgres_checkpoints:
+            await self.checkpoints.rename_all_checkpoints(old_path, new_path)  # type: ignore[no-untyped-call]
+        self._emit({"action": "rename", "path": new_path, "source_path": old_path})
+
+    async def copy(self, from_path: str, to_path: str | None = None) -> dict[str, Any]:
+        """Copy a file or a directory, naming the copy as Jupyter does ("a-Copy1.txt").
+
+        ``to_path`` None: next to the original. A directory: into it. Otherwise, for a file,
+        the new path. The bytes are copied inside PostgreSQL.
+        """
+        path = self._readable_path(from_path)
+        if not path:
+            raise PlatformError(400, "Can't copy the root directory")
+        source = await self.get(path, content=False)
+        from_dir, _, from_name = path.rpartition("/")
+        name = copy_pat.sub(".", from_name)
+        target = from_dir if to_path is None else api_path(to_path)
+        if await self.dir_exists(target):
+            to_name: str = await self.increment_filename(  # type: ignore[no-untyped-call]
+                name, target, insert="-Copy"
+            )
+            target = paths.join(target, to_name)
+        elif source["type"] == "directory":
+            # Jupyter copies a directory into to_path even when it does not exist yet.
+            target = paths.join(target, name)
+        elif to_path is not None and "/" in target:
+            to_dir = target.rpartition("/")[0]
+            if not await self.dir_exists(to_dir):
+                msg = f"No such parent directory: {to_dir} to copy file in"
+                raise PlatformError(404, msg)
+        target = self.writable_path(target, "copy to")
+        async with http_transaction(self.db) as conn:
+            row = await items.copy_item(
+                conn, self._workspace, path, target, quota=self.workspace_quota
+            )
+        self._emit({"action": "copy", "path": target, "source_path": path})
+        return self._row_model(row)
+
+    # --- checkpoints (typed; the work is the checkpoints class's) -------------------------
+
+    async def create_checkpoint(self, path: str) -> dict[str, Any]:
+        """Checkpoint the file at ``path``; return ``{"id", "last_modified"}``."""
+        model: dict[str, Any] = await self.checkpoints.create_checkpoint(self, path)  # type: ignore[no-untyped-call]
+        return model
+
+    async def restore_checkpoint(self, checkpoint_id: str, path: str) -> None:
+        """Write checkpoint ``checkpoint_id`` back to the file at ``path``."""
+        await self.checkpoints.restore_checkpoint(self, checkpoint_id, path)  # type: ignore[no-untyped-call]
+
+    async def list_checkpoints(self, path: str) -> list[dict[str, Any]]:
+        """The checkpoints of ``path``, oldest first."""
+        listed: list[dict[str, Any]] = await self.checkpoints.list_checkpoints(path)  # type: ignore[no-untyped-call]
+        return listed
+
+    async def delete_checkpoint(self, checkpoint_id: str, path: str) -> None:
+        """Delete one checkpoint of ``path``."""
+        await self.checkpoints.delete_checkpoint(checkpoint_id, path)  # type: ignore[no-untyped-call]

@@ -1,0 +1,137 @@
+"""``Workspaces``: create, list, rename and delete a user's workspaces."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, TypedDict
+
+from traitlets import Instance, Integer, Unicode
+from traitlets.config import LoggingConfigurable
+
+from extensions.accounts.manager import isoformat
+from extensions.workspaces import store
+from extensions.workspaces.contents import PostgresContentsManager
+from extensions.workspaces.store import WorkspaceRow
+from platform_server.db import Database
+from platform_server.errors import InvalidInput, NotFound
+
+DEFAULT_MAIN_PY = '''\
+"""Your workspace's first program: run it with the Run button, F5, or `python main.py`."""
+
+
+def main() -> None:
+    print("Hello from your workspace!")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+class WorkspaceModel(TypedDict):
+    """A workspace as the API shows it."""
+
+    uuid: str
+    name: str
+    created_at: str
+    updated_at: str
+    last_activity: str
+    bytes_used: int
+
+
+def parse_workspace_id(value: str) -> uuid.UUID:
+    """The UUID in a URL; a malformed one names no workspace (404)."""
+    try:
+        return uuid.UUID(value)
+    except ValueError as e:
+        msg = f"No workspace {value[:64]}."
+        raise NotFound(msg) from e
+
+
+def workspace_name(value: Any) -> str:
+    """A workspace name: 1-100 characters, no control characters, not only spaces."""
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or len(value) > 100
+        or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value)
+    ):
+        msg = "name must be 1-100 characters without control characters."
+        raise InvalidInput(msg)
+    return value
+
+
+class Workspaces(LoggingConfigurable):
+    """The workspace rules; handlers call into this."""
+
+    max_workspaces_per_user = Integer(
+        20, help="Most workspaces one user may own; creating more answers 409."
+    ).tag(config=True)
+
+    starter_file = Unicode(
+        DEFAULT_MAIN_PY, help="Content of main.py in every new workspace; empty for none."
+    ).tag(config=True)
+
+    db = Instance(Database)
+
+    def contents_manager(self, workspace_id: uuid.UUID) -> PostgresContentsManager:
+        """A contents manager bound to one workspace (cheap: made per request)."""
+        return PostgresContentsManager(
+            parent=self, db=self.db, workspace_id=workspace_id, log=self.log
+        )
+
+    def model(self, workspace: WorkspaceRow) -> WorkspaceModel:
+        """The JSON model of a workspace."""
+        return {
+            "uuid": str(workspace["id"]),
+            "name": workspace["name"],
+            "created_at": isoformat(workspace["created_at"]) or "",
+            "updated_at": isoformat(workspace["updated_at"]) or "",
+            "last_activity": isoformat(workspace["last_activity"]) or "",
+            "bytes_used": workspace["bytes_used"],
+        }
+
+    async def create(self, owner_id: int, body: dict[str, Any]) -> WorkspaceRow:
+        """Create a workspace ``{name}`` with the starter ``main.py``."""
+        name = workspace_name(body.get("name"))
+        files = {"main.py": self.starter_file.encode()} if self.starter_file else {}
+        async with self.db.transaction() as conn:
+            workspace = await store.create_workspace(
+                conn, owner_id, name, self.max_workspaces_per_user, files
+            )
+        self.log.info("workspace %s | created by user %d", workspace["id"], owner_id)
+        return workspace
+
+    async def owned_by(self, owner_id: int) -> list[WorkspaceRow]:
+        """The owner's workspaces, most recently active first."""
+        async with self.db.transaction() as conn:
+            return await store.list_workspaces(conn, owner_id)
+
+    async def get(self, workspace_id: str, owner_id: int) -> WorkspaceRow:
+        """One of the owner's workspaces (404 for anyone else's)."""
+        async with self.db.transaction() as conn:
+            return await store.get_workspace(conn, parse_workspace_id(workspace_id), owner_id)
+
+    async def touch(self, workspace_id: str, owner_id: int) -> uuid.UUID:
+        """Check that the owner may use the workspace, note the activity; return its id."""
+        parsed = parse_workspace_id(workspace_id)
+        async with self.db.transaction() as conn:
+            await store.touch_workspace(conn, parsed, owner_id)
+        return parsed
+
+    async def update(self, workspace_id: str, owner_id: int, body: dict[str, Any]) -> WorkspaceRow:
+        """Rename a workspace ``{name}``."""
+        parsed = parse_workspace_id(workspace_id)
+        if "name" not in body:
+            msg = "Nothing to change: send {'name': ...}."
+            raise InvalidInput(msg)
+        name = workspace_name(body["name"])
+        async with self.db.transaction() as conn:
+            return await store.rename_workspace(conn, parsed, owner_id, name)
+
+    async def delete(self, workspace_id: str, owner_id: int) -> None:
+        """Delete a workspace and every file in it."""
+        parsed = parse_workspace_id(workspace_id)
+        async with self.db.transaction() as conn:
+            await store.delete_workspace(conn, parsed, owner_id)
+        self.log.info("workspace %s | deleted by user %d", parsed, owner_id)

@@ -1,0 +1,221 @@
+"""Wiring and command line: ``python -s -m kernel_image (--socket P | --fd N | --port N) --root D``.
+
+The token comes from the environment variable ``AGENT_TOKEN`` (never argv, which ``ps`` shows);
+it is removed from the environment before any terminal starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets, bind_unix_socket
+
+from kernel_image import __version__, file_handlers, handlers
+from kernel_image.auth import AgentHandler, ApiError
+from kernel_image.config import AgentConfig
+from kernel_image.terminals import TerminalManager
+from kernel_image.websocket import TerminalSocket
+
+log = logging.getLogger("kernel_image")
+
+TOKEN_ENV = "AGENT_TOKEN"  # noqa: S105 (the variable's name, not a secret)
+MIN_TOKEN_LENGTH = 16
+MAX_MESSAGE_BYTES = 1024 * 1024
+"""The largest WebSocket message a client may send (bigger ones close the socket, 1009)."""
+PING_INTERVAL = 30.0
+"""Seconds between WebSocket pings; a client that does not answer is disconnected."""
+PR_SET_DUMPABLE = 4
+
+
+class NotFoundHandler(AgentHandler):
+    """Any other URL: 401 without the token, else a JSON 404."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise ApiError(404, "no such endpoint")
+
+
+def make_app(config: AgentConfig, terminals: TerminalManager) -> web.Application:
+    """The Tornado application: every route, the settings handlers read."""
+    return web.Application(
+        [
+            *handlers.default_handlers,
+            *file_handlers.default_handlers,
+            (r"/terminals/websocket/([^/]+)", TerminalSocket),
+        ],
+        default_handler_class=NotFoundHandler,
+        agent_config=config,
+        terminal_manager=terminals,
+        started=time.time(),
+        websocket_max_message_size=MAX_MESSAGE_BYTES,
+        websocket_ping_interval=PING_INTERVAL,
+        xsrf_cookies=False,
+        serve_traceback=False,
+    )
+
+
+def _size(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        msg = "must be 0 or more"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (see docs/agent-protocol.md)."""
+    parser = argparse.ArgumentParser(
+        prog="python -s -m kernel_image",
+        description="The sandbox agent: terminals, files and health over HTTP + WebSocket. "
+        f"The token comes from ${TOKEN_ENV}.",
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", metavar="PATH", help="bind a Unix socket (mode 0600)")
+    where.add_argument(
+        "--fd", type=int, metavar="N", help="serve on an inherited, listening socket"
+    )
+    where.add_argument("--port", type=int, metavar="N", help="listen on TCP (0: any free port)")
+    parser.add_argument("--host", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
+    parser.add_argument("--root", required=True, help="the folder files and terminals use")
+    parser.add_argument(
+        "--max-terminals", type=_size, default=16, help="terminals at once (default 16)"
+    )
+    parser.add_argument(
+        "--scrollback-bytes",
+        type=_size,
+        default=256 * 1024,
+        help="output kept per terminal for reconnecting clients, in bytes (default 256 KiB)",
+    )
+    parser.add_argument(
+        "--max-file-bytes",
+        type=_size,
+        default=1024**3,
+        help="largest PUT /api/files body, in bytes (default 1 GiB)",
+    )
+    parser.add_argument(
+        "--max-tree-bytes",
+        type=_size,
+        default=2 * 1024**3,
+        help="largest PUT /api/tree body and total of its files, in bytes (default 2 GiB)",
+    )
+    parser.add_argument(
+        "--stalled-client-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a terminal waits for a client to take output before dropping it; default 30",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--version", action="version", version=__version__)
+    return parser.parse_args(argv)
+
+
+def listen(args: argparse.Namespace) -> tuple[list[socket.socket], str]:
+    """The listening sockets the command line asks for, and how to describe them."""
+    if args.fd is not None:
+        try:
+            sock = socket.socket(fileno=args.fd)
+        except OSError as e:
+            msg = f"file descriptor {args.fd} is not a socket: {e.strerror}"
+            raise SystemExit(msg) from None
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            msg = f"file descriptor {args.fd} is not a listening socket"
+            raise SystemExit(msg)
+        # Terminals must not inherit the agent's socket.
+        sock.set_inheritable(False)
+        sock.setblocking(False)
+        return [sock], f"fd:{args.fd}"
+    if args.socket is not None:
+        old_umask = os.umask(0o177)  # no window in which the socket is open to others
+        try:
+            sock = bind_unix_socket(args.socket, mode=0o600)
+        finally:
+            os.umask(old_umask)
+        return [sock], f"unix:{args.socket}"
+    sockets = bind_sockets(args.port, address=args.host)
+    host, port = sockets[0].getsockname()[:2]
+    return sockets, f"{host}:{port}"
+
+
+def forbid_inspection() -> None:
+    """Make the agent non-dumpable: user code (the same uid) cannot ptrace it nor read its
+    memory or ``/proc/<pid>/environ``, which still holds the token's original bytes.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_DUMPABLE) failed: errno %d", ctypes.get_errno())
+    except (OSError, AttributeError) as e:
+        log.warning("cannot make the agent non-dumpable: %s", e)
+
+
+async def serve(config: AgentConfig, sockets: list[socket.socket], where: str) -> None:
+    """Serve until SIGTERM or SIGINT, then end every terminal."""
+    terminals = TerminalManager(config)
+    server = HTTPServer(make_app(config, terminals), max_body_size=file_handlers.MAX_SMALL_BODY)
+    server.add_sockets(sockets)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("agent %s | listening on %s, root %s", __version__, where, config.root)
+    await stop.wait()
+    log.info("agent | stopping")
+    server.stop()
+    await terminals.shutdown()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server.close_all_connections(), 2)
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr; request lines only at DEBUG."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s",
+        stream=sys.stderr,
+    )
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("tornado.access").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m kernel_image``."""
+    args = parse_args(argv)
+    token = os.environ.pop(TOKEN_ENV, "")
+    configure_logging(args.log_level)
+    if len(token) < MIN_TOKEN_LENGTH:
+        sys.exit(f"kernel_image: set {TOKEN_ENV} to a secret of {MIN_TOKEN_LENGTH}+ characters")
+    forbid_inspection()
+    root = os.path.realpath(args.root)
+    if not Path(root).is_dir():
+        sys.exit(f"kernel_image: --root {args.root!r} is not a folder")
+    config = AgentConfig(
+        root=root,
+        token=token,
+        max_terminals=args.max_terminals,
+        scrollback_bytes=args.scrollback_bytes,
+        max_file_bytes=args.max_file_bytes,
+        max_tree_bytes=args.max_tree_bytes,
+        stalled_client_timeout=args.stalled_client_timeout,
+    )
+    sockets, where = listen(args)
+    made_socket = args.socket
+    try:
+        asyncio.run(serve(config, sockets, where))
+    finally:
+        if made_socket:
+            with contextlib.suppress(OSError):
+                Path(made_socket).unlink()
