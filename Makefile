@@ -4,11 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/js/node_modules/.installed
+SANDBOX_STAMP := .sandbox-venv/.installed
 ARGS ?=
 
 .PHONY: install run test lint typecheck pytest bench clean
 
-install: $(STAMP) $(NODE_STAMP)
+install: $(STAMP) $(NODE_STAMP) $(SANDBOX_STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (PYTHON=... selects another).")'
@@ -22,6 +23,11 @@ $(NODE_STAMP): tests/js/package.json tests/js/package-lock.json
 	@command -v npm >/dev/null || { echo "Node.js 20+ with npm is needed (apt-get install nodejs npm)"; exit 1; }
 	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
 	@touch $(NODE_STAMP)
+
+# The sandboxes' own Python (numpy, pandas, scipy, the agent's deps), never the platform's.
+$(SANDBOX_STAMP): $(STAMP) extensions/sandboxes/python_env.py
+	$(BIN)/python -m extensions.sandboxes.python_env .sandbox-venv
+	@touch $(SANDBOX_STAMP)
 
 run: install
 	$(BIN)/platform-server --ip=127.0.0.1 --port=8888 $(ARGS)
@@ -43,4 +49,4 @@ bench: install
 	$(BIN)/python -m benchmarks.contents
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .sandbox-venv .mypy_cache .ruff_cache .pytest_cache *.egg-info

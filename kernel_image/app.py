@@ -195,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m kernel_image``."""
     args = parse_args(argv)
     token = os.environ.pop(TOKEN_ENV, "")
+    # Only the agent needs its own import path; terminals and kernels get the user's Python.
+    os.environ.pop("PYTHONPATH", None)
     configure_logging(args.log_level)
     if len(token) < MIN_TOKEN_LENGTH:
         sys.exit(f"kernel_image: set {TOKEN_ENV} to a secret of {MIN_TOKEN_LENGTH}+ characters")

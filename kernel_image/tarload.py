@@ -2,8 +2,10 @@
 
 Only regular files and folders are extracted. Symbolic and hard links, devices, FIFOs, absolute
 names, names with '..' and names that would land outside the root are skipped and reported.
-Modes follow tarfile's ``data`` filter (no set-id bits, no group/other write); owners are
-ignored; file modification times are kept. Each file is written atomically.
+Modes are those of tarfile's ``data`` filter (no set-id bits, no group/other write, always
+owner read/write), computed here because Python before 3.11.4 (Debian 12's) lacks the filter;
+owners are ignored; file modification times are kept. Each file is written atomically, through
+``files``, which refuses any path that would leave the root.
 """
 
 from __future__ import annotations
@@ -66,8 +68,6 @@ def extract(stream: IO[bytes], root: str, max_bytes: int) -> LoadResult:
                     if not (member.isreg() or member.isdir()):
                         skip(member.name, _kind(member))
                         continue
-                    # The data filter: modes, and no landing outside through existing links.
-                    safe = tarfile.data_filter(member, root)
                     if member.isdir():
                         files.make_dirs(root, parts)
                         result["directories"] += 1
@@ -77,7 +77,7 @@ def extract(stream: IO[bytes], root: str, max_bytes: int) -> LoadResult:
                     source = archive.extractfile(member)
                     if source is None:  # pragma: no cover (only for non-regular members)
                         continue
-                    writer = files.AtomicWriter(root, parts, mode=safe.mode)
+                    writer = files.AtomicWriter(root, parts, mode=safe_mode(member.mode))
                     try:
                         while chunk := source.read(1024 * 1024):
                             writer.write(chunk)
@@ -87,7 +87,7 @@ def extract(stream: IO[bytes], root: str, max_bytes: int) -> LoadResult:
                     writer.commit(mtime=member.mtime)
                     result["files"] += 1
                     result["bytes"] += writer.size
-                except (files.PathError, tarfile.FilterError, OSError) as e:
+                except (files.PathError, OSError) as e:
                     skip(member.name, str(e) if isinstance(e, files.PathError) else _reason(e))
     except tarfile.ReadError as e:
         msg = f"not a valid tar stream: {e}"
@@ -98,11 +98,12 @@ def extract(stream: IO[bytes], root: str, max_bytes: int) -> LoadResult:
     return result
 
 
+def safe_mode(mode: int) -> int:
+    """A file mode as tarfile's ``data`` filter leaves it."""
+    return (mode & 0o755) | 0o600
+
+
 def _reason(error: Exception) -> str:
-    if isinstance(error, tarfile.OutsideDestinationError):
-        return "leads outside the root"
-    if isinstance(error, tarfile.FilterError):
-        return "refused by the data filter"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     return type(error).__name__

@@ -17,7 +17,12 @@ from platform_server.db.secrets import load_or_create_secret
 from platform_server.handlers import DB_SETTING
 
 # The platform's own server extensions, in the order they load.
-PLATFORM_EXTENSIONS = ("extensions.accounts", "extensions.workspaces")
+PLATFORM_EXTENSIONS = (
+    "extensions.accounts",
+    "extensions.workspaces",
+    "extensions.sandboxes",
+    "extensions.terminals",
+)
 
 
 class PlatformApp(ServerApp):

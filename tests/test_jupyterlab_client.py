@@ -58,3 +58,20 @@ async def test_contents_manager_drives_a_workspace(make_user: Any, base_url: str
     api = Client(base_url, token=token)
     saved = await api.get(f"/w/{workspace['uuid']}/api/contents/hello.txt")
     assert saved.json["content"] == "hello from jupyterlab"
+
+
+async def test_terminal_manager_runs_commands_in_the_sandbox(make_user: Any, base_url: str) -> None:
+    browser = await make_user()
+    workspace = (await browser.post("/api/workspaces", {"name": "lab"})).json
+    token = (await browser.post("/api/accounts/tokens", {"name": "lab"})).json["token"]
+
+    seen = await run_node("terminals.mjs", f"{base_url}/w/{workspace['uuid']}/", token)
+
+    assert seen == {
+        "name": "1",
+        "answered": True,
+        "scrollbackReplayed": True,
+        "inputAfterReconnect": True,
+        "listed": ["1"],
+        "afterShutdown": [],
+    }

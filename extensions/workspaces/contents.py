@@ -11,7 +11,7 @@ import re
 import uuid
 from base64 import decodebytes, encodebytes
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, cast
 
 import nbformat
 import psycopg
@@ -21,7 +21,7 @@ from jupyter_server.base.call_context import CallContext
 from jupyter_server.services.contents.manager import AsyncContentsManager, copy_pat
 from nbformat import NotebookNode, sign
 from tornado.web import RequestHandler
-from traitlets import Instance, Integer, TraitError, Unicode, default
+from traitlets import Instance, Integer, List, TraitError, Unicode, default
 from traitlets.config import Configurable
 
 from extensions.workspaces import items, paths
@@ -87,6 +87,16 @@ def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+class ContentsListener(Protocol):
+    """Told of every committed change to a workspace's files (a running sandbox mirrors them)."""
+
+    async def contents_changed(
+        self, workspace_id: uuid.UUID, action: str, path: str, source_path: str | None
+    ) -> None:
+        """``action`` is save, delete, rename, copy or restore; ``source_path`` for the two
+        that have one. Must not raise: the change is already committed."""
+
+
 class PostgresContentsManager(AsyncContentsManager):
     """The files of one workspace, stored in PostgreSQL, behind Jupyter's contents API.
 
@@ -104,6 +114,11 @@ class PostgresContentsManager(AsyncContentsManager):
     db = Instance(Database, allow_none=True, help="The platform's database (not config).")
     workspace_id = Instance(
         uuid.UUID, allow_none=True, help="The workspace whose files are served (not config)."
+    )
+
+    listeners: List[Any] = List(
+        help="Objects with ``async contents_changed(workspace_id, action, path, source_path)``, "
+        "told of every committed change before the request answers (not config).",
     )
 
     db_url = Unicode(
@@ -225,6 +240,15 @@ class PostgresContentsManager(AsyncContentsManager):
     def _emit(self, data: dict[str, str]) -> None:
         """Record a contents event, as Jupyter's managers do."""
         self.emit(data=data)  # type: ignore[no-untyped-call]
+
+    async def _changed(self, action: str, path: str, source_path: str | None = None) -> None:
+        """Record a committed change and tell the listeners before the request answers."""
+        event = {"action": action, "path": path}
+        if source_path is not None:
+            event["source_path"] = source_path
+        self._emit(event)
+        for listener in cast(list[ContentsListener], self.listeners):
+            await listener.contents_changed(self._workspace, action, path, source_path)
 
     def _check_size(self, size: int, path: str) -> None:
         try:
@@ -458,7 +482,7 @@ class PostgresContentsManager(AsyncContentsManager):
         saved = self._row_model(row)
         if message:
             saved["message"] = message
-        self._emit({"action": "save", "path": path})
+        await self._changed("save", path)
         return saved
 
     async def _write(self, path: str, data: bytes, *, checkpoint: bool) -> items.ItemRow:
@@ -558,7 +582,7 @@ class PostgresContentsManager(AsyncContentsManager):
             raise
         if chunk == -1:
             saved = self._row_model(row)
-            self._emit({"action": "save", "path": path})
+            await self._changed("save", path)
             return saved
         # The file itself changes only with the last chunk; until then, describe the upload.
         now = datetime.now(UTC)
@@ -579,7 +603,7 @@ class PostgresContentsManager(AsyncContentsManager):
         await self.delete_file(path)
         if not self._postgres_checkpoints:
             await self.checkpoints.delete_all_checkpoints(path)  # type: ignore[no-untyped-call]
-        self._emit({"action": "delete", "path": api_path(path)})
+        await self._changed("delete", api_path(path))
 
     async def rename_file(self, old_path: str, new_path: str) -> None:
         """Move a file or a directory (with its descendants and checkpoints); 409 if taken."""
@@ -597,7 +621,7 @@ class PostgresContentsManager(AsyncContentsManager):
         await self.rename_file(old_path, new_path)
         if not self._postgres_checkpoints:
             await self.checkpoints.rename_all_checkpoints(old_path, new_path)  # type: ignore[no-untyped-call]
-        self._emit({"action": "rename", "path": new_path, "source_path": old_path})
+        await self._changed("rename", api_path(new_path), api_path(old_path))
 
     async def copy(self, from_path: str, to_path: str | None = None) -> dict[str, Any]:
         """Copy a file or a directory, naming the copy as Jupyter does ("a-Copy1.txt").
@@ -630,7 +654,7 @@ class PostgresContentsManager(AsyncContentsManager):
             row = await items.copy_item(
                 conn, self._workspace, path, target, quota=self.workspace_quota
             )
-        self._emit({"action": "copy", "path": target, "source_path": path})
+        await self._changed("copy", target, path)
         return self._row_model(row)
 
     # --- checkpoints (typed; the work is the checkpoints class's) -------------------------
@@ -643,6 +667,7 @@ class PostgresContentsManager(AsyncContentsManager):
     async def restore_checkpoint(self, checkpoint_id: str, path: str) -> None:
         """Write checkpoint ``checkpoint_id`` back to the file at ``path``."""
         await self.checkpoints.restore_checkpoint(self, checkpoint_id, path)  # type: ignore[no-untyped-call]
+        await self._changed("restore", api_path(path))
 
     async def list_checkpoints(self, path: str) -> list[dict[str, Any]]:
         """The checkpoints of ``path``, oldest first."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, TypedDict
 
-from traitlets import Instance, Integer, Unicode
+from traitlets import Instance, Integer, List, Unicode
 from traitlets.config import LoggingConfigurable
 
 from extensions.accounts.manager import isoformat
@@ -74,10 +74,20 @@ class Workspaces(LoggingConfigurable):
 
     db = Instance(Database)
 
+    listeners: List[Any] = List(
+        help="Objects told of file changes (``contents_changed``, see ContentsListener) and "
+        "of deletions (``async workspace_deleting(workspace_id)``), e.g. the sandboxes "
+        "(not config).",
+    )
+
     def contents_manager(self, workspace_id: uuid.UUID) -> PostgresContentsManager:
         """A contents manager bound to one workspace (cheap: made per request)."""
         return PostgresContentsManager(
-            parent=self, db=self.db, workspace_id=workspace_id, log=self.log
+            parent=self,
+            db=self.db,
+            workspace_id=workspace_id,
+            log=self.log,
+            listeners=self.listeners,
         )
 
     def model(self, workspace: WorkspaceRow) -> WorkspaceModel:
@@ -132,6 +142,10 @@ class Workspaces(LoggingConfigurable):
     async def delete(self, workspace_id: str, owner_id: int) -> None:
         """Delete a workspace and every file in it."""
         parsed = parse_workspace_id(workspace_id)
+        async with self.db.transaction() as conn:
+            await store.get_workspace(conn, parsed, owner_id)
+        for listener in self.listeners:
+            await listener.workspace_deleting(parsed)
         async with self.db.transaction() as conn:
             await store.delete_workspace(conn, parsed, owner_id)
         self.log.info("workspace %s | deleted by user %d", parsed, owner_id)

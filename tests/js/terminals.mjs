@@ -1,8 +1,11 @@
 // Opens a terminal in one workspace with JupyterLab's own TerminalManager, runs a command,
 // reconnects (the scrollback must come back), and shuts it down; prints what it saw as JSON.
+import { PageConfig } from '@jupyterlab/coreutils';
 import { ServerConnection, TerminalManager } from '@jupyterlab/services';
 import WebSocket from 'ws';
 
+// What JupyterLab's page config says when the server has terminals.
+PageConfig.setOption('terminalsAvailable', 'true');
 const serverSettings = ServerConnection.makeSettings({
   baseUrl: process.env.BASE_URL,
   wsUrl: process.env.BASE_URL.replace(/^http/, 'ws'),

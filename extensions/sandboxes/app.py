@@ -1,0 +1,72 @@
+"""``SandboxesApp``: the sandboxes extension's wiring into the server."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Type
+
+from extensions.sandboxes.handlers import default_handlers
+from extensions.sandboxes.manager import Sandboxes
+from extensions.sandboxes.spawners.base import Spawner
+from extensions.workspaces.manager import Workspaces
+from platform_server.app import PlatformApp
+from platform_server.db.secrets import load_or_create_secret
+
+
+class SandboxesApp(ExtensionApp):
+    """Sandbox lifecycle (``/api/workspaces/<uuid>/sandbox``), culling, and the spawner."""
+
+    name = "sandboxes"
+    load_other_extensions = True
+
+    spawner_class = Type(
+        "extensions.sandboxes.spawners.local.LocalSpawner",
+        klass=Spawner,
+        help="How sandboxes are started: the local bubblewrap spawner (default) or "
+        "extensions.sandboxes.spawners.kubernetes.KubernetesSpawner.",
+    ).tag(config=True)
+
+    _culler: asyncio.Task[None] | None = None
+
+    def initialize_settings(self) -> None:
+        """Make the spawner and the ``Sandboxes`` service."""
+        platform = cast(PlatformApp, self.serverapp)
+        spawner_class = cast(type[Spawner], self.spawner_class)
+        spawner_options: dict[str, Any] = {}
+        if "data_dir" in spawner_class.class_trait_names():
+            spawner_options["data_dir"] = platform.data_dir
+        spawner = spawner_class(parent=self, **spawner_options)
+        sandboxes = Sandboxes(
+            parent=self,
+            db=platform.db,
+            spawner=spawner,
+            token_key=load_or_create_secret(platform.db.conninfo, "agent_token_key"),
+        )
+        self.settings["sandboxes"] = sandboxes
+
+    def initialize_handlers(self) -> None:
+        """Register the REST handlers."""
+        self.handlers.extend(default_handlers)
+
+    @property
+    def sandboxes(self) -> Sandboxes:
+        """The sandboxes service."""
+        return cast(Sandboxes, self.settings["sandboxes"])
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        """Check the host can run sandboxes, listen to file saves, then start culling."""
+        # Saves through the Contents API reach the running sandbox before they answer. (Here,
+        # not in initialize_settings: extensions load in name order, workspaces after us.)
+        workspaces = cast(Workspaces, serverapp.web_app.settings["workspaces"])
+        workspaces.listeners.append(self.sandboxes)
+        await self.sandboxes.spawner.check()
+        self._culler = asyncio.create_task(self.sandboxes.cull_forever())
+
+    async def stop_extension(self) -> None:
+        """Stop culling; sandboxes keep running (a restart reattaches to them)."""
+        if self._culler is not None:
+            self._culler.cancel()
+            self._culler = None

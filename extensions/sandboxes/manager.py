@@ -1,0 +1,443 @@
+"""``Sandboxes``: the lifecycle of every workspace's sandbox, kept in PostgreSQL.
+
+stopped → starting → running → stopping → stopped, or failed with a reason. Any replica can
+start, reach, cull or stop any sandbox: the rows say where each agent listens, and its token
+is derived from a shared secret, never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypedDict
+from urllib.parse import quote
+
+from traitlets import Bytes, Float, Instance, Integer
+from traitlets.config import LoggingConfigurable
+
+from extensions.accounts.manager import isoformat
+from extensions.sandboxes import store, tarstream
+from extensions.sandboxes.agent_client import AgentClient, AgentError
+from extensions.sandboxes.spawners.base import AgentEndpoint, SandboxHandle, Spawner, SpawnerError
+from extensions.sandboxes.store import SandboxRow
+from platform_server.db import Database
+from platform_server.errors import DomainError
+
+# First key of the two-key advisory locks that serialise starting one workspace's sandbox.
+START_LOCK_NAMESPACE = 0x5A4D
+CULL_LOCK_ID = 7_081_542_017
+
+
+class SandboxFailed(DomainError):
+    """The sandbox could not start; the message says why."""
+
+    status_code = 503
+    reason = "sandbox_failed"
+
+
+class SandboxModel(TypedDict):
+    """A workspace's sandbox as the API shows it."""
+
+    state: str
+    reason: str | None
+    progress: int
+    message: str
+    started_at: str | None
+    last_activity: str | None
+
+
+STOPPED: SandboxModel = {
+    "state": "stopped",
+    "reason": None,
+    "progress": 0,
+    "message": "",
+    "started_at": None,
+    "last_activity": None,
+}
+
+
+def lock_key(workspace_id: uuid.UUID) -> tuple[int, int]:
+    """The advisory-lock key of one workspace's start."""
+    return START_LOCK_NAMESPACE, int.from_bytes(workspace_id.bytes[:4], "big", signed=True)
+
+
+class Sandboxes(LoggingConfigurable):
+    """Starts, finds, culls and stops sandboxes; the only place that calls the spawner."""
+
+    idle_timeout = Integer(
+        1800,
+        help="Seconds without terminal input or API use before a sandbox is stopped. 0 disables.",
+    ).tag(config=True)
+
+    max_age = Integer(
+        7200, help="Seconds after which a sandbox is stopped however busy. 0 disables."
+    ).tag(config=True)
+
+    cull_interval = Integer(
+        60, help="Seconds between two checks for idle or old sandboxes (at most 60)."
+    ).tag(config=True)
+
+    start_timeout = Float(
+        60.0, help="Seconds a sandbox may take to start before it is marked failed."
+    ).tag(config=True)
+
+    db = Instance(Database)
+    spawner = Instance(Spawner)
+    token_key = Bytes(help="Secret from which agent tokens are derived (shared by replicas).")
+
+    _clients: dict[uuid.UUID, AgentClient]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._clients = {}
+
+    # --- reaching agents -----------------------------------------------------------------
+
+    def agent_token(self, sandbox_id: uuid.UUID) -> str:
+        """The token of one sandbox's agent, the same on every replica."""
+        return hmac.new(self.token_key, b"agent:" + sandbox_id.bytes, hashlib.sha256).hexdigest()
+
+    def client(self, row: SandboxRow) -> AgentClient:
+        """An HTTP/WebSocket client of the sandbox's agent."""
+        client = self._clients.get(row["id"])
+        if client is None:
+            if row["endpoint"] is None:
+                msg = "The sandbox has no agent address yet."
+                raise SandboxFailed(msg)
+            endpoint = AgentEndpoint(**row["endpoint"])
+            client = AgentClient(endpoint, self.agent_token(row["id"]))
+            self._clients[row["id"]] = client
+        return client
+
+    def _forget_client(self, sandbox_id: uuid.UUID) -> None:
+        client = self._clients.pop(sandbox_id, None)
+        if client is not None:
+            client.close()
+
+    @staticmethod
+    def handle(row: SandboxRow) -> SandboxHandle:
+        """The spawner's view of a row."""
+        endpoint = AgentEndpoint(**(row["endpoint"] or {"unix_socket": "/nonexistent"}))
+        return SandboxHandle(str(row["id"]), endpoint, row["spawner_state"])
+
+    # --- state ---------------------------------------------------------------------------
+
+    def model(self, row: SandboxRow | None) -> SandboxModel:
+        """The JSON model of a workspace's sandbox (stopped when there is none)."""
+        if row is None:
+            return dict(STOPPED)  # type: ignore[return-value]
+        return {
+            "state": row["state"],
+            "reason": row["reason"],
+            "progress": row["progress"],
+            "message": row["message"],
+            "started_at": isoformat(row["started_at"]),
+            "last_activity": isoformat(row["last_activity"]),
+        }
+
+    async def row(self, workspace_id: uuid.UUID) -> SandboxRow | None:
+        """The workspace's sandbox row, if any."""
+        async with self.db.transaction() as conn:
+            return await store.get_for_workspace(conn, workspace_id)
+
+    async def current(self, workspace_id: uuid.UUID) -> SandboxRow | None:
+        """The workspace's sandbox row, marked failed first if its sandbox died."""
+        row = await self.row(workspace_id)
+        if row is not None and row["state"] == "running" and not await self._alive(row):
+            row = await self.get_row(row["id"])
+        return row
+
+    async def get_row(self, sandbox_id: uuid.UUID) -> SandboxRow | None:
+        """A sandbox row by id."""
+        async with self.db.transaction() as conn:
+            return await store.get(conn, sandbox_id)
+
+    async def _alive(self, row: SandboxRow) -> bool:
+        """Whether a running sandbox still runs; a dead one is marked failed."""
+        if await self.spawner.poll(self.handle(row)):
+            return True
+        self.log.warning("sandbox %s | died unexpectedly", row["id"])
+        self._forget_client(row["id"])
+        async with self.db.transaction() as conn:
+            await store.set_state(
+                conn,
+                row["id"],
+                "failed",
+                "The sandbox stopped unexpectedly (killed, or out of memory). Your saved "
+                "files are safe; opening a terminal starts a new sandbox.",
+            )
+        return False
+
+    # --- starting ------------------------------------------------------------------------
+
+    async def ensure_running(self, workspace_id: uuid.UUID) -> SandboxRow:
+        """The workspace's running sandbox, started if needed (once, across replicas)."""
+        row = await self.current(workspace_id)
+        if row is not None and row["state"] == "running":
+            return row
+        async with self.db.transaction() as lock:
+            # Held until this block ends: a concurrent request (on any replica) waits here,
+            # then finds the sandbox this one started.
+            await lock.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock_key(workspace_id))
+            row = await self.current(workspace_id)
+            if row is not None and row["state"] == "running":
+                return row
+            if row is not None:
+                await self._discard(row)
+            return await self._start(workspace_id)
+
+    async def _start(self, workspace_id: uuid.UUID) -> SandboxRow:
+        sandbox_id = uuid.uuid4()
+        started = time.monotonic()
+        async with self.db.transaction() as conn:
+            await store.insert_starting(conn, sandbox_id, workspace_id, type(self.spawner).__name__)
+        self.log.info("sandbox %s | starting for workspace %s", sandbox_id, workspace_id)
+
+        async def progress(percent: int, message: str) -> None:
+            async with self.db.transaction() as conn:
+                await store.set_progress(conn, sandbox_id, percent, message)
+
+        handle: SandboxHandle | None = None
+        try:
+            async with asyncio.timeout(self.start_timeout):
+                handle = await self.spawner.start(
+                    str(sandbox_id), self.agent_token(sandbox_id), progress
+                )
+                async with self.db.transaction() as conn:
+                    await store.set_started(
+                        conn, sandbox_id, endpoint_json(handle.endpoint), handle.state
+                    )
+                    row = await store.get(conn, sandbox_id)
+                assert row is not None  # noqa: S101
+                client = self.client(row)
+                await progress(60, "Waiting for the agent")
+                await wait_healthy(client)
+                await progress(80, "Loading your files")
+                loaded = await self.load_files(workspace_id, client)
+                async with self.db.transaction() as conn:
+                    await store.set_state(conn, sandbox_id, "running")
+                    row = await store.get(conn, sandbox_id)
+        except Exception as e:
+            reason = start_failure_reason(e, self.start_timeout)
+            self.log.error("sandbox %s | failed to start: %s", sandbox_id, reason)
+            if handle is not None:
+                await self.spawner.stop(handle)
+            self._forget_client(sandbox_id)
+            async with self.db.transaction() as conn:
+                await store.set_state(conn, sandbox_id, "failed", reason)
+            raise SandboxFailed(reason) from e
+        assert row is not None  # noqa: S101
+        self.log.info(
+            "sandbox %s | running in %.2fs (%d files loaded)",
+            sandbox_id,
+            time.monotonic() - started,
+            loaded,
+        )
+        return row
+
+    async def load_files(
+        self, workspace_id: uuid.UUID, client: AgentClient, under: str | None = None
+    ) -> int:
+        """Copy the workspace's tree (or the subtree ``under``) from PostgreSQL into the
+        sandbox in one streamed request."""
+        chunks: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=16)
+        count = 0
+
+        async def produce() -> None:
+            nonlocal count
+            try:
+                async for path, kind, content, modified in self._tree(workspace_id, under):
+                    for block in tarstream.member(path, kind, content, modified):
+                        await chunks.put(block)
+                    count += 1
+                await chunks.put(tarstream.end_of_archive())
+            finally:
+                await chunks.put(None)
+
+        async def body(write: Any) -> None:
+            while (chunk := await chunks.get()) is not None:
+                await write(chunk)
+
+        producer = asyncio.create_task(produce())
+        try:
+            await client.request("PUT", "/api/tree", body_producer=body, request_timeout=300)
+        finally:
+            producer.cancel()
+        return count
+
+    async def _tree(
+        self, workspace_id: uuid.UUID, under: str | None
+    ) -> AsyncIterator[tuple[str, str, bytes | None, datetime]]:
+        async with self.db.transaction() as conn, conn.cursor(name="tree") as cursor:
+            await cursor.execute(
+                """SELECT path, type, content, last_modified FROM workspace_items
+                   WHERE workspace_id = %(ws)s AND (%(under)s::text IS NULL OR path = %(under)s
+                         OR (path >= %(under)s || '/' AND path < %(under)s || '0'))
+                   ORDER BY path""",
+                {"ws": workspace_id, "under": under},
+            )
+            async for row in cursor:
+                yield row["path"], row["type"], row["content"], row["last_modified"]
+
+    # --- mirroring saves into running sandboxes ---------------------------------------------
+
+    async def contents_changed(
+        self, workspace_id: uuid.UUID, action: str, path: str, source_path: str | None
+    ) -> None:
+        """Push a change saved through the Contents API into the running sandbox, if any.
+
+        The change is already committed in PostgreSQL; a sandbox that cannot take it is
+        logged, never a failed save.
+        """
+        row = await self.row(workspace_id)
+        if row is None or row["state"] != "running":
+            return
+        client = self.client(row)
+        try:
+            if action == "rename" and source_path is not None:
+                await client.request(
+                    "POST",
+                    "/api/files-rename",
+                    json_body={"from": source_path, "to": path, "overwrite": True},
+                    expect=(204, 404),
+                )
+            await self._mirror(workspace_id, path, client)
+        except AgentError as e:
+            self.log.warning("sandbox %s | could not mirror %s: %s", row["id"], action, e)
+
+    async def _mirror(self, workspace_id: uuid.UUID, path: str, client: AgentClient) -> None:
+        """Make ``path`` in the sandbox what it is in PostgreSQL."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                """SELECT type, CASE WHEN type = 'directory' THEN NULL ELSE content END AS content
+                   FROM workspace_items WHERE workspace_id = %s AND path = %s""",
+                [workspace_id, path],
+            )
+            item = await cur.fetchone()
+        url = "/api/files/" + quote(path)
+        if item is None:
+            await client.request("DELETE", url, expect=(204, 404))
+        elif item["type"] == "directory":
+            await self.load_files(workspace_id, client, under=path)
+        else:
+            await client.request("PUT", url, body=item["content"], expect=(200, 201, 204))
+
+    async def workspace_deleting(self, workspace_id: uuid.UUID) -> None:
+        """A workspace is about to be deleted: stop its sandbox first."""
+        row = await self.row(workspace_id)
+        if row is not None:
+            await self._discard(row)
+
+    # --- stopping ------------------------------------------------------------------------
+
+    async def stop(self, workspace_id: uuid.UUID) -> None:
+        """Stop the workspace's sandbox, if it has one."""
+        row = await self.row(workspace_id)
+        if row is not None:
+            await self._discard(row, keep_row=True)
+
+    async def _discard(self, row: SandboxRow, *, keep_row: bool = False) -> None:
+        """Stop a sandbox's processes and forget (or mark stopped) its row."""
+        if row["state"] in {"starting", "running", "stopping"}:
+            async with self.db.transaction() as conn:
+                await store.set_state(conn, row["id"], "stopping")
+            try:
+                await self.spawner.stop(self.handle(row))
+            except SpawnerError:
+                self.log.exception("sandbox %s | stop failed", row["id"])
+            self.log.info("sandbox %s | stopped", row["id"])
+        self._forget_client(row["id"])
+        async with self.db.transaction() as conn:
+            if keep_row:
+                await store.set_state(conn, row["id"], "stopped")
+            else:
+                await store.delete(conn, row["id"])
+
+    # --- culling -------------------------------------------------------------------------
+
+    async def cull_once(self) -> int:
+        """Stop sandboxes idle past ``idle_timeout`` or older than ``max_age``; one replica."""
+        stopped = 0
+        async with self.db.transaction() as lock:
+            cur = await lock.execute("SELECT pg_try_advisory_xact_lock(%s) AS got", [CULL_LOCK_ID])
+            got = await cur.fetchone()
+            if not got or not got["got"]:
+                return 0
+            async with self.db.transaction() as conn:
+                rows = await store.list_running(conn)
+            now = datetime.now(UTC)
+            for row in rows:
+                if row["state"] != "running" or not await self._alive(row):
+                    continue
+                why = await self._cull_reason(row, now)
+                if why:
+                    self.log.info("sandbox %s | culling: %s", row["id"], why)
+                    await self._discard(row, keep_row=True)
+                    stopped += 1
+        return stopped
+
+    async def _cull_reason(self, row: SandboxRow, now: datetime) -> str | None:
+        started = row["started_at"] or row["created_at"]
+        if self.max_age and now - started > timedelta(seconds=self.max_age):
+            return f"older than {self.max_age} s"
+        if not self.idle_timeout:
+            return None
+        last = row["last_activity"]
+        if row["workspace_id"] is not None:
+            async with self.db.transaction() as conn:
+                used = await store.workspace_activity(conn, row["workspace_id"])
+            last = max(last, used or last)
+        try:
+            health = await self.client(row).health()
+        except AgentError:
+            return "its agent does not answer"
+        if health.get("last_input"):
+            last = max(last, datetime.fromisoformat(health["last_input"]))
+        if now - last > timedelta(seconds=self.idle_timeout):
+            return f"idle for more than {self.idle_timeout} s"
+        return None
+
+    async def cull_forever(self) -> None:
+        """The background culling loop: logs failures and goes on."""
+        while True:
+            await asyncio.sleep(min(self.cull_interval, 60))
+            try:
+                await self.cull_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("sandboxes | culling failed")
+
+
+def endpoint_json(endpoint: AgentEndpoint) -> dict[str, Any]:
+    """An endpoint as stored in the row."""
+    if endpoint.unix_socket is not None:
+        return {"unix_socket": endpoint.unix_socket}
+    return {"host": endpoint.host, "port": endpoint.port}
+
+
+async def wait_healthy(client: AgentClient, within: float = 30.0) -> None:
+    """Poll the agent's health until it answers, for at most ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await client.health(request_timeout=2.0)
+            return
+        except AgentError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.02)
+
+
+def start_failure_reason(error: BaseException, timeout: float) -> str:
+    """Words for the user about why a start failed."""
+    if isinstance(error, TimeoutError):
+        return f"The sandbox did not start within {timeout:.0f} s."
+    if isinstance(error, SpawnerError | AgentError):
+        return str(error)
+    return f"The sandbox failed to start ({type(error).__name__}); see the server log."

@@ -1,0 +1,90 @@
+"""The spawner contract: how a sandbox is started, found again, checked and stopped.
+
+The platform reaches every sandbox only through its agent (HTTP + WebSocket with a secret
+token). A spawner only knows how to start one and how to reach it; everything else (state in
+PostgreSQL, loading files, terminals) is the same for every spawner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from traitlets import Integer
+from traitlets.config import LoggingConfigurable
+
+# Called with (percent 0-100, message) while a sandbox starts.
+Progress = Callable[[int, str], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class AgentEndpoint:
+    """Where an agent listens: a Unix socket path (local) or a host and port (Kubernetes)."""
+
+    unix_socket: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.unix_socket is None) == (self.host is None or self.port is None):
+            msg = "An AgentEndpoint is either a Unix socket or a host and port."
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class SandboxHandle:
+    """A running sandbox as its spawner knows it.
+
+    ``state`` is JSON-serialisable and stored in the sandbox's database row, so any replica
+    (or this one after a restart) can poll or stop the sandbox with it.
+    """
+
+    sandbox_id: str
+    endpoint: AgentEndpoint
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class SpawnerError(Exception):
+    """A sandbox could not be started; the message says why and what to do."""
+
+
+class Spawner(LoggingConfigurable):
+    """Starts, stops and finds sandboxes.
+
+    Subclass and override ``start``, ``stop``, ``poll`` and ``find_running``. All must be
+    coroutines. A spawner never runs user code outside a sandbox: if it cannot isolate, it
+    raises ``SpawnerError``.
+    """
+
+    warm_pool_size = Integer(
+        2, help="Sandboxes kept started and unassigned, so opening a workspace is instant."
+    ).tag(config=True)
+
+    async def check(self) -> None:
+        """Raise ``SpawnerError`` if this host cannot run sandboxes. Override in a subclass."""
+
+    async def start(self, sandbox_id: str, token: str, progress: Progress) -> SandboxHandle:
+        """Start a sandbox whose agent requires ``token``; return once it is listening.
+
+        Must be a coroutine. On failure, clean up what was started and raise ``SpawnerError``.
+        """
+        raise NotImplementedError
+
+    async def stop(self, handle: SandboxHandle) -> None:
+        """Stop the sandbox and everything in it; no error if it is already gone.
+
+        Must be a coroutine.
+        """
+        raise NotImplementedError
+
+    async def poll(self, handle: SandboxHandle) -> bool:
+        """Whether the sandbox is still running. Must be a coroutine."""
+        raise NotImplementedError
+
+    async def find_running(self) -> list[SandboxHandle]:
+        """Every sandbox of this spawner still running (after a restart: to reattach or reap).
+
+        Must be a coroutine.
+        """
+        raise NotImplementedError

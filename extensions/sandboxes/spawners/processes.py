@@ -1,0 +1,98 @@
+"""Host processes of sandboxes: identity (pid + start time, against pid reuse), liveness, kill."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+
+class ProcessError(Exception):
+    """A process could not be killed; the message says why."""
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/<pid>/stat (after the command name), or None if there is none."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def start_time_of(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: when it started, in clock ticks after boot."""
+    fields = proc_stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def alive(pid: int, start_time: int) -> bool:
+    """Whether ``pid`` is still the process that started at ``start_time``, and not a zombie."""
+    fields = proc_stat(pid)
+    return fields is not None and int(fields[19]) == start_time and fields[0] not in {"Z", "X"}
+
+
+def process_uid(pid: int) -> int:
+    """The real uid of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    msg = f"No Uid in /proc/{pid}/status"
+    raise ProcessError(msg)
+
+
+async def kill(pid: int, start_time: int, *, grace: float, uid: int | None = None) -> None:
+    """SIGKILL the process if it is still that one (and not root's), and wait for it to exit."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        # Checked after opening the pidfd, which cannot be reused: this is the right process.
+        if not alive(pid, start_time):
+            return
+        owner = process_uid(pid)
+        if owner == 0 or (uid is not None and owner != uid):
+            msg = f"Refusing to kill pid {pid}: it runs as uid {owner}, not the sandbox's."
+            raise ProcessError(msg)
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
+        # A pidfd becomes readable when its process has exited.
+        loop.add_reader(pidfd, _resolve, exited)
+        try:
+            await asyncio.wait_for(exited, grace)
+        except TimeoutError as e:
+            msg = f"Sandbox process {pid} did not exit within {grace} s of SIGKILL."
+            raise ProcessError(msg) from e
+        finally:
+            loop.remove_reader(pidfd)
+    finally:
+        os.close(pidfd)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def kill_now(pid: int, start_time: int) -> None:
+    """SIGKILL without waiting (from the launching thread, on failure)."""
+    with contextlib.suppress(ProcessLookupError):
+        pidfd = os.pidfd_open(pid)
+        try:
+            if alive(pid, start_time):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        finally:
+            os.close(pidfd)
+
+
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """Kill and reap a child process (bwrap itself, when its sandbox could not be set up)."""
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)

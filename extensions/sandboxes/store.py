@@ -1,0 +1,120 @@
+"""SQL of sandbox rows. No transactions of its own."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, TypedDict, cast
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from platform_server.db import Connection
+
+
+class SandboxRow(TypedDict):
+    """One row of ``sandboxes``."""
+
+    id: uuid.UUID
+    workspace_id: uuid.UUID | None
+    state: str
+    reason: str | None
+    progress: int
+    message: str
+    spawner: str
+    endpoint: dict[str, Any] | None
+    spawner_state: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    last_activity: datetime
+
+
+_FIELDS = tuple(SandboxRow.__annotations__)
+COLUMNS = sql.SQL(", ").join(map(sql.Identifier, _FIELDS))
+
+
+async def get_for_workspace(conn: Connection, workspace_id: uuid.UUID) -> SandboxRow | None:
+    """The workspace's sandbox row, whatever its state."""
+    cur = await conn.execute(
+        sql.SQL("SELECT {cols} FROM sandboxes WHERE workspace_id = %s").format(cols=COLUMNS),
+        [workspace_id],
+    )
+    return cast(SandboxRow | None, await cur.fetchone())
+
+
+async def get(conn: Connection, sandbox_id: uuid.UUID) -> SandboxRow | None:
+    """One sandbox row by id."""
+    cur = await conn.execute(
+        sql.SQL("SELECT {cols} FROM sandboxes WHERE id = %s").format(cols=COLUMNS), [sandbox_id]
+    )
+    return cast(SandboxRow | None, await cur.fetchone())
+
+
+async def insert_starting(
+    conn: Connection, sandbox_id: uuid.UUID, workspace_id: uuid.UUID | None, spawner: str
+) -> None:
+    """Record a sandbox about to start."""
+    await conn.execute(
+        """INSERT INTO sandboxes (id, workspace_id, state, spawner, message)
+           VALUES (%s, %s, 'starting', %s, 'Starting the sandbox')""",
+        [sandbox_id, workspace_id, spawner],
+    )
+
+
+async def set_progress(
+    conn: Connection, sandbox_id: uuid.UUID, progress: int, message: str
+) -> None:
+    """Record start-up progress (0-100) and what is happening."""
+    await conn.execute(
+        "UPDATE sandboxes SET progress = %s, message = %s WHERE id = %s",
+        [max(0, min(100, progress)), message, sandbox_id],
+    )
+
+
+async def set_started(
+    conn: Connection,
+    sandbox_id: uuid.UUID,
+    endpoint: dict[str, Any],
+    spawner_state: dict[str, Any],
+) -> None:
+    """Record where the agent listens, before its files are loaded."""
+    await conn.execute(
+        "UPDATE sandboxes SET endpoint = %s, spawner_state = %s WHERE id = %s",
+        [Jsonb(endpoint), Jsonb(spawner_state), sandbox_id],
+    )
+
+
+async def set_state(
+    conn: Connection, sandbox_id: uuid.UUID, state: str, reason: str | None = None
+) -> None:
+    """Move a sandbox to ``state`` (running records its start time)."""
+    await conn.execute(
+        """UPDATE sandboxes SET state = %s, reason = %s,
+               progress = CASE WHEN %s = 'running' THEN 100 ELSE progress END,
+               message = CASE WHEN %s = 'running' THEN 'Ready' ELSE message END,
+               started_at = CASE WHEN %s = 'running' THEN now() ELSE started_at END
+           WHERE id = %s""",
+        [state, reason, state, state, state, sandbox_id],
+    )
+
+
+async def delete(conn: Connection, sandbox_id: uuid.UUID) -> None:
+    """Forget a sandbox."""
+    await conn.execute("DELETE FROM sandboxes WHERE id = %s", [sandbox_id])
+
+
+async def list_running(conn: Connection) -> list[SandboxRow]:
+    """Every sandbox that is (or is becoming) alive."""
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT {cols} FROM sandboxes WHERE state IN ('starting', 'running', 'stopping')"
+        ).format(cols=COLUMNS)
+    )
+    return cast(list[SandboxRow], await cur.fetchall())
+
+
+async def workspace_activity(conn: Connection, workspace_id: uuid.UUID) -> datetime | None:
+    """When the workspace was last used through the API."""
+    cur = await conn.execute("SELECT last_activity FROM workspaces WHERE id = %s", [workspace_id])
+    row = await cur.fetchone()
+    return None if row is None else cast(datetime, row["last_activity"])

@@ -1,0 +1,86 @@
+"""``/w/<uuid>/api/terminals``: jupyter_server's terminal REST API, per workspace."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, cast
+
+from tornado import web
+
+from extensions.accounts.identity import authenticated_user
+from extensions.terminals.manager import Terminals
+from extensions.workspaces.manager import Workspaces
+from platform_server.errors import PlatformError
+from platform_server.handlers import PlatformAPIHandler
+
+WORKSPACE = r"/w/(?P<workspace_id>[^/]+)"
+
+
+class TerminalsAPIHandler(PlatformAPIHandler):
+    """Base: the services, and the owner check of the URL's workspace."""
+
+    auth_resource = "terminals"
+
+    @property
+    def terminals(self) -> Terminals:
+        """The terminals service."""
+        return cast(Terminals, self.settings["terminals"])
+
+    async def owned_workspace(self, workspace_id: str) -> uuid.UUID:
+        """The URL's workspace if the caller owns it (404 otherwise)."""
+        workspaces = cast(Workspaces, self.settings["workspaces"])
+        return await workspaces.touch(workspace_id, authenticated_user(self).user_id)
+
+    def body_options(self) -> dict[str, Any]:
+        """The optional JSON body, as JupyterLab sends it (with or without a content type)."""
+        if not self.request.body:
+            return {}
+        try:
+            body = json.loads(self.request.body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise PlatformError(400, "The request body is not valid JSON.") from e
+        if not isinstance(body, dict):
+            raise PlatformError(400, "The request body must be a JSON object.")
+        return body
+
+
+class TerminalRootHandler(TerminalsAPIHandler):
+    """``GET`` lists, ``POST`` opens a terminal (starting the sandbox if needed)."""
+
+    @web.authenticated
+    async def get(self, workspace_id: str) -> None:
+        """The workspace's terminals."""
+        ws = await self.owned_workspace(workspace_id)
+        self.finish_json(await self.terminals.running(ws))
+
+    @web.authenticated
+    async def post(self, workspace_id: str) -> None:
+        """Open a terminal: ``{"name": "1", "last_activity": ...}``."""
+        ws = await self.owned_workspace(workspace_id)
+        model = await self.terminals.create(ws, self.body_options())
+        self.finish_json(model)
+
+
+class TerminalHandler(TerminalsAPIHandler):
+    """``GET``/``DELETE`` one terminal."""
+
+    @web.authenticated
+    async def get(self, workspace_id: str, name: str) -> None:
+        """One terminal's model."""
+        ws = await self.owned_workspace(workspace_id)
+        self.finish_json(await self.terminals.get(ws, name))
+
+    @web.authenticated
+    async def delete(self, workspace_id: str, name: str) -> None:
+        """Close the terminal."""
+        ws = await self.owned_workspace(workspace_id)
+        await self.terminals.delete(ws, name)
+        self.set_status(204)
+        self.finish()
+
+
+default_handlers = [
+    (rf"{WORKSPACE}/api/terminals", TerminalRootHandler),
+    (rf"{WORKSPACE}/api/terminals/(?P<name>[^/]+)", TerminalHandler),
+]

@@ -1,0 +1,132 @@
+"""``WS /w/<uuid>/terminals/websocket/<name>``: the browser's terminal, relayed to the agent.
+
+terminado's JSON protocol passes through unchanged. Each direction awaits the other side's
+write before reading more, so a slow browser slows the agent (which then stops reading the
+PTY) instead of filling this process's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, cast
+from urllib.parse import quote
+
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.base.websocket import WebSocketMixin
+from tornado import web
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketHandler
+
+from extensions.accounts.identity import PlatformUser
+from extensions.sandboxes.agent_client import AgentError
+from extensions.sandboxes.manager import Sandboxes
+from extensions.workspaces.manager import Workspaces
+from platform_server.errors import DomainError
+
+MAX_MESSAGE_BYTES = 1 << 20
+MAX_TERMINAL_SIZE = 10_000
+# WebSocket close codes: 1001 going away, 1003 unsupported data, 1011 server error.
+GOING_AWAY, BAD_DATA, SERVER_ERROR = 1001, 1003, 1011
+
+
+def invalid_frame(message: str | bytes) -> str | None:
+    """Why a browser frame is not terminado protocol, or None when it is fine."""
+    if isinstance(message, bytes):
+        return "binary frames are not terminal messages"
+    try:
+        frame = json.loads(message)
+    except ValueError:
+        return "not JSON"
+    if not isinstance(frame, list) or not frame or not isinstance(frame[0], str):
+        return "not a [command, ...] list"
+    if frame[0] == "stdin":
+        return None if len(frame) == 2 and isinstance(frame[1], str) else "bad stdin"
+    if frame[0] == "set_size":
+        sizes = frame[1:]
+        valid = len(sizes) in (2, 4) and all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_TERMINAL_SIZE
+            for n in sizes[:2]
+        )
+        return None if valid else "bad set_size"
+    return f"unknown command {frame[0][:20]!r}"
+
+
+class TerminalProxyHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
+    """Relays one terminal between a browser (or any Jupyter client) and the agent."""
+
+    auth_resource = "terminals"
+    upstream: WebSocketClientConnection | None = None
+    _pump: asyncio.Task[None] | None = None
+
+    @property
+    def max_message_size(self) -> int:
+        """Terminal frames are keystrokes and sizes: 1 MiB is plenty."""
+        return MAX_MESSAGE_BYTES
+
+    async def get(self, workspace_id: str, name: str) -> None:
+        """Check the owner, connect to the agent, then accept the browser's upgrade."""
+        user = self.current_user
+        if not isinstance(user, PlatformUser):
+            raise web.HTTPError(403)
+        workspaces = cast(Workspaces, self.settings["workspaces"])
+        sandboxes = cast(Sandboxes, self.settings["sandboxes"])
+        try:
+            ws = await workspaces.touch(workspace_id, user.user_id)
+        except DomainError as e:
+            raise e.to_http() from e
+        row = await sandboxes.row(ws)
+        if row is None or row["state"] != "running":
+            raise web.HTTPError(404, "No such terminal: the workspace's sandbox is not running.")
+        path = f"/terminals/websocket/{quote(name, safe='')}"
+        since = self.get_argument("since", None)
+        if since is not None and since.isdigit():
+            path += f"?since={since}"
+        try:
+            self.upstream = await sandboxes.client(row).websocket(path)
+        except AgentError as e:
+            raise web.HTTPError(503, "The workspace's sandbox is not answering.") from e
+        await cast(Any, super().get(workspace_id, name))
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        """Start relaying the agent's output to the browser."""
+        super().open(*args, **kwargs)
+        self._pump = asyncio.create_task(self._relay_output())
+
+    async def _relay_output(self) -> None:
+        upstream = self.upstream
+        assert upstream is not None  # noqa: S101  (set in get before the upgrade)
+        while True:
+            message = await upstream.read_message()
+            if message is None:
+                self.close(GOING_AWAY, "The terminal ended or its sandbox stopped.")
+                return
+            try:
+                await self.write_message(message)
+            except WebSocketClosedError:
+                upstream.close()
+                return
+
+    async def on_message(self, message: str | bytes) -> None:
+        """Forward a valid frame to the agent; close on anything else."""
+        problem = invalid_frame(message)
+        if problem is not None:
+            self.close(BAD_DATA, f"Bad terminal message: {problem}.")
+            return
+        if self.upstream is None:
+            return
+        try:
+            await self.upstream.write_message(message)
+        except WebSocketClosedError:
+            self.close(GOING_AWAY, "The terminal's sandbox stopped.")
+
+    def on_close(self) -> None:
+        """Close the agent side too."""
+        if self.upstream is not None:
+            self.upstream.close()
+        if self._pump is not None and not self._pump.done():
+            self._pump.cancel()
+
+
+default_handlers = [
+    (r"/w/(?P<workspace_id>[^/]+)/terminals/websocket/(?P<name>[^/]+)", TerminalProxyHandler),
+]

@@ -1,0 +1,272 @@
+"""Sandboxes and terminals end to end: real bubblewrap sandboxes, real agents, real PTYs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from platform_server.app import PlatformApp
+from tests.client import Client
+
+TokenClientFactory = Callable[..., Awaitable[Client]]
+
+
+OPENED: list[WebSocketClientConnection] = []
+
+
+@pytest.fixture(autouse=True)
+def close_terminals() -> Iterator[None]:
+    """Close every terminal WebSocket a test opened."""
+    yield
+    while OPENED:
+        OPENED.pop().close()
+
+
+class Terminal:
+    """A terminado WebSocket client that collects everything the terminal printed."""
+
+    def __init__(self, connection: WebSocketClientConnection) -> None:
+        self.connection = connection
+        self.output = ""
+        OPENED.append(connection)
+
+    @classmethod
+    async def open(cls, base_url: str, path: str, token: str) -> Terminal:
+        url = base_url.replace("http", "ws", 1) + path + f"?token={token}"
+        return cls(await websocket_connect(url))
+
+    async def send(self, text: str) -> None:
+        await self.connection.write_message(json.dumps(["stdin", text]))
+
+    async def expect(self, needle: str, within: float = 20) -> str:
+        """Read until ``needle`` has been printed; return everything read so far."""
+        deadline = time.monotonic() + within
+        while needle not in self.output:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"never saw {needle!r}; got {self.output[-500:]!r}"
+            message = await asyncio.wait_for(self.connection.read_message(), remaining)
+            assert message is not None, f"closed before {needle!r}; got {self.output[-500:]!r}"
+            frame = json.loads(message)
+            if frame[0] == "stdout":
+                self.output += frame[1]
+        return self.output
+
+    async def run(self, command: str, marker: str) -> str:
+        """Run a shell command whose output ends with ``marker``; return what it printed."""
+        start = len(self.output)
+        await self.send(f"{command}\recho {marker[:3]}''{marker[3:]}\r")
+        await self.expect(marker)
+        return self.output[start:]
+
+
+async def workspace_with_token(make_user: Any) -> tuple[Client, str, str]:
+    browser = await make_user()
+    ws = (await browser.post("/api/workspaces", {"name": "term"})).json["uuid"]
+    token = (await browser.post("/api/accounts/tokens", {"name": "t"})).json["token"]
+    return browser, ws, token
+
+
+async def open_terminal(base_url: str, ws: str, token: str) -> tuple[str, Terminal]:
+    api = Client(base_url, token=token)
+    created = await api.post(f"/w/{ws}/api/terminals")
+    assert created.status == 200, created.body
+    name = created.json["name"]
+    terminal = await Terminal.open(base_url, f"/w/{ws}/terminals/websocket/{name}", token)
+    return name, terminal
+
+
+async def test_terminal_runs_commands_on_the_workspace_files(make_user: Any, base_url: str) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    api = Client(base_url, token=token)
+    assert (await api.get(f"/w/{ws}/api/terminals")).json == []
+
+    name, terminal = await open_terminal(base_url, ws, token)
+    assert name == "1"
+    await terminal.send("echo $((6*7))\r")
+    await terminal.expect("42")
+    main = await terminal.run("cat main.py", "DONE1")
+    assert "Hello from your workspace" in main
+
+    saved = await api.request(
+        "PUT",
+        f"/w/{ws}/api/contents/notes.txt",
+        {"type": "file", "format": "text", "content": "saved through the API"},
+    )
+    assert saved.status == 201
+    assert "saved through the API" in await terminal.run("cat notes.txt", "DONE2")
+    out = await terminal.run(
+        "python -c 'import numpy, pandas, scipy; print(numpy.arange(3).sum())'", "DONE3"
+    )
+    assert "3" in out
+
+    listed = await api.get(f"/w/{ws}/api/terminals")
+    assert [t["name"] for t in listed.json] == ["1"]
+    assert (await api.get(f"/w/{ws}/api/terminals/1")).status == 200
+    assert (await api.delete(f"/w/{ws}/api/terminals/1")).status == 204
+    assert (await api.get(f"/w/{ws}/api/terminals/1")).status == 404
+
+
+async def test_reconnect_replays_scrollback(make_user: Any, base_url: str) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    name, terminal = await open_terminal(base_url, ws, token)
+    await terminal.run("echo first-$((1+1))", "MARK1")
+    terminal.connection.close()
+    again = await Terminal.open(base_url, f"/w/{ws}/terminals/websocket/{name}", token)
+    await again.expect("first-2")
+    await again.run("echo second-$((2+2))", "MARK2")
+    assert "second-4" in again.output
+
+
+@pytest.mark.parametrize(
+    "frame",
+    ["not json", json.dumps(["stdin", 123]), json.dumps(["set_size", -1, 10**9]), "x" * (2 << 20)],
+)
+async def test_bad_frames_close_the_socket_cleanly(
+    make_user: Any, base_url: str, frame: str
+) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    _, terminal = await open_terminal(base_url, ws, token)
+    await terminal.connection.write_message(frame)
+    while await terminal.connection.read_message() is not None:
+        pass
+    assert terminal.connection.close_code in {1003, 1009}
+
+
+async def test_other_users_cannot_reach_terminals(
+    make_user: Any, make_token_client: TokenClientFactory, base_url: str
+) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    name, _ = await open_terminal(base_url, ws, token)
+    mallory = await make_token_client("mallory")
+    assert (await mallory.post(f"/w/{ws}/api/terminals")).status == 404
+    assert (await mallory.get(f"/w/{ws}/api/terminals")).status == 404
+    assert (await mallory.get(f"/w/{ws}/api/terminals/{name}")).status == 404
+    assert (await mallory.delete(f"/w/{ws}/api/terminals/{name}")).status == 404
+    with pytest.raises(HTTPClientError) as refused:
+        await Terminal.open(base_url, f"/w/{ws}/terminals/websocket/{name}", mallory.token or "")
+    assert refused.value.code == 404
+
+
+async def test_websocket_origin_is_checked(make_user: Any, base_url: str) -> None:
+    browser, ws, token = await workspace_with_token(make_user)
+    name, _ = await open_terminal(base_url, ws, token)
+    cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.items())
+    url = base_url.replace("http", "ws", 1) + f"/w/{ws}/terminals/websocket/{name}"
+    evil = HTTPRequest(url, headers={"Cookie": cookie, "Origin": "https://evil.example"})
+    with pytest.raises(HTTPClientError) as refused:
+        await websocket_connect(evil)
+    assert refused.value.code == 403
+    same_site = HTTPRequest(url, headers={"Cookie": cookie, "Origin": base_url})
+    OPENED.append(await websocket_connect(same_site))
+
+
+async def test_sandbox_lifecycle_api(make_user: Any, base_url: str) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    api = Client(base_url, token=token)
+    state = await api.get(f"/api/workspaces/{ws}/sandbox")
+    assert state.json["state"] == "stopped"
+    first, second = await asyncio.gather(
+        api.post(f"/api/workspaces/{ws}/sandbox"), api.post(f"/api/workspaces/{ws}/sandbox")
+    )
+    assert first.status == second.status == 200
+    assert first.json["state"] == second.json["state"] == "running"
+    assert first.json["started_at"] == second.json["started_at"]
+
+    progress = await api.get(f"/api/workspaces/{ws}/sandbox/progress")
+    events = [
+        json.loads(line[len("data: ") :])
+        for line in progress.body.decode().splitlines()
+        if line.startswith("data: ")
+    ]
+    assert events[-1]["ready"] is True
+    assert events[-1]["progress"] == 100
+
+    assert (await api.delete(f"/api/workspaces/{ws}/sandbox")).status == 204
+    assert (await api.get(f"/api/workspaces/{ws}/sandbox")).json["state"] == "stopped"
+    assert (await api.get(f"/w/{ws}/api/terminals")).json == []
+
+
+async def test_concurrent_starts_make_one_sandbox(
+    make_user: Any, base_url: str, jp_serverapp: PlatformApp
+) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    api = Client(base_url, token=token)
+    results = await asyncio.gather(*(api.post(f"/w/{ws}/api/terminals") for _ in range(4)))
+    assert {r.status for r in results} == {200}
+    assert sorted(r.json["name"] for r in results) == ["1", "2", "3", "4"]
+    sandboxes = jp_serverapp.web_app.settings["sandboxes"]
+    assert len(await sandboxes.spawner.find_running()) == 1
+
+
+async def test_workspaces_cannot_see_each_other(make_user: Any, base_url: str) -> None:
+    _, ws_a, token = await workspace_with_token(make_user)
+    api = Client(base_url, token=token)
+    ws_b = (await api.post("/api/workspaces", {"name": "other"})).json["uuid"]
+    await api.request(
+        "PUT",
+        f"/w/{ws_a}/api/contents/only-in-a-7f3.txt",
+        {"type": "file", "format": "text", "content": "only in A"},
+    )
+    _, term_a = await open_terminal(base_url, ws_a, token)
+    _, term_b = await open_terminal(base_url, ws_b, token)
+    assert "only-in-a-7f3.txt" in await term_a.run("ls", "LISTED")
+    await term_a.run("sleep 300 &", "STARTED")
+    # Results are prefixed with "42:", which the echo of the typed command cannot contain.
+    tag = 'sed "s/^/$((40+2)):/"'
+    seen = await term_b.run(
+        f"ls -a /workspace | {tag}; ps -e -o comm= | {tag}; "
+        f"find / -name 'only-in-a-*' 2>/dev/null | {tag}",
+        "LOOKED",
+    )
+    results = [line for line in seen.splitlines() if line.startswith("42:")]
+    assert "42:main.py" in "\n".join(results)
+    assert any(line.startswith("42:bash") for line in results)
+    assert not any("only-in-a" in line or "sleep" in line for line in results), "\n".join(results)
+
+
+class TestCulling:
+    @pytest.fixture
+    def jp_server_config(self) -> dict[str, Any]:
+        return {"Sandboxes": {"idle_timeout": 1}}
+
+    async def test_idle_sandbox_is_stopped_and_files_survive(
+        self, make_user: Any, base_url: str, jp_serverapp: PlatformApp
+    ) -> None:
+        _, ws, token = await workspace_with_token(make_user)
+        api = Client(base_url, token=token)
+        _, terminal = await open_terminal(base_url, ws, token)
+        await terminal.run("echo kept > made-here.txt", "WROTE")
+        await asyncio.sleep(2.5)
+        sandboxes = jp_serverapp.web_app.settings["sandboxes"]
+        assert await sandboxes.cull_once() == 1
+        assert (await api.get(f"/api/workspaces/{ws}/sandbox")).json["state"] == "stopped"
+        assert await sandboxes.spawner.find_running() == []
+        assert (await api.get(f"/w/{ws}/api/contents/main.py")).status == 200
+
+
+async def test_killed_agent_is_replaced_with_files_intact(
+    make_user: Any, base_url: str, jp_serverapp: PlatformApp
+) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    api = Client(base_url, token=token)
+    await open_terminal(base_url, ws, token)
+    sandboxes = jp_serverapp.web_app.settings["sandboxes"]
+    (handle,) = await sandboxes.spawner.find_running()
+    os.kill(int(handle.state["pid"]), signal.SIGKILL)
+    for _ in range(100):
+        if not await sandboxes.spawner.poll(handle):
+            break
+        await asyncio.sleep(0.05)
+    name, terminal = await open_terminal(base_url, ws, token)
+    assert name == "1"
+    assert "Hello from your workspace" in await terminal.run("cat main.py", "AGAIN")
+    assert (await api.get(f"/api/workspaces/{ws}/sandbox")).json["state"] == "running"
