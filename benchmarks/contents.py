@@ -8,11 +8,13 @@ ours/stock.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import itertools
 import json
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -49,16 +51,23 @@ def upload(http: HTTP, prefix: str, path: str, data: bytes) -> None:
         )
 
 
+def put_version(http: HTTP, path: str, content: str, versions: Iterator[int]) -> None:
+    """Save ``content`` changed in its first bytes: every round writes new bytes, as an
+    editor does."""
+    body = {"type": "file", "format": "text", "content": f"{next(versions):06}" + content[6:]}
+    http.json("PUT", path, body)
+
+
 def cases(http: HTTP, prefix: str) -> dict[str, list[float]]:
     """Time every case against one server; ``prefix`` is where its Jupyter API lives."""
     samples: dict[str, list[float]] = {}
     for label, size in SIZES.items():
-        body = {"type": "file", "format": "text", "content": text(size)}
+        content = text(size)
         path = f"{prefix}/api/contents/file_{label}.txt"
-        http.json("PUT", path, body, expect=201)
-        samples[f"put_{label}"] = timed(
-            lambda p=path, b=body: http.json("PUT", p, b), ROUNDS[label]
-        )
+        http.json("PUT", path, {"type": "file", "format": "text", "content": content}, expect=201)
+
+        put = functools.partial(put_version, http, path, content, itertools.count())
+        samples[f"put_{label}"] = timed(put, ROUNDS[label])
         samples[f"get_{label}"] = timed(
             lambda p=path: http.json("GET", p + "?type=file&format=text&content=1"), ROUNDS[label]
         )

@@ -266,7 +266,30 @@ async def test_killed_agent_is_replaced_with_files_intact(
         if not await sandboxes.spawner.poll(handle):
             break
         await asyncio.sleep(0.05)
+    failed = (await api.get(f"/api/workspaces/{ws}/sandbox")).json
+    assert failed["state"] == "failed"
+    assert "files are safe" in failed["reason"]
     name, terminal = await open_terminal(base_url, ws, token)
     assert name == "1"
     assert "Hello from your workspace" in await terminal.run("cat main.py", "AGAIN")
     assert (await api.get(f"/api/workspaces/{ws}/sandbox")).json["state"] == "running"
+
+
+class TestTerminalCap:
+    @pytest.fixture
+    def jp_server_config(self) -> dict[str, Any]:
+        return {"Terminals": {"max_terminals_per_user": 2}}
+
+    async def test_cap_counts_every_workspace_of_the_user(
+        self, make_user: Any, base_url: str
+    ) -> None:
+        _, ws_a, token = await workspace_with_token(make_user)
+        api = Client(base_url, token=token)
+        ws_b = (await api.post("/api/workspaces", {"name": "second"})).json["uuid"]
+        assert (await api.post(f"/w/{ws_a}/api/terminals")).status == 200
+        assert (await api.post(f"/w/{ws_b}/api/terminals")).status == 200
+        refused = await api.post(f"/w/{ws_a}/api/terminals")
+        assert refused.status == 409
+        assert "2 terminals open" in refused.json["message"]
+        assert (await api.delete(f"/w/{ws_b}/api/terminals/1")).status == 204
+        assert (await api.post(f"/w/{ws_a}/api/terminals")).status == 200

@@ -152,6 +152,11 @@ class Sandboxes(LoggingConfigurable):
             row = await self.get_row(row["id"])
         return row
 
+    async def running_for_owner(self, owner_id: int) -> list[SandboxRow]:
+        """The running sandboxes of one user's workspaces."""
+        async with self.db.transaction() as conn:
+            return await store.running_for_owner(conn, owner_id)
+
     async def get_row(self, sandbox_id: uuid.UUID) -> SandboxRow | None:
         """A sandbox row by id."""
         async with self.db.transaction() as conn:

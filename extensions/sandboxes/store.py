@@ -118,3 +118,15 @@ async def workspace_activity(conn: Connection, workspace_id: uuid.UUID) -> datet
     cur = await conn.execute("SELECT last_activity FROM workspaces WHERE id = %s", [workspace_id])
     row = await cur.fetchone()
     return None if row is None else cast(datetime, row["last_activity"])
+
+
+async def running_for_owner(conn: Connection, owner_id: int) -> list[SandboxRow]:
+    """The running sandboxes of one user's workspaces."""
+    cur = await conn.execute(
+        sql.SQL(
+            """SELECT {cols} FROM sandboxes s WHERE s.state = 'running'
+               AND s.workspace_id IN (SELECT id FROM workspaces WHERE owner_id = %s)"""
+        ).format(cols=sql.SQL(", ").join(sql.Identifier("s", f) for f in _FIELDS)),
+        [owner_id],
+    )
+    return cast(list[SandboxRow], await cur.fetchall())

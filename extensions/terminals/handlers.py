@@ -58,7 +58,8 @@ class TerminalRootHandler(TerminalsAPIHandler):
     async def post(self, workspace_id: str) -> None:
         """Open a terminal: ``{"name": "1", "last_activity": ...}``."""
         ws = await self.owned_workspace(workspace_id)
-        model = await self.terminals.create(ws, self.body_options())
+        owner = authenticated_user(self).user_id
+        model = await self.terminals.create(ws, owner, self.body_options())
         self.finish_json(model)
 
 

@@ -41,33 +41,48 @@ def no_terminal(name: str) -> NotFound:
 class Terminals(LoggingConfigurable):
     """Terminals live in the agent; this maps Jupyter's API onto it."""
 
-    max_terminals_per_workspace = Integer(
-        10, help="Most terminals open at once in one workspace; more answers 409."
+    max_terminals_per_user = Integer(
+        20,
+        help="Most terminals one user may have open at once, over all their workspaces; "
+        "more answers 409. 0 disables the cap.",
     ).tag(config=True)
 
     sandboxes = Instance(Sandboxes)
 
-    async def create(self, workspace_id: uuid.UUID, body: dict[str, Any]) -> TerminalModel:
+    async def create(
+        self, workspace_id: uuid.UUID, owner_id: int, body: dict[str, Any]
+    ) -> TerminalModel:
         """Open a terminal (``{name?, cwd?}``), starting the sandbox if needed."""
         options = {key: body[key] for key in ("name", "cwd") if body.get(key) is not None}
         if not all(isinstance(value, str) and value for value in options.values()):
             msg = "name and cwd must be non-empty strings."
             raise InvalidInput(msg)
+        await self._check_cap(owner_id)
         row = await self.sandboxes.ensure_running(workspace_id)
         client = self.sandboxes.client(row)
         try:
-            existing = await client.json("GET", "/api/terminals")
-            if len(existing) >= self.max_terminals_per_workspace:
-                msg = (
-                    f"This workspace has {len(existing)} terminals open, the most allowed; "
-                    "close one first."
-                )
-                raise Conflict(msg)
             created = await client.json("POST", "/api/terminals", json_body=options)
         except AgentError as e:
             raise self._agent_error(e) from e
         self.log.info("workspace %s | terminal %s opened", workspace_id, created["name"])
         return terminal_model(created)
+
+    async def _check_cap(self, owner_id: int) -> None:
+        """409 when the user already has ``max_terminals_per_user`` terminals open."""
+        if not self.max_terminals_per_user:
+            return
+        count = 0
+        for row in await self.sandboxes.running_for_owner(owner_id):
+            try:
+                count += len(await self.sandboxes.client(row).json("GET", "/api/terminals"))
+            except AgentError:
+                continue  # a dead sandbox has no terminals
+        if count >= self.max_terminals_per_user:
+            msg = (
+                f"You have {count} terminals open, the most allowed; close one first "
+                "(in this or another workspace)."
+            )
+            raise Conflict(msg)
 
     async def running(self, workspace_id: uuid.UUID) -> list[TerminalModel]:
         """The workspace's terminals; none while its sandbox is stopped."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypeAlias
@@ -22,14 +23,17 @@ UNAVAILABLE_MESSAGE = "The database is unavailable. Try again in a few seconds."
 # While PostgreSQL is down, at most one request per interval (seconds) tries to reach it;
 # the others are answered 503 at once instead of each waiting for the pool's timeout.
 PROBE_INTERVAL = 0.5
+# A connection back in the pool for less than this (seconds) is handed out unchecked: it was
+# fine a moment ago, and the check costs a round trip on every request.
+CHECK_AFTER_IDLE = 2.0
 
 
 class Database:
     """An ``AsyncConnectionPool`` that fails fast while PostgreSQL is down and recovers.
 
-    The pool opens on first use, so it binds to whichever event loop serves requests. Every
-    connection is checked as it leaves the pool, so a restarted server costs no request an
-    error once it is back.
+    The pool opens on first use, so it binds to whichever event loop serves requests. A
+    connection idle for more than ``CHECK_AFTER_IDLE`` seconds is checked as it leaves the
+    pool, so a restarted server costs (almost) no request an error once it is back.
     """
 
     def __init__(
@@ -51,6 +55,9 @@ class Database:
         self._probe_lock = asyncio.Lock()
         self._last_probe = 0.0
         self._closing: set[asyncio.Task[None]] = set()
+        self._returned_at: weakref.WeakKeyDictionary[Connection, float] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def _new_pool(self) -> Pool:
         return AsyncConnectionPool(
@@ -60,10 +67,20 @@ class Database:
             min_size=1,
             max_size=self.max_size,
             timeout=self.timeout,
-            check=AsyncConnectionPool.check_connection,
+            check=self._check,
+            reset=self._note_return,
             open=False,
             name="platform",
         )
+
+    async def _check(self, conn: Connection) -> None:
+        """Check a connection leaving the pool, unless it was in use a moment ago."""
+        returned = self._returned_at.get(conn)
+        if returned is None or time.monotonic() - returned > CHECK_AFTER_IDLE:
+            await AsyncConnectionPool.check_connection(conn)
+
+    async def _note_return(self, conn: Connection) -> None:
+        self._returned_at[conn] = time.monotonic()
 
     async def _ensure_open(self) -> Pool:
         pool = self._pool
