@@ -22,9 +22,11 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets, bind_unix_socket
 
-from kernel_image import __version__, file_handlers, handlers
+from kernel_image import __version__, file_handlers, files, handlers
 from kernel_image.auth import AgentHandler, ApiError
 from kernel_image.config import AgentConfig
+from kernel_image.sync import DEFAULT_IGNORE, Ignore, SyncChannel, Watcher
+from kernel_image.sync_socket import SyncSocket
 from kernel_image.terminals import TerminalManager
 from kernel_image.websocket import TerminalSocket
 
@@ -47,17 +49,21 @@ class NotFoundHandler(AgentHandler):
         raise ApiError(404, "no such endpoint")
 
 
-def make_app(config: AgentConfig, terminals: TerminalManager) -> web.Application:
+def make_app(
+    config: AgentConfig, terminals: TerminalManager, sync_channel: SyncChannel
+) -> web.Application:
     """The Tornado application: every route, the settings handlers read."""
     return web.Application(
         [
             *handlers.default_handlers,
             *file_handlers.default_handlers,
             (r"/terminals/websocket/([^/]+)", TerminalSocket),
+            (r"/api/sync", SyncSocket),
         ],
         default_handler_class=NotFoundHandler,
         agent_config=config,
         terminal_manager=terminals,
+        sync_channel=sync_channel,
         started=time.time(),
         websocket_max_message_size=MAX_MESSAGE_BYTES,
         websocket_ping_interval=PING_INTERVAL,
@@ -116,6 +122,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=30.0,
         help="seconds a terminal waits for a client to take output before dropping it; default 30",
     )
+    parser.add_argument(
+        "--max-sync-bytes",
+        type=_size,
+        default=10 * 1024**2,
+        help="largest file sent to the platform by file sync, in bytes (default 10 MiB)",
+    )
+    parser.add_argument(
+        "--sync-ignore",
+        default=",".join(DEFAULT_IGNORE),
+        help="comma-separated patterns never synced: 'dir/' for a folder anywhere, else a "
+        f"file name pattern (default {','.join(DEFAULT_IGNORE)})",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument("--version", action="version", version=__version__)
     return parser.parse_args(argv)
@@ -162,10 +180,20 @@ def forbid_inspection() -> None:
         log.warning("cannot make the agent non-dumpable: %s", e)
 
 
-async def serve(config: AgentConfig, sockets: list[socket.socket], where: str) -> None:
+async def serve(
+    config: AgentConfig, sockets: list[socket.socket], where: str, args: argparse.Namespace
+) -> None:
     """Serve until SIGTERM or SIGINT, then end every terminal."""
     terminals = TerminalManager(config)
-    server = HTTPServer(make_app(config, terminals), max_body_size=file_handlers.MAX_SMALL_BODY)
+    patterns = [p.strip() for p in args.sync_ignore.split(",") if p.strip()]
+    watcher = Watcher(config.root, Ignore(patterns))
+    watcher.start()
+    files.written_hook = watcher.note_written
+    sync_channel = SyncChannel(watcher, args.max_sync_bytes)
+    sync_channel.start()
+    server = HTTPServer(
+        make_app(config, terminals, sync_channel), max_body_size=file_handlers.MAX_SMALL_BODY
+    )
     server.add_sockets(sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -216,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sockets, where = listen(args)
     made_socket = args.socket
     try:
-        asyncio.run(serve(config, sockets, where))
+        asyncio.run(serve(config, sockets, where, args))
     finally:
         if made_socket:
             with contextlib.suppress(OSError):

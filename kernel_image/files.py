@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 TEMP_PREFIX = ".~agent-"
@@ -116,6 +117,11 @@ def _open_parent(root: str, parts: list[str], *, create: bool) -> tuple[int, str
     return os.open(parent, _DIR_FLAGS), parts[-1]
 
 
+# Called with the real path of every file the agent itself writes (the platform sent it, so
+# file sync need not send it back). Set by the app.
+written_hook: Callable[[str], None] | None = None
+
+
 class AtomicWriter:
     """Write a file's new content to a temporary file, then rename it over the target.
 
@@ -129,6 +135,7 @@ class AtomicWriter:
         if target == root:
             raise IsADirectoryError(target)
         parent, self._name = os.path.split(target)
+        self.target = target
         Path(parent).mkdir(parents=True, exist_ok=True)
         self._dir_fd = os.open(parent, _DIR_FLAGS)
         self._fd = -1
@@ -167,6 +174,8 @@ class AtomicWriter:
             os.close(self._fd)
             self._fd = -1
             os.replace(self._temp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            if written_hook is not None:
+                written_hook(self.target)
         except BaseException:
             self.abort()
             raise

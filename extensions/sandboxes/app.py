@@ -8,6 +8,8 @@ from typing import Any, cast
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Type
 
+from extensions.sandboxes import events_handler
+from extensions.sandboxes.events import EventHub
 from extensions.sandboxes.handlers import default_handlers
 from extensions.sandboxes.manager import Sandboxes
 from extensions.sandboxes.spawners.base import Spawner
@@ -29,7 +31,7 @@ class SandboxesApp(ExtensionApp):
         "extensions.sandboxes.spawners.kubernetes.KubernetesSpawner.",
     ).tag(config=True)
 
-    _culler: asyncio.Task[None] | None = None
+    _tasks: list[asyncio.Task[None]] = []  # noqa: RUF012  (replaced per instance on start)
 
     def initialize_settings(self) -> None:
         """Make the spawner and the ``Sandboxes`` service."""
@@ -43,6 +45,7 @@ class SandboxesApp(ExtensionApp):
             parent=self,
             db=platform.db,
             spawner=spawner,
+            events=EventHub(platform.db.conninfo, self.log),
             token_key=load_or_create_secret(platform.db.conninfo, "agent_token_key"),
         )
         self.settings["sandboxes"] = sandboxes
@@ -50,6 +53,7 @@ class SandboxesApp(ExtensionApp):
     def initialize_handlers(self) -> None:
         """Register the REST handlers."""
         self.handlers.extend(default_handlers)
+        self.handlers.extend(events_handler.default_handlers)
 
     @property
     def sandboxes(self) -> Sandboxes:
@@ -63,10 +67,17 @@ class SandboxesApp(ExtensionApp):
         workspaces = cast(Workspaces, serverapp.web_app.settings["workspaces"])
         workspaces.listeners.append(self.sandboxes)
         await self.sandboxes.spawner.check()
-        self._culler = asyncio.create_task(self.sandboxes.cull_forever())
+        self.sandboxes.events.start()
+        self._tasks = [
+            asyncio.create_task(self.sandboxes.cull_forever()),
+            asyncio.create_task(self.sandboxes.sync_forever()),
+        ]
 
     async def stop_extension(self) -> None:
-        """Stop culling; sandboxes keep running (a restart reattaches to them)."""
-        if self._culler is not None:
-            self._culler.cancel()
-            self._culler = None
+        """Stop the background work; sandboxes keep running (a restart reattaches to them)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self.sandboxes.close()
+        await self.sandboxes.events.stop()

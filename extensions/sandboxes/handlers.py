@@ -40,7 +40,8 @@ class SandboxHandler(SandboxAPIHandler):
     async def get(self, workspace_id: str) -> None:
         """The sandbox's state: stopped, starting (with progress), running, failed."""
         ws = await self.owned_workspace(workspace_id)
-        self.finish_json(self.sandboxes.model(await self.sandboxes.current(ws)))
+        model = self.sandboxes.model(await self.sandboxes.current(ws))
+        self.finish_json({**model, "not_synced": await self.sandboxes.unsynced(ws)})
 
     @web.authenticated
     async def post(self, workspace_id: str) -> None:

@@ -17,14 +17,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 from urllib.parse import quote
 
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketClosedError
 from traitlets import Bytes, Float, Instance, Integer
 from traitlets.config import LoggingConfigurable
 
 from extensions.accounts.manager import isoformat
 from extensions.sandboxes import store, tarstream
 from extensions.sandboxes.agent_client import AgentClient, AgentError
+from extensions.sandboxes.events import EventHub, publish
 from extensions.sandboxes.spawners.base import AgentEndpoint, SandboxHandle, Spawner, SpawnerError
 from extensions.sandboxes.store import SandboxRow
+from extensions.sandboxes.sync import SyncConsumer
+from extensions.workspaces.contents import PostgresContentsManager
 from platform_server.db import Database
 from platform_server.errors import DomainError
 
@@ -86,15 +91,27 @@ class Sandboxes(LoggingConfigurable):
         60.0, help="Seconds a sandbox may take to start before it is marked failed."
     ).tag(config=True)
 
+    sync_lease = Float(
+        10.0,
+        help="Seconds a replica's claim on a sandbox's file sync lasts without renewal; "
+        "another replica takes over after it (renewed every third of it).",
+    ).tag(config=True)
+
     db = Instance(Database)
     spawner = Instance(Spawner)
+    events = Instance(EventHub)
     token_key = Bytes(help="Secret from which agent tokens are derived (shared by replicas).")
 
     _clients: dict[uuid.UUID, AgentClient]
+    _consumers: dict[uuid.UUID, SyncConsumer]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._clients = {}
+        self._consumers = {}
+        self._consumer_tasks: set[asyncio.Task[None]] = set()
+        # Names this process in sync leases.
+        self.replica = uuid.uuid4()
 
     # --- reaching agents -----------------------------------------------------------------
 
@@ -168,15 +185,24 @@ class Sandboxes(LoggingConfigurable):
             return True
         self.log.warning("sandbox %s | died unexpectedly", row["id"])
         self._forget_client(row["id"])
-        async with self.db.transaction() as conn:
-            await store.set_state(
-                conn,
-                row["id"],
-                "failed",
-                "The sandbox stopped unexpectedly (killed, or out of memory). Your saved "
-                "files are safe; opening a terminal starts a new sandbox.",
-            )
+        await self._set_state(
+            row["id"],
+            "failed",
+            "The sandbox stopped unexpectedly (killed, or out of memory). Your saved "
+            "files are safe; opening a terminal starts a new sandbox.",
+        )
         return False
+
+    async def _set_state(
+        self, sandbox_id: uuid.UUID, state: str, reason: str | None = None
+    ) -> SandboxRow | None:
+        """Record a state change and tell the workspace's editors."""
+        async with self.db.transaction() as conn:
+            await store.set_state(conn, sandbox_id, state, reason)
+            row = await store.get(conn, sandbox_id)
+            if row is not None and row["workspace_id"] is not None:
+                await publish(conn, row["workspace_id"], {"type": "sandbox", **self.model(row)})
+        return row
 
     # --- starting ------------------------------------------------------------------------
 
@@ -206,6 +232,16 @@ class Sandboxes(LoggingConfigurable):
         async def progress(percent: int, message: str) -> None:
             async with self.db.transaction() as conn:
                 await store.set_progress(conn, sandbox_id, percent, message)
+                await publish(
+                    conn,
+                    workspace_id,
+                    {
+                        "type": "sandbox",
+                        "state": "starting",
+                        "progress": percent,
+                        "message": message,
+                    },
+                )
 
         handle: SandboxHandle | None = None
         try:
@@ -224,19 +260,17 @@ class Sandboxes(LoggingConfigurable):
                 await wait_healthy(client)
                 await progress(80, "Loading your files")
                 loaded = await self.load_files(workspace_id, client)
-                async with self.db.transaction() as conn:
-                    await store.set_state(conn, sandbox_id, "running")
-                    row = await store.get(conn, sandbox_id)
+                row = await self._set_state(sandbox_id, "running")
         except Exception as e:
             reason = start_failure_reason(e, self.start_timeout)
             self.log.error("sandbox %s | failed to start: %s", sandbox_id, reason)
             if handle is not None:
                 await self.spawner.stop(handle)
             self._forget_client(sandbox_id)
-            async with self.db.transaction() as conn:
-                await store.set_state(conn, sandbox_id, "failed", reason)
+            await self._set_state(sandbox_id, "failed", reason)
             raise SandboxFailed(reason) from e
         assert row is not None  # noqa: S101
+        await self._claim_sync(sandbox_id)
         self.log.info(
             "sandbox %s | running in %.2fs (%d files loaded)",
             sandbox_id,
@@ -299,6 +333,7 @@ class Sandboxes(LoggingConfigurable):
         The change is already committed in PostgreSQL; a sandbox that cannot take it is
         logged, never a failed save.
         """
+        await self._publish_change(workspace_id, action, path, source_path)
         row = await self.row(workspace_id)
         if row is None or row["state"] != "running":
             return
@@ -338,6 +373,126 @@ class Sandboxes(LoggingConfigurable):
         if row is not None:
             await self._discard(row)
 
+    async def _publish_change(
+        self, workspace_id: uuid.UUID, action: str, path: str, source_path: str | None
+    ) -> None:
+        kind = {"delete": "deleted", "rename": "moved", "copy": "created"}.get(action, "modified")
+        event: dict[str, Any] = {"type": kind, "path": path}
+        if kind == "moved":
+            event["old_path"] = source_path
+        async with self.db.transaction() as conn:
+            if kind != "deleted":
+                cur = await conn.execute(
+                    """SELECT last_modified FROM workspace_items
+                       WHERE workspace_id = %s AND path = %s""",
+                    [workspace_id, path],
+                )
+                found = await cur.fetchone()
+                event["last_modified"] = isoformat(found["last_modified"]) if found else None
+            await publish(conn, workspace_id, event)
+
+    async def push_back(self, workspace_id: uuid.UUID, path: str) -> None:
+        """Give the sandbox the stored version of ``path`` (its own change lost)."""
+        row = await self.row(workspace_id)
+        if row is None or row["state"] != "running":
+            return
+        try:
+            await self._mirror(workspace_id, path, self.client(row))
+        except AgentError as e:
+            self.log.warning("sandbox %s | could not push back %s: %s", row["id"], path, e)
+
+    # --- file sync (sandbox → PostgreSQL) ------------------------------------------------------
+
+    def _consumer(self, row: SandboxRow) -> SyncConsumer:
+        assert row["workspace_id"] is not None  # noqa: S101  (only assigned sandboxes sync)
+        return SyncConsumer(
+            db=self.db,
+            workspace_id=row["workspace_id"],
+            client=self.client(row),
+            limits=PostgresContentsManager(parent=self, db=self.db, log=self.log),
+            push_back=self.push_back,
+            log=self.log,
+        )
+
+    def _run_consumer(self, row: SandboxRow) -> None:
+        """Consume the sandbox's changes in the background (one consumer per sandbox here)."""
+        if row["id"] in self._consumers:
+            return
+        consumer = self._consumer(row)
+        self._consumers[row["id"]] = consumer
+
+        async def consume() -> None:
+            try:
+                await consumer.run()
+            except asyncio.CancelledError:
+                raise
+            except (AgentError, OSError, StreamClosedError, WebSocketClosedError) as e:
+                self.log.debug("sandbox %s | sync channel ended: %s", row["id"], e)
+            except Exception:
+                self.log.exception("sandbox %s | file sync failed", row["id"])
+            finally:
+                if self._consumers.get(row["id"]) is consumer:
+                    del self._consumers[row["id"]]
+
+        task = asyncio.create_task(consume())
+        self._consumer_tasks.add(task)
+        task.add_done_callback(self._consumer_tasks.discard)
+
+    def _stop_consumer(self, sandbox_id: uuid.UUID) -> None:
+        consumer = self._consumers.pop(sandbox_id, None)
+        if consumer is not None:
+            consumer.close()
+
+    async def _claim_sync(self, sandbox_id: uuid.UUID | None = None) -> None:
+        """Take the sync leases nobody holds (or just this sandbox's) and consume them."""
+        async with self.db.transaction() as conn:
+            rows = await store.claim_sync(conn, self.replica, self.sync_lease, sandbox_id)
+        for row in rows:
+            self._run_consumer(row)
+
+    async def _final_sync(self, row: SandboxRow) -> None:
+        """Before a stop: every change made in the sandbox reaches PostgreSQL (bounded)."""
+        consumer = self._consumers.get(row["id"])
+        if consumer is None:
+            # Another replica (or none) consumes it: take the channel over for the flush.
+            self._run_consumer(row)
+            consumer = self._consumers.get(row["id"])
+            for _ in range(50):
+                if consumer is None or consumer.connection is not None:
+                    break
+                await asyncio.sleep(0.02)
+        if consumer is None:
+            return
+        try:
+            await consumer.flush()
+        except (TimeoutError, ConnectionError, WebSocketClosedError, StreamClosedError) as e:
+            self.log.warning("sandbox %s | final sync incomplete: %s", row["id"], e)
+
+    async def sync_forever(self) -> None:
+        """Renew this replica's sync leases and take over expired ones, every third of a lease."""
+        while True:
+            try:
+                await self._claim_sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("sandboxes | claiming file sync failed")
+            await asyncio.sleep(self.sync_lease / 3)
+
+    async def close(self) -> None:
+        """Stop consuming (sandboxes go on running; another replica takes their sync over)."""
+        for sandbox_id in list(self._consumers):
+            self._stop_consumer(sandbox_id)
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE sandboxes SET sync_owner = NULL WHERE sync_owner = %s", [self.replica]
+            )
+
+    async def unsynced(self, workspace_id: uuid.UUID) -> list[dict[str, Any]]:
+        """Files that stay in the sandbox only."""
+        async with self.db.transaction() as conn:
+            return await store.unsynced_files(conn, workspace_id)
+
     # --- stopping ------------------------------------------------------------------------
 
     async def stop(self, workspace_id: uuid.UUID) -> None:
@@ -349,18 +504,20 @@ class Sandboxes(LoggingConfigurable):
     async def _discard(self, row: SandboxRow, *, keep_row: bool = False) -> None:
         """Stop a sandbox's processes and forget (or mark stopped) its row."""
         if row["state"] in {"starting", "running", "stopping"}:
-            async with self.db.transaction() as conn:
-                await store.set_state(conn, row["id"], "stopping")
+            if row["state"] == "running":
+                await self._final_sync(row)
+            await self._set_state(row["id"], "stopping")
             try:
                 await self.spawner.stop(self.handle(row))
             except SpawnerError:
                 self.log.exception("sandbox %s | stop failed", row["id"])
             self.log.info("sandbox %s | stopped", row["id"])
+        self._stop_consumer(row["id"])
         self._forget_client(row["id"])
-        async with self.db.transaction() as conn:
-            if keep_row:
-                await store.set_state(conn, row["id"], "stopped")
-            else:
+        if keep_row:
+            await self._set_state(row["id"], "stopped")
+        else:
+            async with self.db.transaction() as conn:
                 await store.delete(conn, row["id"])
 
     # --- culling -------------------------------------------------------------------------

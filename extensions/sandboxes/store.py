@@ -130,3 +130,43 @@ async def running_for_owner(conn: Connection, owner_id: int) -> list[SandboxRow]
         [owner_id],
     )
     return cast(list[SandboxRow], await cur.fetchall())
+
+
+async def claim_sync(
+    conn: Connection, replica: uuid.UUID, lease_seconds: float, sandbox_id: uuid.UUID | None = None
+) -> list[SandboxRow]:
+    """Take (or renew) the sync lease of running sandboxes nobody else holds; return them.
+
+    With ``sandbox_id``, only that sandbox (just started here) is claimed.
+    """
+    cur = await conn.execute(
+        sql.SQL(
+            """UPDATE sandboxes
+               SET sync_owner = %(me)s,
+                   sync_lease_until = now() + make_interval(secs => %(lease)s)
+               WHERE state = 'running' AND workspace_id IS NOT NULL
+                 AND (%(id)s::uuid IS NULL OR id = %(id)s)
+                 AND (sync_owner IS NULL OR sync_owner = %(me)s OR sync_lease_until < now())
+               RETURNING {cols}"""
+        ).format(cols=COLUMNS),
+        {"me": replica, "lease": lease_seconds, "id": sandbox_id},
+    )
+    return cast(list[SandboxRow], await cur.fetchall())
+
+
+async def release_sync(conn: Connection, sandbox_id: uuid.UUID, replica: uuid.UUID) -> None:
+    """Give up this replica's sync lease of a sandbox."""
+    await conn.execute(
+        """UPDATE sandboxes SET sync_owner = NULL, sync_lease_until = NULL
+           WHERE id = %s AND sync_owner = %s""",
+        [sandbox_id, replica],
+    )
+
+
+async def unsynced_files(conn: Connection, workspace_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Files that stay in the sandbox only, and why."""
+    cur = await conn.execute(
+        """SELECT path, size, reason FROM unsynced_files WHERE workspace_id = %s ORDER BY path""",
+        [workspace_id],
+    )
+    return list(await cur.fetchall())

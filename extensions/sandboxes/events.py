@@ -1,0 +1,92 @@
+"""Workspace events across replicas: PostgreSQL NOTIFY in, WebSocket subscribers out.
+
+Every change to a workspace's files (saved through the API or synced from its sandbox) and
+every sandbox state change is published with ``pg_notify`` in the transaction that made it;
+each replica LISTENs on one connection and hands the events to its subscribers, so an editor
+connected to one replica hears changes that arrive through another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from platform_server.db import Connection
+
+CHANNEL = "platform_events"
+RETRY_SECONDS = 1.0
+
+Subscriber = Callable[[dict[str, Any]], None]
+
+
+async def publish(conn: Connection, workspace_id: uuid.UUID, event: dict[str, Any]) -> None:
+    """Publish ``event`` for the workspace when ``conn``'s transaction commits."""
+    payload = json.dumps({**event, "workspace": str(workspace_id)})
+    await conn.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload])
+
+
+class EventHub:
+    """This replica's LISTEN connection and the subscribers of each workspace."""
+
+    def __init__(self, conninfo: str, log: logging.Logger) -> None:
+        self.conninfo = conninfo
+        self.log = log
+        self._subscribers: dict[str, set[Subscriber]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()
+
+    def start(self) -> None:
+        """Begin listening (reconnecting by itself after failures)."""
+        self._task = asyncio.create_task(self._listen_forever())
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def subscribe(self, workspace_id: uuid.UUID, subscriber: Subscriber) -> Callable[[], None]:
+        """Call ``subscriber`` with each event of the workspace; returns the unsubscribe."""
+        key = str(workspace_id)
+        self._subscribers.setdefault(key, set()).add(subscriber)
+
+        def unsubscribe() -> None:
+            subscribers = self._subscribers.get(key)
+            if subscribers is not None:
+                subscribers.discard(subscriber)
+                if not subscribers:
+                    del self._subscribers[key]
+
+        return unsubscribe
+
+    async def _listen_forever(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except asyncio.CancelledError:
+                raise
+            except (psycopg.Error, OSError) as e:
+                self.listening.clear()
+                self.log.warning("events | listening failed (%s); retrying", type(e).__name__)
+                await asyncio.sleep(RETRY_SECONDS)
+
+    async def _listen(self) -> None:
+        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+            await conn.execute(f"LISTEN {CHANNEL}")
+            self.listening.set()
+            async for notify in conn.notifies():
+                self._dispatch(notify.payload)
+
+    def _dispatch(self, payload: str) -> None:
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            return
+        for subscriber in list(self._subscribers.get(event.pop("workspace", ""), ())):
+            subscriber(event)

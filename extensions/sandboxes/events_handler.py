@@ -1,0 +1,88 @@
+"""``WS /w/<uuid>/api/events``: file changes and sandbox states of a workspace, as they happen.
+
+Messages: ``{"type": "created"|"modified"|"deleted"|"moved", "path", "last_modified",
+"old_path"?}`` whichever side made the change, and ``{"type": "sandbox", "state", ...}``. The
+first message is the sandbox's current state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any, cast
+
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.base.websocket import WebSocketMixin
+from tornado import web
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from extensions.accounts.identity import PlatformUser
+from extensions.sandboxes.manager import Sandboxes
+from extensions.workspaces.manager import Workspaces
+from platform_server.errors import DomainError
+
+# Events waiting for a slow client; past this the client is disconnected (it reloads).
+MAX_QUEUED = 1000
+
+
+class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
+    """Streams one workspace's events to one editor."""
+
+    auth_resource = "contents"
+    _queue: asyncio.Queue[dict[str, Any] | None]
+    _unsubscribe: Any = None
+    _pump: asyncio.Task[None] | None = None
+    workspace_id: uuid.UUID
+
+    async def get(self, workspace_id: str) -> None:
+        """Check the owner, then accept the upgrade."""
+        user = self.current_user
+        if not isinstance(user, PlatformUser):
+            raise web.HTTPError(403)
+        workspaces = cast(Workspaces, self.settings["workspaces"])
+        try:
+            self.workspace_id = await workspaces.touch(workspace_id, user.user_id)
+        except DomainError as e:
+            raise e.to_http() from e
+        await cast(Any, super().get(workspace_id))
+
+    @property
+    def sandboxes(self) -> Sandboxes:
+        """The sandboxes service."""
+        return cast(Sandboxes, self.settings["sandboxes"])
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        """Subscribe, and start with the sandbox's state."""
+        super().open(*args, **kwargs)
+        self._queue = asyncio.Queue()
+        self._unsubscribe = self.sandboxes.events.subscribe(self.workspace_id, self._enqueue)
+        self._pump = asyncio.create_task(self._send_events())
+
+    def _enqueue(self, event: dict[str, Any]) -> None:
+        if self._queue.qsize() >= MAX_QUEUED:
+            self.close(1008, "Too many events waiting; reload the workspace.")
+            return
+        self._queue.put_nowait(event)
+
+    async def _send_events(self) -> None:
+        state = self.sandboxes.model(await self.sandboxes.row(self.workspace_id))
+        try:
+            await self.write_message(json.dumps({"type": "sandbox", **state}))
+            while (event := await self._queue.get()) is not None:
+                await self.write_message(json.dumps(event))
+        except WebSocketClosedError:
+            return
+
+    def on_message(self, message: str | bytes) -> None:
+        """Clients only listen."""
+
+    def on_close(self) -> None:
+        """Unsubscribe."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._pump is not None and not self._pump.done():
+            self._pump.cancel()
+
+
+default_handlers = [(r"/w/(?P<workspace_id>[^/]+)/api/events", EventsHandler)]

@@ -1,0 +1,165 @@
+"""File sync and events: what programs do in the sandbox reaches PostgreSQL, and editors hear it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+from tornado.websocket import websocket_connect
+
+from platform_server.app import PlatformApp
+from tests.client import Client
+from tests.test_terminals import OPENED, close_terminals, open_terminal, workspace_with_token  # noqa: F401
+
+
+async def eventually(api: Client, path: str, predicate: Any, within: float = 15) -> Any:
+    """Poll the Contents API until ``predicate(response)`` holds; return the response."""
+    deadline = time.monotonic() + within
+    while True:
+        response = await api.get(path)
+        if predicate(response):
+            return response
+        assert time.monotonic() < deadline, f"{path}: {response.status} {response.body[:200]!r}"
+        await asyncio.sleep(0.1)
+
+
+def contents(ws: str, path: str) -> str:
+    return f"/w/{ws}/api/contents/{path}"
+
+
+async def test_files_made_in_the_terminal_reach_the_contents_api(
+    make_user: Any, base_url: str
+) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    api = Client(base_url, token=token)
+    _, terminal = await open_terminal(base_url, ws, token)
+    await terminal.run(
+        "mkdir -p out/deep && python -c \"open('out/deep/result.txt','w').write(str(6*7))\"",
+        "WROTE",
+    )
+    made = await eventually(api, contents(ws, "out/deep/result.txt"), lambda r: r.status == 200)
+    assert made.json["content"] == "42"
+    folder = await api.get(contents(ws, "out"))
+    assert folder.json["type"] == "directory"
+
+    await terminal.run("mv out moved && rm moved/deep/result.txt", "MOVED")
+    await eventually(api, contents(ws, "out"), lambda r: r.status == 404)
+    await eventually(api, contents(ws, "moved/deep/result.txt"), lambda r: r.status == 404)
+    assert (await api.get(contents(ws, "moved/deep"))).status == 200
+
+
+async def test_ignored_and_too_large_files_stay_in_the_sandbox(
+    make_user: Any, base_url: str
+) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    api = Client(base_url, token=token)
+    _, terminal = await open_terminal(base_url, ws, token)
+    await terminal.run(
+        "mkdir __pycache__ && echo x > __pycache__/a.pyc && "
+        "head -c 11000000 /dev/zero > big.bin && echo done > marker.txt",
+        "MADE",
+    )
+    await eventually(api, contents(ws, "marker.txt"), lambda r: r.status == 200)
+    await eventually(
+        api,
+        f"/api/workspaces/{ws}/sandbox",
+        lambda r: [f["path"] for f in r.json["not_synced"]] == ["big.bin"],
+    )
+    assert (await api.get(contents(ws, "__pycache__"))).status == 404
+    assert (await api.get(contents(ws, "big.bin"))).status == 404
+
+
+async def test_an_older_sandbox_change_loses_to_the_stored_version(
+    make_user: Any, base_url: str
+) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    api = Client(base_url, token=token)
+    _, terminal = await open_terminal(base_url, ws, token)
+    saved = await api.request(
+        "PUT", contents(ws, "notes.txt"), {"type": "file", "format": "text", "content": "stored"}
+    )
+    assert saved.status == 201
+    await terminal.run("echo sandbox > notes.txt; touch -d '2020-01-01' notes.txt", "OLD")
+    await asyncio.sleep(1.0)
+    assert (await api.get(contents(ws, "notes.txt"))).json["content"] == "stored"
+    deadline = time.monotonic() + 10
+    while "stored" not in await terminal.run("cat notes.txt", f"C{int(time.monotonic())}"):
+        assert time.monotonic() < deadline, "the sandbox never got the stored version back"
+        await asyncio.sleep(0.2)
+
+
+async def test_stopping_flushes_the_last_changes(make_user: Any, base_url: str) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    api = Client(base_url, token=token)
+    _, terminal = await open_terminal(base_url, ws, token)
+    # Stopped at once, well inside the sync's debounce: only the final flush can save it.
+    await terminal.run("echo 'written right before the stop' > last.txt", "WROTE")
+    assert (await api.delete(f"/api/workspaces/{ws}/sandbox")).status == 204
+    stored = await api.get(contents(ws, "last.txt"))
+    assert stored.status == 200
+    assert stored.json["content"] == "written right before the stop\n"
+
+
+async def test_a_killed_sandbox_keeps_what_was_synced(
+    make_user: Any, base_url: str, jp_serverapp: PlatformApp
+) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    api = Client(base_url, token=token)
+    _, terminal = await open_terminal(base_url, ws, token)
+    await terminal.run("echo survived > kept.txt", "WROTE")
+    await asyncio.sleep(1.0)  # the promise: at most the last second of changes is lost
+    sandboxes = jp_serverapp.web_app.settings["sandboxes"]
+    (handle,) = await sandboxes.spawner.find_running()
+    os.kill(int(handle.state["pid"]), signal.SIGKILL)
+    stored = await api.get(contents(ws, "kept.txt"))
+    assert stored.status == 200
+    assert stored.json["content"] == "survived\n"
+
+
+async def test_events_tell_editors_about_both_sides(make_user: Any, base_url: str) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    api = Client(base_url, token=token)
+    url = base_url.replace("http", "ws", 1) + f"/w/{ws}/api/events?token={token}"
+    events = await websocket_connect(url)
+    OPENED.append(events)
+
+    async def next_event(predicate: Any) -> dict[str, Any]:
+        while True:
+            raw = await asyncio.wait_for(events.read_message(), 20)
+            assert raw is not None
+            event: dict[str, Any] = json.loads(raw)
+            if predicate(event):
+                return event
+
+    first = await next_event(lambda e: True)
+    assert first["type"] == "sandbox"
+    assert first["state"] == "stopped"
+
+    await api.request(
+        "PUT", contents(ws, "api.txt"), {"type": "file", "format": "text", "content": "a"}
+    )
+    saved = await next_event(lambda e: e.get("path") == "api.txt")
+    assert saved["type"] == "modified"
+    assert saved["last_modified"]
+
+    _, terminal = await open_terminal(base_url, ws, token)
+    running = await next_event(lambda e: e["type"] == "sandbox" and e["state"] == "running")
+    assert running["progress"] == 100
+    await terminal.run("echo b > from-terminal.txt", "WROTE")
+    made = await next_event(lambda e: e.get("path") == "from-terminal.txt")
+    assert made["type"] == "created"
+
+
+async def test_events_of_another_users_workspace_are_404(
+    make_user: Any, make_token_client: Any, base_url: str
+) -> None:
+    _, ws, _ = await workspace_with_token(make_user)
+    mallory = await make_token_client("mallory")
+    url = base_url.replace("http", "ws", 1) + f"/w/{ws}/api/events?token={mallory.token}"
+    with pytest.raises(Exception, match="404"):
+        await websocket_connect(url)
