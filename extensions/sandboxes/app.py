@@ -67,6 +67,7 @@ class SandboxesApp(ExtensionApp):
         workspaces = cast(Workspaces, serverapp.web_app.settings["workspaces"])
         workspaces.listeners.append(self.sandboxes)
         await self.sandboxes.spawner.check()
+        await self.sandboxes.reconcile()
         self.sandboxes.events.start()
         self._tasks = [
             asyncio.create_task(self.sandboxes.cull_forever()),

@@ -520,6 +520,30 @@ class Sandboxes(LoggingConfigurable):
             async with self.db.transaction() as conn:
                 await store.delete(conn, row["id"])
 
+    # --- reattaching after a restart ---------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Match running sandboxes with their rows (at start-up, and with culling).
+
+        A sandbox with no row (its workspace was deleted, or a start never recorded) is
+        stopped; a row whose sandbox is gone is marked failed. Everything else is left running
+        and reattached: its agent is reached through the row, its sync lease taken over.
+        """
+        async with self.db.transaction() as conn:
+            rows = {str(row["id"]): row for row in await store.list_running(conn)}
+        for handle in await self.spawner.find_running():
+            if handle.sandbox_id not in rows:
+                self.log.warning("sandbox %s | no row: stopping the orphan", handle.sandbox_id)
+                await self.spawner.stop(handle)
+        for row in rows.values():
+            if row["state"] == "running":
+                await self._alive(row)
+            elif row["state"] in {"starting", "stopping"} and row["created_at"] < datetime.now(
+                UTC
+            ) - timedelta(seconds=self.start_timeout * 2):
+                # A start or stop that a killed replica left half done.
+                await self._discard(row)
+
     # --- culling -------------------------------------------------------------------------
 
     async def cull_once(self) -> int:
@@ -570,6 +594,7 @@ class Sandboxes(LoggingConfigurable):
             await asyncio.sleep(min(self.cull_interval, 60))
             try:
                 await self.cull_once()
+                await self.reconcile()
             except asyncio.CancelledError:
                 raise
             except Exception:
