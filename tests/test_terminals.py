@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -293,3 +294,55 @@ class TestTerminalCap:
         assert "2 terminals open" in refused.json["message"]
         assert (await api.delete(f"/w/{ws_b}/api/terminals/1")).status == 204
         assert (await api.post(f"/w/{ws_a}/api/terminals")).status == 200
+
+
+class TestWarmPool:
+    @pytest.fixture
+    def jp_server_config(self) -> dict[str, Any]:
+        return {"Spawner": {"warm_pool_size": 1}}
+
+    async def test_opening_claims_a_warm_sandbox_and_the_pool_refills(
+        self, make_user: Any, base_url: str, jp_serverapp: PlatformApp
+    ) -> None:
+        sandboxes = jp_serverapp.web_app.settings["sandboxes"]
+        deadline = time.monotonic() + 30
+        while not await pool_ready(sandboxes):
+            assert time.monotonic() < deadline, "the pool was never filled"
+            await asyncio.sleep(0.1)
+        (pooled,) = await sandboxes.spawner.find_running()
+
+        _, ws, token = await workspace_with_token(make_user)
+        _, terminal = await open_terminal(base_url, ws, token)
+        assert "Hello from your workspace" in await terminal.run("cat main.py", "WARM")
+        api = Client(base_url, token=token)
+        state = (await api.get(f"/api/workspaces/{ws}/sandbox")).json
+        assert state["state"] == "running"
+        row = await sandboxes.row(uuid.UUID(ws))
+        assert str(row["id"]) == pooled.sandbox_id
+
+        # A replacement starts in the background, and it carries nothing of this workspace.
+        deadline = time.monotonic() + 30
+        while len(await sandboxes.spawner.find_running()) < 2:
+            assert time.monotonic() < deadline, "the pool was not refilled"
+            await asyncio.sleep(0.1)
+        _, other_ws, _ = await workspace_with_token_for(api)
+        _, other = await open_terminal(base_url, other_ws, token)
+        listing = await other.run('ls -A /workspace | sed "s/^/$((40+2)):/"', "LISTED")
+        files = [line[3:] for line in listing.splitlines() if line.startswith("42:")]
+        assert files == ["main.py"]
+        other_row = await sandboxes.row(uuid.UUID(other_ws))
+        assert other_row["id"] != row["id"]
+
+
+async def pool_ready(sandboxes: Any) -> bool:
+    async with sandboxes.db.transaction() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM sandboxes WHERE workspace_id IS NULL AND state = 'running'"
+        )
+        row = await cur.fetchone()
+    return bool(row and row["n"] == 1)
+
+
+async def workspace_with_token_for(api: Client) -> tuple[Client, str, str]:
+    ws = (await api.post("/api/workspaces", {"name": "another"})).json["uuid"]
+    return api, ws, api.token or ""

@@ -72,6 +72,7 @@ class SandboxesApp(ExtensionApp):
         self._tasks = [
             asyncio.create_task(self.sandboxes.cull_forever()),
             asyncio.create_task(self.sandboxes.sync_forever()),
+            asyncio.create_task(self.sandboxes.pool_forever()),
         ]
 
     async def stop_extension(self) -> None:

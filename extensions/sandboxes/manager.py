@@ -36,6 +36,9 @@ from platform_server.errors import DomainError
 # First key of the two-key advisory locks that serialise starting one workspace's sandbox.
 START_LOCK_NAMESPACE = 0x5A4D
 CULL_LOCK_ID = 7_081_542_017
+POOL_LOCK_ID = 7_081_542_018
+POOL_INTERVAL = 5.0
+"""Seconds between two checks that the warm pool is full."""
 
 
 class SandboxFailed(DomainError):
@@ -109,7 +112,7 @@ class Sandboxes(LoggingConfigurable):
         super().__init__(**kwargs)
         self._clients = {}
         self._consumers = {}
-        self._consumer_tasks: set[asyncio.Task[None]] = set()
+        self._consumer_tasks: set[asyncio.Task[Any]] = set()
         # Names this process in sync leases.
         self.replica = uuid.uuid4()
 
@@ -220,9 +223,13 @@ class Sandboxes(LoggingConfigurable):
                 return row
             if row is not None:
                 await self._discard(row)
+            warm = await self._claim_warm(workspace_id)
+            if warm is not None:
+                return warm
             return await self._start(workspace_id)
 
-    async def _start(self, workspace_id: uuid.UUID) -> SandboxRow:
+    async def _start(self, workspace_id: uuid.UUID | None) -> SandboxRow:
+        """Start a sandbox for the workspace, or for the warm pool (``None``)."""
         sandbox_id = uuid.uuid4()
         started = time.monotonic()
         async with self.db.transaction() as conn:
@@ -232,6 +239,8 @@ class Sandboxes(LoggingConfigurable):
         async def progress(percent: int, message: str) -> None:
             async with self.db.transaction() as conn:
                 await store.set_progress(conn, sandbox_id, percent, message)
+                if workspace_id is None:
+                    return
                 await publish(
                     conn,
                     workspace_id,
@@ -258,8 +267,10 @@ class Sandboxes(LoggingConfigurable):
                 client = self.client(row)
                 await progress(60, "Waiting for the agent")
                 await wait_healthy(client)
-                await progress(80, "Loading your files")
-                loaded = await self.load_files(workspace_id, client)
+                loaded = 0
+                if workspace_id is not None:
+                    await progress(80, "Loading your files")
+                    loaded = await self.load_files(workspace_id, client)
                 row = await self._set_state(sandbox_id, "running")
         except Exception as e:
             reason = start_failure_reason(e, self.start_timeout)
@@ -519,6 +530,74 @@ class Sandboxes(LoggingConfigurable):
         else:
             async with self.db.transaction() as conn:
                 await store.delete(conn, row["id"])
+
+    # --- the warm pool ---------------------------------------------------------------------
+
+    async def _claim_warm(self, workspace_id: uuid.UUID) -> SandboxRow | None:
+        """Give the workspace a started, unassigned sandbox, loaded with its files; None if
+        the pool is empty (or the claimed sandbox failed, which is then discarded)."""
+        async with self.db.transaction() as conn:
+            row = await store.claim_pooled(conn, workspace_id)
+        if row is None:
+            return None
+        started = time.monotonic()
+        try:
+            if not await self.spawner.poll(self.handle(row)):
+                msg = "the pooled sandbox is gone"
+                raise AgentError(msg)
+            loaded = await self.load_files(workspace_id, self.client(row))
+        except AgentError as e:
+            self.log.warning("sandbox %s | pooled sandbox unusable (%s)", row["id"], e)
+            await self._discard(row)
+            return None
+        row = await self._set_state(row["id"], "running") or row
+        await self._claim_sync(row["id"])
+        self.log.info(
+            "sandbox %s | claimed from the warm pool in %.3fs (%d files loaded)",
+            row["id"],
+            time.monotonic() - started,
+            loaded,
+        )
+        self._refill_soon()
+        return row
+
+    def _refill_soon(self) -> None:
+        task = asyncio.create_task(self.fill_pool())
+        self._consumer_tasks.add(task)
+        task.add_done_callback(self._consumer_tasks.discard)
+
+    async def fill_pool(self) -> int:
+        """Start pool sandboxes until there are ``Spawner.warm_pool_size``; one replica at a
+        time. Returns how many were started."""
+        wanted = self.spawner.warm_pool_size
+        if wanted <= 0:
+            return 0
+        started = 0
+        async with self.db.transaction() as lock:
+            cur = await lock.execute("SELECT pg_try_advisory_xact_lock(%s) AS got", [POOL_LOCK_ID])
+            got = await cur.fetchone()
+            if not got or not got["got"]:
+                return 0
+            async with self.db.transaction() as conn:
+                have = await store.count_pool(conn)
+            for _ in range(max(0, wanted - have)):
+                try:
+                    await self._start(None)
+                    started += 1
+                except SandboxFailed:
+                    break  # logged by _start; the next round tries again
+        return started
+
+    async def pool_forever(self) -> None:
+        """Keep the warm pool full: logs failures and goes on."""
+        while True:
+            try:
+                await self.fill_pool()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("sandboxes | filling the warm pool failed")
+            await asyncio.sleep(POOL_INTERVAL)
 
     # --- reattaching after a restart ---------------------------------------------------------
 

@@ -170,3 +170,32 @@ async def unsynced_files(conn: Connection, workspace_id: uuid.UUID) -> list[dict
         [workspace_id],
     )
     return list(await cur.fetchall())
+
+
+async def claim_pooled(conn: Connection, workspace_id: uuid.UUID) -> SandboxRow | None:
+    """Assign the oldest running, unassigned (warm-pool) sandbox to the workspace, if any.
+
+    SKIP LOCKED: two replicas claiming at once get different sandboxes.
+    """
+    cur = await conn.execute(
+        sql.SQL(
+            """UPDATE sandboxes SET workspace_id = %s, state = 'starting',
+                   progress = 80, message = 'Loading your files', last_activity = now()
+               WHERE id = (SELECT id FROM sandboxes
+                           WHERE workspace_id IS NULL AND state = 'running'
+                           ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+               RETURNING {cols}"""
+        ).format(cols=COLUMNS),
+        [workspace_id],
+    )
+    return cast(SandboxRow | None, await cur.fetchone())
+
+
+async def count_pool(conn: Connection) -> int:
+    """Warm-pool sandboxes running or starting."""
+    cur = await conn.execute(
+        """SELECT count(*) AS n FROM sandboxes
+           WHERE workspace_id IS NULL AND state IN ('starting', 'running')"""
+    )
+    row = await cur.fetchone()
+    return 0 if row is None else int(row["n"])
