@@ -344,8 +344,7 @@ class Sandboxes(LoggingConfigurable):
         The change is already committed in PostgreSQL; a sandbox that cannot take it is
         logged, never a failed save.
         """
-        await self._publish_change(workspace_id, action, path, source_path)
-        row = await self.row(workspace_id)
+        row = await self._publish_change(workspace_id, action, path, source_path)
         if row is None or row["state"] != "running":
             return
         client = self.client(row)
@@ -386,7 +385,9 @@ class Sandboxes(LoggingConfigurable):
 
     async def _publish_change(
         self, workspace_id: uuid.UUID, action: str, path: str, source_path: str | None
-    ) -> None:
+    ) -> SandboxRow | None:
+        """Tell editors of an API change; return the workspace's sandbox row (one round of
+        the database for both: this runs on every save)."""
         kind = {"delete": "deleted", "rename": "moved", "copy": "created"}.get(action, "modified")
         event: dict[str, Any] = {"type": kind, "path": path}
         if kind == "moved":
@@ -401,6 +402,7 @@ class Sandboxes(LoggingConfigurable):
                 found = await cur.fetchone()
                 event["last_modified"] = isoformat(found["last_modified"]) if found else None
             await publish(conn, workspace_id, event)
+            return await store.get_for_workspace(conn, workspace_id)
 
     async def push_back(self, workspace_id: uuid.UUID, path: str) -> None:
         """Give the sandbox the stored version of ``path`` (its own change lost)."""
