@@ -17,6 +17,26 @@ from extensions.workspaces.manager import Workspaces
 from platform_server.app import PlatformApp
 from platform_server.db.secrets import load_or_create_secret
 
+# Short names of the spawners, as JupyterHub names its spawners' entry points:
+# --SandboxesApp.spawner_class=kubernetes
+SPAWNERS = {
+    "local": "extensions.sandboxes.spawners.local.LocalSpawner",
+    "kubernetes": "extensions.sandboxes.spawners.kubernetes.KubernetesSpawner",
+}
+
+
+class SpawnerType(Type):  # type: ignore[type-arg]
+    """A ``Spawner`` subclass, given as a class, an import name, or a short name."""
+
+    def validate(self, obj: Any, value: Any) -> Any:
+        """Resolve a short name, then check as ``Type`` does."""
+        if isinstance(value, str):
+            value = SPAWNERS.get(value, value)
+        return super().validate(obj, value)
+
+    def _resolve_string(self, string: str) -> Any:
+        return super()._resolve_string(SPAWNERS.get(string, string))
+
 
 class SandboxesApp(ExtensionApp):
     """Sandbox lifecycle (``/api/workspaces/<uuid>/sandbox``), culling, and the spawner."""
@@ -24,11 +44,11 @@ class SandboxesApp(ExtensionApp):
     name = "sandboxes"
     load_other_extensions = True
 
-    spawner_class = Type(
-        "extensions.sandboxes.spawners.local.LocalSpawner",
+    spawner_class = SpawnerType(
+        "local",
         klass=Spawner,
-        help="How sandboxes are started: the local bubblewrap spawner (default) or "
-        "extensions.sandboxes.spawners.kubernetes.KubernetesSpawner.",
+        help="How sandboxes are started: 'local' (bubblewrap on this machine, the default), "
+        "'kubernetes' (a pod per sandbox), or the import name of a Spawner subclass.",
     ).tag(config=True)
 
     _tasks: list[asyncio.Task[None]] = []  # noqa: RUF012  (replaced per instance on start)
@@ -83,3 +103,4 @@ class SandboxesApp(ExtensionApp):
         self._tasks = []
         await self.sandboxes.close()
         await self.sandboxes.events.stop()
+        await self.sandboxes.spawner.close()

@@ -256,7 +256,10 @@ class Sandboxes(LoggingConfigurable):
         try:
             async with asyncio.timeout(self.start_timeout):
                 handle = await self.spawner.start(
-                    str(sandbox_id), self.agent_token(sandbox_id), progress
+                    str(sandbox_id),
+                    self.agent_token(sandbox_id),
+                    progress,
+                    labels={"workspace-id": str(workspace_id)} if workspace_id else None,
                 )
                 async with self.db.transaction() as conn:
                     await store.set_started(

@@ -7,7 +7,7 @@ PostgreSQL, loading files, terminals) is the same for every spawner.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,8 +64,19 @@ class Spawner(LoggingConfigurable):
     async def check(self) -> None:
         """Raise ``SpawnerError`` if this host cannot run sandboxes. Override in a subclass."""
 
-    async def start(self, sandbox_id: str, token: str, progress: Progress) -> SandboxHandle:
+    async def start(
+        self,
+        sandbox_id: str,
+        token: str,
+        progress: Progress,
+        *,
+        labels: Mapping[str, str] | None = None,
+    ) -> SandboxHandle:
         """Start a sandbox whose agent requires ``token``; return once it is listening.
+
+        ``labels`` describe the sandbox (e.g. its workspace id) for the people operating the
+        platform; a spawner may attach them to what it makes (Kubernetes: pod labels) or
+        ignore them. Never secrets.
 
         Must be a coroutine. On failure, clean up what was started and raise ``SpawnerError``.
         """
@@ -88,3 +99,22 @@ class Spawner(LoggingConfigurable):
         Must be a coroutine.
         """
         raise NotImplementedError
+
+    async def reap(self, known_ids: Collection[str]) -> list[str]:
+        """Stop every running sandbox whose id is not in ``known_ids``; return their ids.
+
+        The background reaper's hook. Override in a subclass to also remove what
+        ``find_running`` does not see. Must be a coroutine.
+        """
+        reaped = []
+        for handle in await self.find_running():
+            if handle.sandbox_id not in known_ids:
+                await self.stop(handle)
+                reaped.append(handle.sandbox_id)
+        return reaped
+
+    async def close(self) -> None:
+        """Release what the spawner holds (connections, threads); sandboxes keep running.
+
+        Override in a subclass. Must be a coroutine.
+        """

@@ -26,6 +26,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -379,8 +380,18 @@ class LocalSpawner(Spawner):
 
     # --- start ---------------------------------------------------------------------------
 
-    async def start(self, sandbox_id: str, token: str, progress: Progress) -> SandboxHandle:
-        """Start a sandbox running the agent; return once its init runs the agent."""
+    async def start(
+        self,
+        sandbox_id: str,
+        token: str,
+        progress: Progress,
+        *,
+        labels: Mapping[str, str] | None = None,
+    ) -> SandboxHandle:
+        """Start a sandbox running the agent; return once its init runs the agent.
+
+        ``labels`` are ignored: a local sandbox is found again by its folder.
+        """
         folder = self.sandbox_dir(sandbox_id)
         binary, plan = await self._ensure_ready()
         self._python_binds()  # a clear error before anything is made

@@ -1,0 +1,578 @@
+"""``KubernetesSpawner``: one pod per sandbox, in a namespace under the restricted Pod Security
+Standard, found again by its labels after a platform restart.
+
+The pod is built by ``k8s_objects.make_sandbox_pod`` (pure), the API is called only through
+``k8s_client`` (a bounded thread pool), and a start waits on one shared watch of the sandbox
+pods (``k8s_reflector``), turning pod status and events into progress and clear failures
+(``k8s_status``). The agent's token lives in a per-sandbox Secret, read by the pod as
+``AGENT_TOKEN``: it is never in the pod spec, a command line, or a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Collection, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from traitlets import Bool, Dict, Enum, Float, Integer, List, TraitError, Unicode, validate
+
+from extensions.sandboxes.spawners.base import (
+    AgentEndpoint,
+    Progress,
+    SandboxHandle,
+    Spawner,
+    SpawnerError,
+)
+from extensions.sandboxes.spawners.k8s_client import JsonObject, Kind, KubeClient, KubeError
+from extensions.sandboxes.spawners.k8s_objects import (
+    AGENT_PORT,
+    SANDBOX_LABEL,
+    PodOptions,
+    check_labels,
+    make_agent_secret,
+    make_sandbox_pod,
+    parse_quantity,
+    pod_name,
+    sandbox_labels,
+    selector,
+)
+from extensions.sandboxes.spawners.k8s_reflector import (
+    Notice,
+    Reflector,
+    by_involved_object,
+)
+from extensions.sandboxes.spawners.k8s_status import (
+    DEFAULT_FATAL_REASONS,
+    PodState,
+    event_note,
+    pod_state,
+)
+
+LABEL_PREFIX = "code-execution-platform/"
+FALLBACK_POLL = 2.0  # seconds between reads of a starting pod while the watch is broken
+
+
+class KubernetesSpawner(Spawner):
+    """Starts each sandbox as a pod running the agent image, reached at the pod's IP."""
+
+    namespace = Unicode(
+        "code-execution-sandboxes",
+        help="Namespace of the sandbox pods and their Secrets. Label it "
+        "pod-security.kubernetes.io/enforce=restricted; keep nothing else in it.",
+    ).tag(config=True)
+
+    kubeconfig = Unicode(
+        "",
+        help="Path of a kubeconfig file. Empty: the pod's service account when the platform "
+        "runs in a cluster, else $KUBECONFIG or ~/.kube/config.",
+    ).tag(config=True)
+
+    context = Unicode("", help="Context of the kubeconfig to use. Empty: its current one.").tag(
+        config=True
+    )
+
+    instance = Unicode(
+        "default",
+        help="Name of this platform installation, in every sandbox's app.kubernetes.io/instance "
+        "label: installations sharing a namespace never see, nor reap, each other's sandboxes.",
+    ).tag(config=True)
+
+    image = Unicode(
+        "code-execution-platform/kernel:0.1.0",
+        help="The sandbox image (kernel_image/Dockerfile). Pin a version or a digest.",
+    ).tag(config=True)
+
+    image_pull_policy = Enum(
+        ["Always", "IfNotPresent", "Never"], "IfNotPresent", help="The pod's imagePullPolicy."
+    ).tag(config=True)
+
+    image_pull_secrets = List(
+        Unicode(), help="Names of Secrets (in the sandbox namespace) for a private registry."
+    ).tag(config=True)
+
+    cpu_request = Unicode("500m", help="CPU reserved for a sandbox (Kubernetes quantity).").tag(
+        config=True
+    )
+    cpu_limit = Unicode("500m", help="Most CPU a sandbox may use (Kubernetes quantity).").tag(
+        config=True
+    )
+    memory_request = Unicode(
+        "512Mi", help="Memory reserved for a sandbox (Kubernetes quantity)."
+    ).tag(config=True)
+    memory_limit = Unicode(
+        "512Mi", help="Most memory a sandbox may use; beyond it, it is OOM-killed."
+    ).tag(config=True)
+    disk_limit = Unicode(
+        "1Gi", help="Size limit of /workspace (an emptyDir; Kubernetes quantity)."
+    ).tag(config=True)
+    tmp_limit = Unicode("256Mi", help="Size limit of /tmp (an emptyDir).").tag(config=True)
+    ephemeral_storage_limit = Unicode(
+        "",
+        help="The pod's ephemeral-storage request and limit. Empty: disk_limit + tmp_limit + "
+        "256Mi for logs.",
+    ).tag(config=True)
+
+    runtime_class_name = Unicode(
+        "", help="RuntimeClass of sandbox pods (e.g. gvisor or kata). Empty: the node's default."
+    ).tag(config=True)
+    priority_class_name = Unicode("", help="PriorityClass of sandbox pods. Empty: none.").tag(
+        config=True
+    )
+    node_selector = Dict(
+        value_trait=Unicode(), help="Node labels a sandbox pod's node must have."
+    ).tag(config=True)
+    tolerations = List(
+        Dict(),
+        help='Tolerations of sandbox pods, written as in a manifest: [{"key": "sandboxes", '
+        '"operator": "Exists", "effect": "NoSchedule"}].',
+    ).tag(config=True)
+    user_namespaces = Bool(
+        False,
+        help="Run sandboxes in a user namespace (hostUsers: false; needs Kubernetes 1.33+ or "
+        "the UserNamespacesSupport feature, and a runtime that supports it).",
+    ).tag(config=True)
+    extra_labels = Dict(
+        value_trait=Unicode(), help="More labels on every sandbox pod and Secret."
+    ).tag(config=True)
+    extra_annotations = Dict(value_trait=Unicode(), help="Annotations on every sandbox pod.").tag(
+        config=True
+    )
+
+    agent_port = Integer(
+        AGENT_PORT, help="Port the agent listens on in its pod (the container port 'agent')."
+    ).tag(config=True)
+
+    start_timeout = Float(
+        50.0,
+        help="Seconds a pod may take to be scheduled, pull its image and pass its readiness "
+        "probe. Keep it below Sandboxes.start_timeout, or that one ends the start first.",
+    ).tag(config=True)
+
+    stop_grace_period = Integer(
+        5, help="Seconds a deleted sandbox's agent gets between SIGTERM and SIGKILL."
+    ).tag(config=True)
+
+    api_threads = Integer(
+        8,
+        help="Threads that make blocking Kubernetes API calls (creates, deletes, lists). "
+        "Watches have their own thread each.",
+    ).tag(config=True)
+
+    request_timeout = Float(
+        30.0, help="Seconds one Kubernetes API call may take before it fails."
+    ).tag(config=True)
+
+    events_enabled = Bool(
+        True,
+        help="Watch the namespace's pod Events, for progress messages (pulling the image, ...) "
+        "and the words of warnings (FailedScheduling, ...). The pods' status is used either way.",
+    ).tag(config=True)
+
+    fail_fast_reasons = List(
+        Unicode(),
+        list(DEFAULT_FATAL_REASONS),
+        help="Container waiting reasons that fail a start at once instead of at start_timeout. "
+        "Add 'Unschedulable' to fail when no node fits (without a cluster autoscaler).",
+    ).tag(config=True)
+
+    reap_grace = Float(
+        120.0,
+        help="Seconds after its creation during which reap() keeps a pod or Secret it does not "
+        "know (another replica may be starting it).",
+    ).tag(config=True)
+
+    @validate(
+        "cpu_request", "cpu_limit", "memory_request", "memory_limit", "disk_limit", "tmp_limit"
+    )
+    def _valid_quantity(self, proposal: dict[str, Any]) -> str:
+        try:
+            parse_quantity(proposal["value"])
+        except ValueError as e:
+            raise TraitError(str(e)) from e
+        return str(proposal["value"])
+
+    @validate("ephemeral_storage_limit")
+    def _valid_optional_quantity(self, proposal: dict[str, Any]) -> str:
+        return self._valid_quantity(proposal) if proposal["value"] else ""
+
+    @validate("instance")
+    def _valid_instance(self, proposal: dict[str, Any]) -> str:
+        try:
+            sandbox_labels(proposal["value"])
+        except ValueError as e:
+            msg = f"KubernetesSpawner.instance: {e}"
+            raise TraitError(msg) from e
+        return str(proposal["value"])
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._kube: KubeClient | None = None
+        self._pods: Reflector | None = None
+        self._events: Reflector | None = None
+        self._lock = asyncio.Lock()
+
+    # --- what a sandbox is made of ---------------------------------------------------------
+
+    @property
+    def match_labels(self) -> dict[str, str]:
+        """The labels that all of this installation's sandbox objects carry."""
+        return sandbox_labels(self.instance)
+
+    def object_labels(self, sandbox_id: str, labels: Mapping[str, str] | None) -> dict[str, str]:
+        """Labels of a sandbox's pod and Secret: ours, ``extra_labels``, and the caller's
+        (``workspace-id`` becomes ``code-execution-platform/workspace-id``)."""
+        extra = dict(self.extra_labels)
+        for key, value in (labels or {}).items():
+            name = key if "/" in key else LABEL_PREFIX + key
+            try:
+                check_labels({name: value})
+            except ValueError as e:
+                self.log.warning("sandbox %s | label ignored: %s", sandbox_id, e)
+                continue
+            extra[name] = value
+        return sandbox_labels(self.instance, sandbox_id, extra)
+
+    def pod_options(self, sandbox_id: str, labels: Mapping[str, str]) -> PodOptions:
+        """The options of a sandbox's pod. Override in a subclass to change the pod."""
+        return PodOptions(
+            sandbox_id=sandbox_id,
+            namespace=self.namespace,
+            image=self.image,
+            labels=labels,
+            annotations=dict(self.extra_annotations),
+            image_pull_policy=self.image_pull_policy,
+            image_pull_secrets=tuple(self.image_pull_secrets),
+            agent_port=self.agent_port,
+            cpu_request=self.cpu_request,
+            cpu_limit=self.cpu_limit,
+            memory_request=self.memory_request,
+            memory_limit=self.memory_limit,
+            disk_limit=self.disk_limit,
+            tmp_limit=self.tmp_limit,
+            ephemeral_storage_limit=self.ephemeral_storage_limit,
+            runtime_class_name=self.runtime_class_name,
+            priority_class_name=self.priority_class_name,
+            node_selector=dict(self.node_selector),
+            tolerations=tuple(self.tolerations),
+            user_namespaces=self.user_namespaces,
+            termination_grace_period=self.stop_grace_period,
+        )
+
+    # --- the API and the watches ------------------------------------------------------------
+
+    async def _client(self) -> KubeClient:
+        async with self._lock:
+            if self._kube is None:
+                try:
+                    self._kube = await KubeClient.connect(
+                        self.namespace,
+                        kubeconfig=self.kubeconfig,
+                        context=self.context,
+                        threads=self.api_threads,
+                        request_timeout=self.request_timeout,
+                    )
+                except KubeError as e:
+                    raise SpawnerError(str(e)) from e
+                self.log.info(
+                    "Kubernetes sandboxes | API server %s, namespace %s, %d API threads",
+                    self._kube.server,
+                    self.namespace,
+                    self.api_threads,
+                )
+            return self._kube
+
+    async def _watching(self) -> Reflector:
+        """The pod reflector (and the event one), started; a failing watch is logged."""
+        kube = await self._client()
+        async with self._lock:
+            if self._pods is None:
+                self._pods = Reflector(
+                    kube, "pods", label_selector=selector(self.match_labels), log=self.log
+                )
+                if self.events_enabled:
+                    self._events = Reflector(
+                        kube,
+                        "events",
+                        field_selector="involvedObject.kind=Pod",
+                        key=by_involved_object,
+                        keep=False,
+                        log=self.log,
+                    )
+            reflectors = [r for r in (self._pods, self._events) if r is not None]
+        for reflector in reflectors:
+            try:
+                await reflector.start(within=min(10.0, self.request_timeout))
+            except KubeError as e:
+                self.log.warning("Kubernetes sandboxes | %s watch not ready: %s", reflector.kind, e)
+        assert self._pods is not None  # noqa: S101
+        return self._pods
+
+    async def check(self) -> None:
+        """Fail if the configuration cannot work (no cluster config, no access to pods);
+        an API server that does not answer yet is only logged (the watches keep trying)."""
+        kube = await self._client()
+        try:
+            await kube.list("pods", label_selector=selector(self.match_labels))
+        except KubeError as e:
+            if e.status in {401, 403, 404}:
+                msg = (
+                    f"The platform cannot list pods in namespace {self.namespace} ({e}). Check "
+                    "that the namespace exists and that the platform's ServiceAccount has the "
+                    "Role of k8s/base/rbac.yaml there."
+                )
+                raise SpawnerError(msg) from e
+            self.log.warning("Kubernetes sandboxes | API not answering yet: %s", e)
+            return
+        await self._watching()
+
+    async def close(self) -> None:
+        """Stop the watches and the API threads; sandboxes keep running."""
+        reflectors = [r for r in (self._pods, self._events) if r is not None]
+        self._pods = self._events = None
+        for reflector in reflectors:
+            reflector.stop()
+        for reflector in reflectors:
+            await asyncio.to_thread(reflector.join, 5.0)
+        if self._kube is not None:
+            self._kube.close()
+            self._kube = None
+
+    # --- start ---------------------------------------------------------------------------
+
+    async def start(
+        self,
+        sandbox_id: str,
+        token: str,
+        progress: Progress,
+        *,
+        labels: Mapping[str, str] | None = None,
+    ) -> SandboxHandle:
+        """Create the sandbox's Secret and pod; return once the pod is ready (the agent
+        listens), or fail with what the scheduler and kubelet said, having deleted both."""
+        try:
+            name = pod_name(sandbox_id)
+            object_labels = self.object_labels(sandbox_id, labels)
+            pod = make_sandbox_pod(self.pod_options(sandbox_id, object_labels))
+            secret = make_agent_secret(sandbox_id, self.namespace, object_labels, token)
+        except ValueError as e:
+            raise SpawnerError(str(e)) from e
+        kube = await self._client()
+        pods = await self._watching()
+        started = time.monotonic()
+        queue: asyncio.Queue[Notice] = asyncio.Queue()
+        stop_listening = [pods.listen(name, queue)]
+        if self._events is not None:
+            stop_listening.append(self._events.listen(name, queue))
+        made: list[Kind] = []
+        try:
+            await _report(progress, 10, "Creating the sandbox pod")
+            await self._create(kube, "secrets", secret, sandbox_id)
+            made.append("secrets")
+            created = await self._create(kube, "pods", pod, sandbox_id)
+            made.append("pods")
+            self.log.info("sandbox %s | pod %s/%s created", sandbox_id, self.namespace, name)
+            state, uid = await self._wait_ready(kube, sandbox_id, created, queue, progress)
+        except BaseException as e:
+            if made:
+                try:
+                    await asyncio.shield(self._remove(kube, sandbox_id, made))
+                except SpawnerError as failed:
+                    self.log.warning("sandbox %s | cleaning up: %s", sandbox_id, failed)
+            if isinstance(e, KubeError):
+                msg = f"Could not start sandbox {sandbox_id}: {e}"
+                raise SpawnerError(msg) from e
+            raise
+        finally:
+            for stop in stop_listening:
+                stop()
+        self.log.info(
+            "sandbox %s | ready on node %s in %.2fs",
+            sandbox_id,
+            state.node,
+            time.monotonic() - started,
+        )
+        return self._handle(sandbox_id, state, uid)
+
+    async def _create(self, kube: KubeClient, kind: Kind, body: Any, sandbox_id: str) -> JsonObject:
+        try:
+            return await kube.create(kind, body)
+        except KubeError as e:
+            if e.status == 409:
+                msg = f"Sandbox {sandbox_id} already exists ({kind} {pod_name(sandbox_id)})."
+                raise SpawnerError(msg) from e
+            raise
+
+    async def _wait_ready(
+        self,
+        kube: KubeClient,
+        sandbox_id: str,
+        pod: JsonObject,
+        queue: asyncio.Queue[Notice],
+        progress: Progress,
+    ) -> tuple[PodState, str]:
+        """Follow the pod through the watch until it is ready, fails, or time runs out.
+
+        While the watch is broken (it reconnects by itself), the pod is read every
+        ``FALLBACK_POLL`` seconds instead, so a start does not depend on it.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        uid = str((pod.get("metadata") or {}).get("uid") or "")
+        shown_percent, shown_message = 10, "Creating the sandbox pod"
+        warning: str | None = None
+
+        async def tell(percent: int, message: str, *, problem: bool) -> None:
+            # Forward only (a late event never takes the progress back), and every new problem.
+            nonlocal shown_percent, shown_message
+            if percent > shown_percent or (problem and message != shown_message):
+                shown_percent, shown_message = max(percent, shown_percent), message
+                await _report(progress, shown_percent, message)
+
+        while True:
+            state = pod_state(pod, self.fail_fast_reasons)
+            if state.failure is not None:
+                raise SpawnerError(state.failure)
+            if state.ready and state.ip and state.port:
+                await _report(progress, max(50, shown_percent), "Sandbox pod ready")
+                return state, uid
+            problem = state.problem is not None
+            await tell(state.percent, state.problem or state.message, problem=problem)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise SpawnerError(self._late(state, warning))
+            try:
+                kind, obj = await asyncio.wait_for(queue.get(), min(remaining, FALLBACK_POLL))
+            except TimeoutError:
+                if self._pods is not None and self._pods.synced:
+                    continue
+                kind, obj = "pods", await kube.get("pods", pod_name(sandbox_id))
+            if kind == "pods":
+                if obj is None:
+                    msg = "The sandbox pod was deleted while it was starting."
+                    raise SpawnerError(msg)
+                if not uid or (obj.get("metadata") or {}).get("uid") == uid:
+                    pod = obj
+                continue
+            if obj is None or (obj.get("involvedObject") or {}).get("uid") not in {None, uid}:
+                continue
+            note = event_note(obj)
+            if note is None:
+                continue
+            if note.warning:
+                warning = note.message
+                self.log.info("sandbox %s | %s", sandbox_id, note.message)
+            await tell(note.percent or 0, note.message, problem=note.warning)
+
+    def _late(self, state: PodState, warning: str | None) -> str:
+        why = state.problem or warning or f"it was at: {state.message}"
+        pods = self._pods
+        if pods is not None and pods.error:
+            why += f"; watching pods fails: {pods.error}"
+        return f"The sandbox was not ready within {self.start_timeout:.0f} s ({why})."
+
+    def _handle(self, sandbox_id: str, state: PodState, uid: str) -> SandboxHandle:
+        assert state.ip is not None  # noqa: S101
+        endpoint = AgentEndpoint(host=state.ip, port=state.port or self.agent_port)
+        data = {"pod": pod_name(sandbox_id), "namespace": self.namespace, "uid": uid,
+                "node": state.node}  # fmt: skip
+        return SandboxHandle(sandbox_id, endpoint, data)
+
+    # --- stop, poll, find, reap ------------------------------------------------------------
+
+    async def stop(self, handle: SandboxHandle) -> None:
+        """Delete the pod (its agent gets ``stop_grace_period`` s) and its Secret."""
+        kube = await self._client()
+        await self._remove(kube, handle.sandbox_id, ["pods", "secrets"])
+
+    async def _remove(self, kube: KubeClient, sandbox_id: str, kinds: list[Kind]) -> None:
+        name = pod_name(sandbox_id)
+        try:
+            for kind in sorted(kinds):  # the pod first: it still uses its Secret
+                grace = self.stop_grace_period if kind == "pods" else None
+                if await kube.delete(kind, name, grace_period=grace):
+                    self.log.info("sandbox %s | deleted %s %s", sandbox_id, kind[:-1], name)
+        except KubeError as e:
+            msg = f"Could not delete sandbox {sandbox_id}: {e}"
+            raise SpawnerError(msg) from e
+
+    async def poll(self, handle: SandboxHandle) -> bool:
+        """Whether the pod still runs (from the watch; from the API when the watch has not
+        seen it). An API that does not answer counts as running: the agent's own health
+        check decides then."""
+        name = pod_name(handle.sandbox_id)
+        pods = await self._watching()
+        pod = pods.get(name) if pods.synced else None
+        if pod is None:
+            kube = await self._client()
+            try:
+                pod = await kube.get("pods", name)
+            except KubeError as e:
+                self.log.warning("sandbox %s | cannot poll its pod: %s", handle.sandbox_id, e)
+                return True
+            if pod is None:
+                return False
+        uid = handle.state.get("uid")
+        if uid and (pod.get("metadata") or {}).get("uid") != uid:
+            return False  # another pod of the same name: ours is gone
+        return pod_state(pod).running
+
+    async def find_running(self) -> list[SandboxHandle]:
+        """The running sandbox pods of this installation (listed by label)."""
+        kube = await self._client()
+        try:
+            items, _ = await kube.list("pods", label_selector=selector(self.match_labels))
+        except KubeError as e:
+            msg = f"Could not list sandbox pods: {e}"
+            raise SpawnerError(msg) from e
+        handles = []
+        for pod in items:
+            sandbox_id = ((pod.get("metadata") or {}).get("labels") or {}).get(SANDBOX_LABEL)
+            state = pod_state(pod)
+            if sandbox_id and state.phase == "Running" and not state.deleting and state.ip:
+                uid = str(pod["metadata"].get("uid") or "")
+                handles.append(self._handle(sandbox_id, state, uid))
+        return handles
+
+    async def reap(self, known_ids: Collection[str], *, grace: float | None = None) -> list[str]:
+        """Delete the pods and Secrets of sandboxes not in ``known_ids`` (running or not);
+        return their ids. Objects younger than ``grace`` (default ``reap_grace``) s are kept."""
+        kube = await self._client()
+        match = selector(self.match_labels)
+        try:
+            pods, _ = await kube.list("pods", label_selector=match)
+            secrets, _ = await kube.list("secrets", label_selector=match)
+        except KubeError as e:
+            msg = f"Could not list sandbox pods and Secrets: {e}"
+            raise SpawnerError(msg) from e
+        keep = set(known_ids)
+        oldest = self.reap_grace if grace is None else grace
+        now = datetime.now(UTC)
+        orphans: set[str] = set()
+        for obj in [*pods, *secrets]:
+            metadata = obj.get("metadata") or {}
+            sandbox_id = (metadata.get("labels") or {}).get(SANDBOX_LABEL)
+            if not sandbox_id or sandbox_id in keep:
+                continue
+            if (now - _created(metadata, now)).total_seconds() < oldest:
+                continue
+            orphans.add(sandbox_id)
+        for sandbox_id in sorted(orphans):
+            self.log.info("sandbox %s | not known to the platform: removing it", sandbox_id)
+            await self._remove(kube, sandbox_id, ["pods", "secrets"])
+        return sorted(orphans)
+
+
+def _created(metadata: JsonObject, default: datetime) -> datetime:
+    try:
+        return datetime.fromisoformat(str(metadata["creationTimestamp"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return default
+
+
+async def _report(progress: Progress, percent: int, message: str) -> None:
+    result = progress(percent, message)
+    if inspect.isawaitable(result):
+        await result
