@@ -56,9 +56,10 @@ class Target:
         )
 
 
-async def read_until(conn: WebSocketClientConnection, done: Callable[[str], bool]) -> int:
-    """Read stdout until ``done(text so far)``; return the bytes read."""
-    seen = ""
+async def read_until(
+    conn: WebSocketClientConnection, done: Callable[[str], bool], seen: str = ""
+) -> int:
+    """Read stdout until ``done(text read so far)``; return the characters read."""
     total = 0
     while not done(seen):
         message = await conn.read_message()
@@ -91,7 +92,7 @@ async def echo_round_trips(target: Target) -> list[float]:
         char = "abcdefghij"[i % 10]
         start = time.perf_counter()
         await conn.write_message(json.dumps(["stdin", char]))
-        await read_until(conn, lambda s, c=char: s.endswith(c))
+        await read_until(conn, lambda s, c=char: c in s)
         samples.append((time.perf_counter() - start) * 1000)
     await conn.write_message(json.dumps(["stdin", "\x15"]))  # clear the line
     conn.close()
