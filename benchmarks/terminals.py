@@ -73,11 +73,16 @@ async def read_until(
     return total
 
 
+def at_prompt(text: str) -> bool:
+    """Whether a shell prompt (a user's ``$`` or root's ``#``) has been printed."""
+    return text.rstrip().endswith(("$", "#"))
+
+
 async def time_open(target: Target, prefix: str) -> float:
     """ms from the POST to the first prompt byte."""
     start = time.perf_counter()
     conn = await target.open_terminal(prefix)
-    await read_until(conn, lambda s: "$" in s)
+    await read_until(conn, lambda s: len(s) > 0)  # the first byte of the prompt
     elapsed = (time.perf_counter() - start) * 1000
     conn.close()
     return elapsed
@@ -86,7 +91,7 @@ async def time_open(target: Target, prefix: str) -> float:
 async def echo_round_trips(target: Target) -> list[float]:
     """ms per keystroke, from sending it to seeing it echoed."""
     conn = await target.open_terminal()
-    await read_until(conn, lambda s: "$" in s)
+    await read_until(conn, at_prompt)
     samples = []
     for i in range(KEYSTROKES):
         char = "abcdefghij"[i % 10]
@@ -102,7 +107,7 @@ async def echo_round_trips(target: Target) -> list[float]:
 async def throughput(target: Target) -> float:
     """MB/s of terminal output (a program printing 100 MB)."""
     conn = await target.open_terminal()
-    await read_until(conn, lambda s: "$" in s)
+    await read_until(conn, at_prompt)
     line = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
     command = f"yes {line} | head -c {THROUGHPUT_BYTES}; echo; echo EN''D\r"
     start = time.perf_counter()
@@ -150,7 +155,7 @@ async def stock(tmp: Path) -> dict[str, Any]:
         opens = [await time_open(target, "") for _ in range(OPEN_ROUNDS)]
         before = rss_kib(tree(process.pid))
         conn = await target.open_terminal()
-        await read_until(conn, lambda s: "$" in s)
+        await read_until(conn, at_prompt)
         memory = rss_kib(tree(process.pid)) - before
         conn.close()
         return {
