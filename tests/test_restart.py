@@ -53,6 +53,7 @@ class Platform:
                     f"--PlatformApp.data_dir={self.data_dir}",
                     "--Accounts.bcrypt_cost=4",
                     "--Sandboxes.sync_lease=2",
+                    "--Spawner.warm_pool_size=0",
                 ],
                 env=env,
                 stdout=log,
