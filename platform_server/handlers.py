@@ -143,4 +143,17 @@ class HealthHandler(PlatformAPIHandler):
         self.finish_json({"status": "ok", "database": "ok"})
 
 
-default_handlers = [(r"/api/health", HealthHandler)]
+class LivenessHandler(PlatformAPIHandler):
+    """``GET /api/health/live``: 200 while this process serves requests, whatever the state
+    of PostgreSQL (a liveness probe: restarting the process cannot fix a database outage)."""
+
+    @allow_unauthenticated
+    def get(self) -> None:
+        """Answer at once."""
+        self.finish_json({"status": "ok"})
+
+
+default_handlers = [
+    (r"/api/health", HealthHandler),
+    (r"/api/health/live", LivenessHandler),
+]

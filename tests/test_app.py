@@ -14,6 +14,12 @@ async def test_health_needs_no_login(client: Client) -> None:
     assert response.json == {"status": "ok", "database": "ok"}
 
 
+async def test_liveness_needs_neither_login_nor_database(client: Client) -> None:
+    response = await client.get("/api/health/live")
+    assert response.status == 200
+    assert response.json == {"status": "ok"}
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [

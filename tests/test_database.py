@@ -107,6 +107,7 @@ async def test_outage_answers_503_and_recovers(
     health = await client.get("/api/health")
     assert health.status == 503
     assert health.json == {"status": "unavailable", "database": "unavailable"}
+    assert (await client.get("/api/health/live")).status == 200
     me = await api.get("/api/accounts/me")
     assert me.status == 503
     assert "database is unavailable" in me.json["message"]

@@ -273,8 +273,10 @@ def test_the_platform_deployment_is_safe_and_highly_available(base: list[Obj]) -
     assert context["readOnlyRootFilesystem"] is True
     assert context["capabilities"] == {"drop": ["ALL"]}
     assert restricted_violations({"spec": pod}) == []
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+    for probe in ("readinessProbe", "startupProbe"):
         assert container[probe]["httpGet"] == {"path": "/api/health", "port": "http"}
+    # Liveness never depends on PostgreSQL: a restart cannot fix a database outage.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/api/health/live", "port": "http"}
     assert container["resources"]["requests"].keys() == {"cpu", "memory"}
     assert container["resources"]["limits"]["memory"]
     assert pod["terminationGracePeriodSeconds"] >= 30
