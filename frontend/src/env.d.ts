@@ -1,0 +1,2 @@
+// CSS imported from TypeScript is bundled by esbuild into the page's stylesheet.
+declare module '*.css';

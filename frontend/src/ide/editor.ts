@@ -1,0 +1,479 @@
+// Editor tabs over one Monaco editor: a model per open file, dirty markers, save with a
+// "changed on disk" check, silent reload of clean tabs, guards against losing edits.
+import type { Contents } from '@jupyterlab/services';
+import { describeError } from '../common/api';
+import { choose } from '../common/dialog';
+import { h, replaceChildren } from '../common/dom';
+import { icon } from '../common/icons';
+import { isDark, onThemeChange } from '../common/theme';
+import { timestamp } from '../common/time';
+import { toastError } from '../common/toast';
+import { baseName, isWithin, parentOf, type WorkspaceFiles } from './files';
+import { languageFor, monaco } from './monaco';
+
+interface Tab {
+  path: string;
+  /** Null while loading, and for files that are not text. */
+  model: monaco.editor.ITextModel | null;
+  binary: boolean;
+  tooLarge?: boolean;
+  /** Monaco's alternative version id of the text last saved or loaded. */
+  savedVersion: number;
+  /** last_modified (ms) of the version on disk this tab is based on. */
+  diskModified: number;
+  viewState: monaco.editor.ICodeEditorViewState | null;
+  element: HTMLElement;
+  conflict: 'changed' | 'deleted' | null;
+  /** The save in flight, if any (change notices wait for it). */
+  saving: Promise<unknown> | null;
+  loaded: Promise<void>;
+}
+
+export interface EditorCallbacks {
+  /** The open tabs or the active one changed (to remember them). */
+  tabsChanged(open: string[], active: string | null): void;
+  /** Cursor moved or active file changed: for the status bar. */
+  cursor(info: { line: number; column: number; language: string } | null): void;
+  /** Reveal a file in the tree. */
+  reveal(path: string): void;
+}
+
+/** What is known on disk about a path: metadata, null (gone), undefined (unknown). */
+export type Lookup = (path: string) => Contents.IModel | null | undefined;
+
+/** Larger files are offered as downloads instead of being loaded into the editor. */
+const MAX_EDITABLE_BYTES = 10 * 1024 * 1024;
+
+let modelCounter = 0;
+
+function modelUri(path: string): monaco.Uri {
+  // Unique per model (renames and reopenings never clash), ending in the real name so that
+  // language services see the extension.
+  modelCounter += 1;
+  return monaco.Uri.from({ scheme: 'file', path: `/${modelCounter}/${path}` });
+}
+
+export class EditorArea {
+  readonly element: HTMLElement;
+  private readonly tabsBar: HTMLElement;
+  private readonly banner: HTMLElement;
+  private readonly host: HTMLElement;
+  private readonly placeholder: HTMLElement;
+  readonly editor: monaco.editor.IStandaloneCodeEditor;
+  private tabs: Tab[] = [];
+  private active: Tab | null = null;
+  /** The page title after the file name ("workspace · Platform"). */
+  titleSuffix = document.title;
+
+  constructor(
+    private readonly files: WorkspaceFiles,
+    private readonly callbacks: EditorCallbacks,
+    private readonly lookup: Lookup = () => undefined,
+  ) {
+    this.tabsBar = h('div', { class: 'tabs', role: 'tablist', id: 'editor-tabs', 'aria-label': 'Open files' });
+    this.banner = h('div', { class: 'editor-banner', id: 'editor-banner', role: 'alert', hidden: true });
+    this.host = h('div', { class: 'editor-host', id: 'editor' });
+    this.placeholder = h('div', { class: 'editor-placeholder', id: 'editor-placeholder' });
+    this.element = h('section', { class: 'editor-area', 'aria-label': 'Editor' },
+      this.tabsBar, this.banner, h('div', { class: 'editor-stack' }, this.host, this.placeholder));
+    this.editor = monaco.editor.create(this.host, {
+      model: null,
+      automaticLayout: true,
+      theme: isDark() ? 'vs-dark' : 'vs',
+      fontSize: 14,
+      scrollBeyondLastLine: false,
+      renderWhitespace: 'selection',
+      tabSize: 4,
+      detectIndentation: true,
+      fixedOverflowWidgets: true,
+    });
+    onThemeChange((dark) => monaco.editor.setTheme(dark ? 'vs-dark' : 'vs'));
+    this.editor.onDidChangeCursorPosition(() => this.reportCursor());
+    this.tabsBar.addEventListener('auxclick', (event) => {
+      const path = this.tabPath(event.target);
+      if (event.button === 1 && path !== null) void this.close(path);
+    });
+    this.showPlaceholder();
+  }
+
+  // --- tabs ---------------------------------------------------------------------------------
+
+  private find(path: string): Tab | undefined {
+    return this.tabs.find((t) => t.path === path);
+  }
+
+  private tabPath(target: EventTarget | null): string | null {
+    const tab = target instanceof Element ? target.closest<HTMLElement>('.tab') : null;
+    return tab?.dataset.path ?? null;
+  }
+
+  get activePath(): string | null {
+    return this.active?.path ?? null;
+  }
+
+  get openPaths(): string[] {
+    return this.tabs.map((t) => t.path);
+  }
+
+  isDirty(tab: Tab): boolean {
+    return tab.model !== null && tab.model.getAlternativeVersionId() !== tab.savedVersion;
+  }
+
+  anyDirty(): boolean {
+    return this.tabs.some((t) => this.isDirty(t));
+  }
+
+  private tabElement(path: string): HTMLElement {
+    const close = h('button', { type: 'button', class: 'tab-close', 'aria-label': `Close ${baseName(path)}`, title: 'Close' }, icon('close'));
+    const element = h('div', { class: 'tab', role: 'tab', 'data-path': path, title: path, tabindex: 0 },
+      icon('file'), h('span', { class: 'tab-name' }, baseName(path)), h('span', { class: 'tab-dirty', 'aria-hidden': 'true' }), close);
+    element.addEventListener('click', (event) => {
+      if (close.contains(event.target as Node)) return;
+      const tab = this.find(element.dataset.path ?? '');
+      if (tab) this.activate(tab);
+    });
+    element.addEventListener('keydown', (event) => {
+      if (event.key === 'Enter' || event.key === ' ') {
+        const tab = this.find(element.dataset.path ?? '');
+        if (tab) this.activate(tab);
+      }
+    });
+    close.addEventListener('click', () => void this.close(element.dataset.path ?? ''));
+    return element;
+  }
+
+  private updateTab(tab: Tab): void {
+    const dirty = this.isDirty(tab);
+    tab.element.dataset.path = tab.path;
+    tab.element.title = tab.path + (tab.conflict === 'deleted' ? ' (deleted on disk)' : '');
+    const name = tab.element.querySelector('.tab-name');
+    if (name) name.textContent = baseName(tab.path);
+    tab.element.classList.toggle('dirty', dirty);
+    tab.element.classList.toggle('deleted', tab.conflict === 'deleted');
+    tab.element.classList.toggle('conflict', tab.conflict === 'changed');
+    tab.element.classList.toggle('active', tab === this.active);
+    tab.element.setAttribute('aria-selected', String(tab === this.active));
+    if (tab === this.active) {
+      document.title = `${dirty ? '● ' : ''}${baseName(tab.path)} · ${this.titleSuffix}`;
+      this.renderBanner();
+    }
+  }
+
+  private notifyTabs(): void {
+    this.callbacks.tabsChanged(this.openPaths, this.activePath);
+  }
+
+  /** Open a file in a tab (or switch to its tab). */
+  async open(path: string, focus = true): Promise<void> {
+    const existing = this.find(path);
+    if (existing) {
+      this.activate(existing, focus);
+      return existing.loaded;
+    }
+    const tab: Tab = {
+      path, model: null, binary: false, savedVersion: 0, diskModified: 0, viewState: null,
+      element: this.tabElement(path), conflict: null, saving: null, loaded: Promise.resolve(),
+    };
+    this.tabs.push(tab);
+    this.tabsBar.append(tab.element);
+    tab.loaded = this.load(tab).catch((error: unknown) => {
+      toastError(`Could not open “${path}”: ${describeError(error)}`);
+      this.discard(tab);
+    });
+    this.activate(tab, focus);
+    this.notifyTabs();
+    return tab.loaded;
+  }
+
+  private async load(tab: Tab): Promise<void> {
+    const known = this.lookup(tab.path) ?? (await this.files.stat(tab.path));
+    if ((known?.size ?? 0) > MAX_EDITABLE_BYTES) {
+      tab.binary = true;
+      tab.tooLarge = true;
+      if (this.active === tab) this.show(tab);
+      this.updateTab(tab);
+      return;
+    }
+    const file = await this.files.read(tab.path);
+    tab.diskModified = timestamp(file.last_modified);
+    if (file.format !== 'text' || typeof file.content !== 'string') {
+      tab.binary = true;
+    } else {
+      const model = monaco.editor.createModel(file.content, languageFor(tab.path), modelUri(tab.path));
+      tab.model = model;
+      tab.savedVersion = model.getAlternativeVersionId();
+      model.onDidChangeContent(() => this.updateTab(tab));
+    }
+    if (this.active === tab) this.show(tab);
+    this.updateTab(tab);
+  }
+
+  activate(tab: Tab, focus = true): void {
+    if (this.active && this.active !== tab && this.active.model) {
+      this.active.viewState = this.editor.saveViewState();
+    }
+    const previous = this.active;
+    this.active = tab;
+    if (previous) this.updateTab(previous);
+    this.show(tab);
+    this.updateTab(tab);
+    tab.element.scrollIntoView({ block: 'nearest', inline: 'nearest' });
+    if (focus && tab.model) this.editor.focus();
+    this.notifyTabs();
+  }
+
+  private show(tab: Tab): void {
+    if (tab.model) {
+      this.placeholder.hidden = true;
+      this.host.hidden = false;
+      if (this.editor.getModel() !== tab.model) {
+        this.editor.setModel(tab.model);
+        if (tab.viewState) this.editor.restoreViewState(tab.viewState);
+      }
+    } else if (tab.binary) {
+      this.showPlaceholder(h('div', {},
+        h('p', {}, tab.tooLarge
+          ? `“${baseName(tab.path)}” is too large to edit here (over ${MAX_EDITABLE_BYTES / 1024 / 1024} MB).`
+          : `“${baseName(tab.path)}” is not a text file.`),
+        h('a', { class: 'button', href: this.files.downloadUrl(tab.path), download: baseName(tab.path) }, icon('download'), 'Download')));
+    } else {
+      this.showPlaceholder(h('p', {}, 'Loading…'));
+    }
+    this.renderBanner();
+    this.reportCursor();
+  }
+
+  private showPlaceholder(content?: HTMLElement): void {
+    this.editor.setModel(null);
+    this.host.hidden = true;
+    this.placeholder.hidden = false;
+    replaceChildren(this.placeholder, content ?? h('div', { class: 'welcome' },
+      h('p', {}, 'Open a file from the tree on the left.'),
+      h('p', { class: 'muted' }, 'Ctrl/Cmd+S saves · F5 runs the Python file in a terminal')));
+  }
+
+  private reportCursor(): void {
+    const model = this.active?.model;
+    const position = this.editor.getPosition();
+    if (!model || !position) {
+      this.callbacks.cursor(null);
+      return;
+    }
+    this.callbacks.cursor({ line: position.lineNumber, column: position.column, language: model.getLanguageId() });
+  }
+
+  /** Close a tab; a dirty one asks first. Resolves false if the person cancelled. */
+  async close(path: string): Promise<boolean> {
+    const tab = this.find(path);
+    if (!tab) return true;
+    if (this.isDirty(tab)) {
+      this.activate(tab, false);
+      const choice = await choose('Unsaved changes', `Save the changes to “${baseName(path)}” before closing?`, [
+        { label: 'Cancel', value: 'cancel', kind: 'plain' },
+        { label: "Don't save", value: 'discard', kind: 'danger' },
+        { label: 'Save', value: 'save', kind: 'primary' },
+      ], 'cancel');
+      if (choice === 'cancel') return false;
+      if (choice === 'save' && !(await this.save(path))) return false;
+    }
+    this.discard(tab);
+    return true;
+  }
+
+  /** Close without asking (the file is gone, or the person chose so). */
+  private discard(tab: Tab): void {
+    const index = this.tabs.indexOf(tab);
+    if (index < 0) return;
+    this.tabs.splice(index, 1);
+    tab.element.remove();
+    if (this.active === tab) {
+      this.active = null;
+      const next = this.tabs[Math.min(index, this.tabs.length - 1)];
+      if (next) this.activate(next, false);
+      else {
+        this.showPlaceholder();
+        this.banner.hidden = true;
+        document.title = this.titleSuffix;
+        this.reportCursor();
+      }
+    }
+    tab.model?.dispose();
+    this.notifyTabs();
+  }
+
+  // --- saving -------------------------------------------------------------------------------
+
+  /**
+   * Save a tab (the active one by default); resolves true once the bytes are committed
+   * (or, with ``onlyIfDirty``, when there was nothing to save).
+   */
+  async save(path?: string, onlyIfDirty = false): Promise<boolean> {
+    const tab = path === undefined ? this.active : this.find(path);
+    if (!tab) return false;
+    await tab.loaded;
+    const model = tab.model;
+    if (!model) return !tab.binary;
+    if (onlyIfDirty && !this.isDirty(tab) && tab.conflict !== 'deleted') return true;
+    if (tab.saving) await tab.saving.catch(() => undefined);
+    try {
+      if (tab.conflict === 'changed' || (await this.changedOnDisk(tab))) {
+        const choice = await choose('File changed on disk',
+          `“${baseName(tab.path)}” changed on disk since you opened it. Overwrite it with your version, or reload it and lose your changes?`, [
+            { label: 'Cancel', value: 'cancel', kind: 'plain' },
+            { label: 'Reload', value: 'reload', kind: 'plain' },
+            { label: 'Overwrite', value: 'overwrite', kind: 'danger' },
+          ], 'cancel');
+        if (choice === 'cancel') return false;
+        if (choice === 'reload') {
+          await this.reload(tab);
+          return false;
+        }
+      }
+      const version = model.getAlternativeVersionId();
+      const saving = this.files.saveText(tab.path, model.getValue());
+      tab.saving = saving;
+      const saved = await saving;
+      tab.savedVersion = version;
+      tab.diskModified = timestamp(saved.last_modified);
+      tab.conflict = null;
+      this.updateTab(tab);
+      return true;
+    } catch (error) {
+      toastError(`Could not save “${tab.path}”: ${describeError(error)}`);
+      return false;
+    } finally {
+      tab.saving = null;
+    }
+  }
+
+  private async changedOnDisk(tab: Tab): Promise<boolean> {
+    const stat = await this.files.stat(tab.path);
+    return stat !== null && timestamp(stat.last_modified) > tab.diskModified;
+  }
+
+  /** Replace a tab's text with what is on disk, keeping the cursor where it was. */
+  private async reload(tab: Tab): Promise<void> {
+    const file = await this.files.read(tab.path);
+    const model = tab.model;
+    if (!model || typeof file.content !== 'string' || file.format !== 'text') return;
+    const view = this.active === tab ? this.editor.saveViewState() : null;
+    if (model.getValue() !== file.content) {
+      model.pushEditOperations([], [{ range: model.getFullModelRange(), text: file.content }], () => null);
+    }
+    if (view) this.editor.restoreViewState(view);
+    tab.savedVersion = model.getAlternativeVersionId();
+    tab.diskModified = timestamp(file.last_modified);
+    tab.conflict = null;
+    this.updateTab(tab);
+  }
+
+  // --- changes from elsewhere ---------------------------------------------------------------
+
+  /** The file changed on disk (an event, or polling noticed a newer last_modified). */
+  async externalChange(path: string, lastModified: string | null | undefined): Promise<void> {
+    const tab = this.find(path);
+    if (!tab) return;
+    await tab.loaded;
+    if (tab.saving) await tab.saving.catch(() => undefined);
+    if (!tab.model) return;
+    const when = timestamp(lastModified);
+    if (tab.conflict !== 'deleted' && when !== 0 && when <= tab.diskModified) return;
+    if (this.isDirty(tab)) {
+      if (tab.conflict === 'changed') return;
+      tab.conflict = 'changed';
+      this.updateTab(tab);
+      return;
+    }
+    try {
+      await this.reload(tab);
+    } catch (error) {
+      toastError(`Could not reload “${path}”: ${describeError(error)}`);
+    }
+  }
+
+  /** The file (or a folder holding it) was deleted by another side. */
+  deletedOnDisk(path: string): void {
+    for (const tab of this.tabs) {
+      if (isWithin(tab.path, path) && tab.conflict !== 'deleted') {
+        tab.conflict = 'deleted';
+        this.updateTab(tab);
+      }
+    }
+  }
+
+  /** Forget every unsaved edit (the person chose to leave without saving). */
+  discardAll(): void {
+    for (const tab of this.tabs) {
+      if (tab.model) tab.savedVersion = tab.model.getAlternativeVersionId();
+    }
+  }
+
+  /** This IDE deleted the path: its tabs close. */
+  deleted(path: string): void {
+    for (const tab of [...this.tabs]) {
+      if (isWithin(tab.path, path)) this.discard(tab);
+    }
+  }
+
+  /** A file or folder moved: tabs follow it (and change language if the extension did). */
+  moved(from: string, to: string): void {
+    for (const tab of this.tabs) {
+      if (!isWithin(tab.path, from)) continue;
+      tab.path = to + tab.path.slice(from.length);
+      if (tab.conflict === 'deleted') tab.conflict = null;
+      if (tab.model) monaco.editor.setModelLanguage(tab.model, languageFor(tab.path));
+      this.updateTab(tab);
+    }
+    this.reportCursor();
+    this.notifyTabs();
+  }
+
+  /** Polling: compare each open file with what the server says now. */
+  async check(lookup: Lookup): Promise<void> {
+    await Promise.all(this.tabs.map(async (tab) => {
+      let entry = lookup(tab.path);
+      if (entry === undefined) entry = await this.files.stat(tab.path);
+      if (entry === null) this.deletedOnDisk(tab.path);
+      else await this.externalChange(tab.path, entry.last_modified);
+    }));
+  }
+
+  private renderBanner(): void {
+    const tab = this.active;
+    if (!tab?.conflict) {
+      this.banner.hidden = true;
+      return;
+    }
+    const name = baseName(tab.path);
+    const button = (label: string, action: () => void, kind = ''): HTMLElement =>
+      h('button', { type: 'button', class: `button small ${kind}`, onclick: action }, label);
+    if (tab.conflict === 'changed') {
+      replaceChildren(this.banner,
+        h('span', {}, `“${name}” changed on disk. Your unsaved version differs.`),
+        button('Reload from disk', () => void this.reload(tab).catch((e: unknown) => toastError(describeError(e)))),
+        button('Keep mine', () => {
+          tab.conflict = null;
+          void this.files.stat(tab.path).then((stat) => {
+            if (stat) tab.diskModified = timestamp(stat.last_modified);
+          });
+          this.updateTab(tab);
+        }));
+    } else {
+      replaceChildren(this.banner,
+        h('span', {}, `“${name}” was deleted on disk. Saving will create it again.`),
+        button('Close tab', () => this.discard(tab)),
+        button('Save', () => void this.save(tab.path), 'primary'));
+    }
+    this.banner.hidden = false;
+  }
+
+  /** Reveal the active file in the tree. */
+  revealActive(): void {
+    if (this.active) this.callbacks.reveal(this.active.path);
+  }
+
+  /** The folder of the active file, for commands that need a place. */
+  activeFolder(): string {
+    return this.active ? parentOf(this.active.path) : '';
+  }
+}
