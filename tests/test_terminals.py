@@ -247,6 +247,9 @@ class TestCulling:
         _, terminal = await open_terminal(base_url, ws, token)
         await terminal.run("echo kept > made-here.txt", "WROTE")
         await asyncio.sleep(2.5)
+        # Reads are clients polling, not the user: they do not keep a sandbox alive.
+        assert (await api.get(f"/w/{ws}/api/terminals")).status == 200
+        assert (await api.get(f"/w/{ws}/api/contents/main.py")).status == 200
         sandboxes = jp_serverapp.web_app.settings["sandboxes"]
         assert await sandboxes.cull_once() == 1
         assert (await api.get(f"/api/workspaces/{ws}/sandbox")).json["state"] == "stopped"

@@ -42,7 +42,7 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             raise web.HTTPError(403)
         workspaces = cast(Workspaces, self.settings["workspaces"])
         try:
-            self.workspace_id = await workspaces.touch(workspace_id, user.user_id)
+            self.workspace_id = await workspaces.touch(workspace_id, user.user_id, active=False)
         except DomainError as e:
             raise e.to_http() from e
         await cast(Any, super().get(workspace_id))

@@ -13,7 +13,7 @@ from tornado.iostream import StreamClosedError
 
 from extensions.accounts.identity import authenticated_user
 from extensions.sandboxes.manager import Sandboxes
-from extensions.workspaces.manager import Workspaces
+from extensions.workspaces.manager import Workspaces, is_user_action
 from platform_server.handlers import PlatformAPIHandler
 
 PROGRESS_POLL = 0.2
@@ -30,7 +30,11 @@ class SandboxAPIHandler(PlatformAPIHandler):
     async def owned_workspace(self, workspace_id: str) -> uuid.UUID:
         """The URL's workspace if the caller owns it (404 otherwise)."""
         workspaces = cast(Workspaces, self.settings["workspaces"])
-        return await workspaces.touch(workspace_id, authenticated_user(self).user_id)
+        return await workspaces.touch(
+            workspace_id,
+            authenticated_user(self).user_id,
+            active=is_user_action(self.request.method or "GET"),
+        )
 
 
 class SandboxHandler(SandboxAPIHandler):

@@ -273,8 +273,11 @@ class Sandboxes(LoggingConfigurable):
                 loaded = 0
                 if workspace_id is not None:
                     await progress(80, "Loading your files")
+                    load_began = datetime.now(UTC)
                     loaded = await self.load_files(workspace_id, client)
                 row = await self._set_state(sandbox_id, "running")
+                if workspace_id is not None:
+                    await self._catch_up(workspace_id, client, load_began)
         except Exception as e:
             reason = start_failure_reason(e, self.start_timeout)
             self.log.error("sandbox %s | failed to start: %s", sandbox_id, reason)
@@ -362,6 +365,25 @@ class Sandboxes(LoggingConfigurable):
             await self._mirror(workspace_id, path, client)
         except AgentError as e:
             self.log.warning("sandbox %s | could not mirror %s: %s", row["id"], action, e)
+
+    async def _catch_up(
+        self, workspace_id: uuid.UUID, client: AgentClient, load_began: datetime
+    ) -> None:
+        """Mirror the saves that landed while the files were loading: the sandbox was not
+        running yet, so ``contents_changed`` left them out. (Mirroring is idempotent, hence
+        the margin for clock differences.)"""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                """SELECT path FROM workspace_items
+                   WHERE workspace_id = %s AND last_modified >= %s ORDER BY path""",
+                [workspace_id, load_began - timedelta(seconds=1)],
+            )
+            changed = [row["path"] for row in await cur.fetchall()]
+        for path in changed:
+            try:
+                await self._mirror(workspace_id, path, client)
+            except AgentError as e:
+                self.log.warning("workspace %s | could not catch up %s: %s", workspace_id, path, e)
 
     async def _mirror(self, workspace_id: uuid.UUID, path: str, client: AgentClient) -> None:
         """Make ``path`` in the sandbox what it is in PostgreSQL."""
@@ -550,12 +572,14 @@ class Sandboxes(LoggingConfigurable):
             if not await self.spawner.poll(self.handle(row)):
                 msg = "the pooled sandbox is gone"
                 raise AgentError(msg)
+            load_began = datetime.now(UTC)
             loaded = await self.load_files(workspace_id, self.client(row))
         except AgentError as e:
             self.log.warning("sandbox %s | pooled sandbox unusable (%s)", row["id"], e)
             await self._discard(row)
             return None
         row = await self._set_state(row["id"], "running") or row
+        await self._catch_up(workspace_id, self.client(row), load_began)
         await self._claim_sync(row["id"])
         self.log.info(
             "sandbox %s | claimed from the warm pool in %.3fs (%d files loaded)",

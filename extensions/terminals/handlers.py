@@ -10,7 +10,7 @@ from tornado import web
 
 from extensions.accounts.identity import authenticated_user
 from extensions.terminals.manager import Terminals
-from extensions.workspaces.manager import Workspaces
+from extensions.workspaces.manager import Workspaces, is_user_action
 from platform_server.errors import PlatformError
 from platform_server.handlers import PlatformAPIHandler
 
@@ -30,7 +30,11 @@ class TerminalsAPIHandler(PlatformAPIHandler):
     async def owned_workspace(self, workspace_id: str) -> uuid.UUID:
         """The URL's workspace if the caller owns it (404 otherwise)."""
         workspaces = cast(Workspaces, self.settings["workspaces"])
-        return await workspaces.touch(workspace_id, authenticated_user(self).user_id)
+        return await workspaces.touch(
+            workspace_id,
+            authenticated_user(self).user_id,
+            active=is_user_action(self.request.method or "GET"),
+        )
 
     def body_options(self) -> dict[str, Any]:
         """The optional JSON body, as JupyterLab sends it (with or without a content type)."""

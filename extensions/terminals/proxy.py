@@ -98,7 +98,9 @@ class TerminalProxyHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         while True:
             message = await upstream.read_message()
             if message is None:
-                self.close(GOING_AWAY, "The terminal ended or its sandbox stopped.")
+                # Not 1000/1001: @jupyterlab/services reconnects after any other code, which
+                # finds the terminal again after an agent or replica restart (404 otherwise).
+                self.close(SERVER_ERROR, "The terminal's connection to its sandbox was lost.")
                 return
             try:
                 await self.write_message(message)

@@ -23,7 +23,7 @@ from jupyter_server.services.contents.manager import AsyncContentsManager
 from jupyter_server.utils import url_escape, url_path_join
 
 from extensions.accounts.identity import PlatformUser
-from extensions.workspaces.manager import Workspaces
+from extensions.workspaces.manager import Workspaces, is_user_action
 from platform_server.errors import DomainError
 
 WORKSPACE = r"/w/(?P<workspace>[^/]+)"
@@ -65,7 +65,9 @@ class WorkspaceBound(JupyterHandler):
         if not isinstance(user, PlatformUser):
             return  # the verb's @web.authenticated refuses the request
         try:
-            self.workspace_id = await self.workspaces.touch(raw_id, user.user_id)
+            self.workspace_id = await self.workspaces.touch(
+                raw_id, user.user_id, active=is_user_action(self.request.method or "GET")
+            )
         except DomainError as e:
             raise e.to_http() from e
 

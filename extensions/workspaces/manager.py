@@ -39,6 +39,12 @@ class WorkspaceModel(TypedDict):
     bytes_used: int
 
 
+def is_user_action(method: str) -> bool:
+    """Whether a request of this method is the user doing something: reads are not, since
+    clients poll (JupyterLab lists terminals every few seconds, editors watch open files)."""
+    return method not in {"GET", "HEAD", "OPTIONS"}
+
+
 def parse_workspace_id(value: str) -> uuid.UUID:
     """The UUID in a URL; a malformed one names no workspace (404)."""
     try:
@@ -122,11 +128,15 @@ class Workspaces(LoggingConfigurable):
         async with self.db.transaction() as conn:
             return await store.get_workspace(conn, parse_workspace_id(workspace_id), owner_id)
 
-    async def touch(self, workspace_id: str, owner_id: int) -> uuid.UUID:
-        """Check that the owner may use the workspace, note the activity; return its id."""
+    async def touch(self, workspace_id: str, owner_id: int, *, active: bool = True) -> uuid.UUID:
+        """Check that the owner may use the workspace; return its id.
+
+        ``active``: the request is the user doing something (not a client polling), which
+        keeps the workspace's sandbox from being culled as idle.
+        """
         parsed = parse_workspace_id(workspace_id)
         async with self.db.transaction() as conn:
-            await store.touch_workspace(conn, parsed, owner_id)
+            await store.touch_workspace(conn, parsed, owner_id, active=active)
         return parsed
 
     async def update(self, workspace_id: str, owner_id: int, body: dict[str, Any]) -> WorkspaceRow:

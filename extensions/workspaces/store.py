@@ -97,8 +97,11 @@ async def get_workspace(conn: Connection, workspace_id: uuid.UUID, owner_id: int
     return cast(WorkspaceRow, row)
 
 
-async def touch_workspace(conn: Connection, workspace_id: uuid.UUID, owner_id: int) -> None:
-    """Check ownership (``NotFound``) and record activity, at most once a minute."""
+async def touch_workspace(
+    conn: Connection, workspace_id: uuid.UUID, owner_id: int, *, active: bool = True
+) -> None:
+    """Check ownership (``NotFound``); when ``active``, record activity (at most once a
+    minute)."""
     cur = await conn.execute(
         """SELECT last_activity < now() - make_interval(secs => %s) AS stale
            FROM workspaces WHERE id = %s AND owner_id = %s""",
@@ -107,7 +110,7 @@ async def touch_workspace(conn: Connection, workspace_id: uuid.UUID, owner_id: i
     row = await cur.fetchone()
     if row is None:
         raise _not_found(workspace_id)
-    if row["stale"]:
+    if active and row["stale"]:
         await conn.execute(
             "UPDATE workspaces SET last_activity = now() WHERE id = %s", [workspace_id]
         )
