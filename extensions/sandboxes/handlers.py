@@ -5,36 +5,24 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from typing import cast
 
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from extensions.accounts.identity import authenticated_user
 from extensions.sandboxes.manager import Sandboxes
-from extensions.workspaces.manager import Workspaces, is_user_action
-from platform_server.handlers import PlatformAPIHandler
+from extensions.workspaces.handlers import WorkspacesAPIHandler
 
 PROGRESS_POLL = 0.2
 
 
-class SandboxAPIHandler(PlatformAPIHandler):
+class SandboxAPIHandler(WorkspacesAPIHandler):
     """Base: the services, and the owner check of the URL's workspace."""
 
     @property
     def sandboxes(self) -> Sandboxes:
         """The sandboxes service."""
         return cast(Sandboxes, self.settings["sandboxes"])
-
-    async def owned_workspace(self, workspace_id: str) -> uuid.UUID:
-        """The URL's workspace if the caller owns it (404 otherwise)."""
-        workspaces = cast(Workspaces, self.settings["workspaces"])
-        return await workspaces.touch(
-            workspace_id,
-            authenticated_user(self).user_id,
-            active=is_user_action(self.request.method or "GET"),
-        )
 
 
 class SandboxHandler(SandboxAPIHandler):

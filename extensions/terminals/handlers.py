@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any, cast
 
 from tornado import web
 
-from extensions.accounts.identity import authenticated_user
 from extensions.terminals.manager import Terminals
-from extensions.workspaces.manager import Workspaces, is_user_action
+from extensions.workspaces.handlers import WorkspacesAPIHandler
 from platform_server.errors import PlatformError
-from platform_server.handlers import PlatformAPIHandler
 
 WORKSPACE = r"/w/(?P<workspace_id>[^/]+)"
 
 
-class TerminalsAPIHandler(PlatformAPIHandler):
+class TerminalsAPIHandler(WorkspacesAPIHandler):
     """Base: the services, and the owner check of the URL's workspace."""
 
     auth_resource = "terminals"
@@ -26,15 +23,6 @@ class TerminalsAPIHandler(PlatformAPIHandler):
     def terminals(self) -> Terminals:
         """The terminals service."""
         return cast(Terminals, self.settings["terminals"])
-
-    async def owned_workspace(self, workspace_id: str) -> uuid.UUID:
-        """The URL's workspace if the caller owns it (404 otherwise)."""
-        workspaces = cast(Workspaces, self.settings["workspaces"])
-        return await workspaces.touch(
-            workspace_id,
-            authenticated_user(self).user_id,
-            active=is_user_action(self.request.method or "GET"),
-        )
 
     def body_options(self) -> dict[str, Any]:
         """The optional JSON body, as JupyterLab sends it (with or without a content type)."""
@@ -62,7 +50,7 @@ class TerminalRootHandler(TerminalsAPIHandler):
     async def post(self, workspace_id: str) -> None:
         """Open a terminal: ``{"name": "1", "last_activity": ...}``."""
         ws = await self.owned_workspace(workspace_id)
-        owner = authenticated_user(self).user_id
+        owner = self.user_id
         model = await self.terminals.create(ws, owner, self.body_options())
         self.finish_json(model)
 

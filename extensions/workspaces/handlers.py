@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import cast
 
 from tornado import web
 
 from extensions.accounts.identity import authenticated_user
-from extensions.workspaces.manager import Workspaces
+from extensions.workspaces.manager import Workspaces, is_user_action
 from platform_server.handlers import PlatformAPIHandler
 
 
 class WorkspacesAPIHandler(PlatformAPIHandler):
-    """Base of the workspace handlers."""
+    """Base of every handler of a workspace's resources (here, and in the extensions that build
+    on workspaces: sandboxes, terminals, kernels)."""
 
     @property
     def workspaces(self) -> Workspaces:
@@ -23,6 +25,13 @@ class WorkspacesAPIHandler(PlatformAPIHandler):
     def user_id(self) -> int:
         """The caller's account id."""
         return authenticated_user(self).user_id
+
+    async def owned_workspace(self, workspace_id: str) -> uuid.UUID:
+        """The URL's workspace if the caller owns it (404 otherwise); writes count as the
+        user's activity, reads do not (clients poll)."""
+        return await self.workspaces.touch(
+            workspace_id, self.user_id, active=is_user_action(self.request.method or "GET")
+        )
 
 
 class WorkspaceListHandler(WorkspacesAPIHandler):
