@@ -63,6 +63,8 @@ test: lint typecheck frontend-lint pytest
 # Performance against baselines measured in the same run; prints ratios, writes results.json.
 bench: install
 	$(BIN)/python -m benchmarks.contents
+	$(BIN)/python -m benchmarks.terminals
+	$(BIN)/python -m benchmarks.kernels
 
 clean:
 	rm -rf $(VENV) .sandbox-venv .mypy_cache .ruff_cache .pytest_cache *.egg-info frontend/node_modules platform_server/static

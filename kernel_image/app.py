@@ -22,9 +22,10 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets, bind_unix_socket
 
-from kernel_image import __version__, file_handlers, files, handlers
+from kernel_image import __version__, file_handlers, files, handlers, kernel_handlers
 from kernel_image.auth import AgentHandler, ApiError
 from kernel_image.config import AgentConfig
+from kernel_image.kernels import Kernels, KernelsConfig
 from kernel_image.sync import DEFAULT_IGNORE, Ignore, SyncChannel, Watcher
 from kernel_image.sync_socket import SyncSocket
 from kernel_image.terminals import TerminalManager
@@ -50,13 +51,17 @@ class NotFoundHandler(AgentHandler):
 
 
 def make_app(
-    config: AgentConfig, terminals: TerminalManager, sync_channel: SyncChannel
+    config: AgentConfig,
+    terminals: TerminalManager,
+    sync_channel: SyncChannel,
+    kernels: Kernels | None = None,
 ) -> web.Application:
     """The Tornado application: every route, the settings handlers read."""
     return web.Application(
         [
             *handlers.default_handlers,
             *file_handlers.default_handlers,
+            *kernel_handlers.default_handlers,
             (r"/terminals/websocket/([^/]+)", TerminalSocket),
             (r"/api/sync", SyncSocket),
         ],
@@ -64,6 +69,7 @@ def make_app(
         agent_config=config,
         terminal_manager=terminals,
         sync_channel=sync_channel,
+        kernels=kernels or Kernels(KernelsConfig(root=config.root)),
         started=time.time(),
         websocket_max_message_size=MAX_MESSAGE_BYTES,
         websocket_ping_interval=PING_INTERVAL,
@@ -134,6 +140,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="comma-separated patterns never synced: 'dir/' for a folder anywhere, else a "
         f"file name pattern (default {','.join(DEFAULT_IGNORE)})",
     )
+    parser.add_argument(
+        "--max-kernels", type=_size, default=4, help="Jupyter kernels at once (default 4)"
+    )
+    parser.add_argument(
+        "--kernel-idle-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds an idle kernel without clients lives on; 0 never culls (default 1800)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument("--version", action="version", version=__version__)
     return parser.parse_args(argv)
@@ -185,6 +200,15 @@ async def serve(
 ) -> None:
     """Serve until SIGTERM or SIGINT, then end every terminal."""
     terminals = TerminalManager(config)
+    kernels = Kernels(
+        KernelsConfig(
+            root=config.root,
+            max_kernels=args.max_kernels,
+            idle_timeout=args.kernel_idle_timeout,
+            stalled_client_timeout=config.stalled_client_timeout,
+        )
+    )
+    kernels.start_culling()
     patterns = [p.strip() for p in args.sync_ignore.split(",") if p.strip()]
     watcher = Watcher(config.root, Ignore(patterns))
     watcher.start()
@@ -192,7 +216,8 @@ async def serve(
     sync_channel = SyncChannel(watcher, args.max_sync_bytes)
     sync_channel.start()
     server = HTTPServer(
-        make_app(config, terminals, sync_channel), max_body_size=file_handlers.MAX_SMALL_BODY
+        make_app(config, terminals, sync_channel, kernels),
+        max_body_size=file_handlers.MAX_SMALL_BODY,
     )
     server.add_sockets(sockets)
     stop = asyncio.Event()
@@ -203,7 +228,7 @@ async def serve(
     await stop.wait()
     log.info("agent | stopping")
     server.stop()
-    await terminals.shutdown()
+    await asyncio.gather(terminals.shutdown(), kernels.shutdown())
     with contextlib.suppress(Exception):
         await asyncio.wait_for(server.close_all_connections(), 2)
 

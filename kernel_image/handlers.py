@@ -34,12 +34,16 @@ class HealthHandler(TerminalsBase):
 
     def get(self) -> None:
         last_input = self.terminal_manager.last_input
+        kernels = self.settings.get("kernels")
+        last_kernel = None if kernels is None else kernels.last_activity
         self.write_json(
             {
                 "status": "ok",
                 "version": __version__,
                 "terminals": len(self.terminal_manager.terminals),
+                "kernels": 0 if kernels is None else len(kernels.kernels),
                 "last_input": None if last_input is None else isoformat(last_input),
+                "last_kernel_activity": None if last_kernel is None else isoformat(last_kernel),
                 "started": isoformat(self.settings.get("started", STARTED)),
             }
         )

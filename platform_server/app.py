@@ -22,6 +22,7 @@ PLATFORM_EXTENSIONS = (
     "extensions.workspaces",
     "extensions.sandboxes",
     "extensions.terminals",
+    "extensions.kernels",
     "extensions.ide",
 )
 

@@ -115,14 +115,27 @@ class AgentClient:
         return report
 
     async def websocket(
-        self, path: str, *, max_message_size: int = 1 << 20
+        self,
+        path: str,
+        *,
+        max_message_size: int = 1 << 20,
+        subprotocols: list[str] | None = None,
+        handshake_timeout: float | None = None,
     ) -> WebSocketClientConnection:
-        """Open a WebSocket to the agent (terminals, later kernels and sync)."""
+        """Open a WebSocket to the agent (terminals, kernels, file sync)."""
         scheme_url = "ws" + self.base_url[len("http") :]
-        request = HTTPRequest(scheme_url + path, headers=dict(self._auth), connect_timeout=5.0)
+        request = HTTPRequest(
+            scheme_url + path,
+            headers=dict(self._auth),
+            connect_timeout=5.0,
+            request_timeout=handshake_timeout,
+        )
         try:
             return await websocket_connect(
-                request, resolver=self._resolver, max_message_size=max_message_size
+                request,
+                resolver=self._resolver,
+                max_message_size=max_message_size,
+                subprotocols=subprotocols,
             )
         except OSError as e:
             msg = f"The sandbox's agent cannot be reached: {e.strerror or e}"

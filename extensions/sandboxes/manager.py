@@ -690,8 +690,10 @@ class Sandboxes(LoggingConfigurable):
             health = await self.client(row).health()
         except AgentError:
             return "its agent does not answer"
-        if health.get("last_input"):
-            last = max(last, datetime.fromisoformat(health["last_input"]))
+        # Terminal input, and kernels that are busy or receiving requests, are activity.
+        for key in ("last_input", "last_kernel_activity"):
+            if health.get(key):
+                last = max(last, datetime.fromisoformat(health[key]))
         if now - last > timedelta(seconds=self.idle_timeout):
             return f"idle for more than {self.idle_timeout} s"
         return None

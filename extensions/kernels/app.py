@@ -1,0 +1,41 @@
+"""``KernelsApp``: the kernels extension's wiring into the server."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from jupyter_server.extension.application import ExtensionApp
+
+from extensions.kernels import handlers, proxy
+from extensions.kernels.manager import Kernels
+from extensions.kernels.sessions import Sessions
+from extensions.sandboxes.manager import Sandboxes
+from platform_server.app import PlatformApp
+
+
+class KernelsApp(ExtensionApp):
+    """``/w/<uuid>/api/{kernelspecs,kernels,sessions}`` and the kernel channels relay."""
+
+    name = "kernels"
+    load_other_extensions = True
+
+    def initialize_settings(self) -> None:
+        """Make the ``Kernels`` and ``Sessions`` services.
+
+        Extensions load in name order, so the sandboxes service does not exist yet; it is
+        handed over when the server starts, before any request.
+        """
+        platform = cast(PlatformApp, self.serverapp)
+        kernels = Kernels(parent=self)
+        self.settings["kernels"] = kernels
+        self.settings["kernel_sessions"] = Sessions(parent=self, db=platform.db, kernels=kernels)
+
+    def initialize_handlers(self) -> None:
+        """Register the REST handlers and the WebSocket relay."""
+        self.handlers.extend(handlers.default_handlers)
+        self.handlers.extend(proxy.default_handlers)
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        """Give the services the sandboxes (every extension is loaded by now)."""
+        kernels = cast(Kernels, self.settings["kernels"])
+        kernels.sandboxes = cast(Sandboxes, serverapp.web_app.settings["sandboxes"])
