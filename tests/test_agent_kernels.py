@@ -43,7 +43,10 @@ def start_agent(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Pa
     """The agent as a sandbox runs it: the sandbox venv's Python (numpy, ipykernel), the agent
     package on ``PYTHONPATH`` (which it removes before starting kernels)."""
     if not SANDBOX_PYTHON.exists():
-        pytest.skip("the sandbox venv is missing: run `make install`")
+        missing = "the sandbox venv is missing: run `make install`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(missing)
+        pytest.skip(missing)
     root = tmp_path / "root"
     root.mkdir()
     log = tmp_path / "agent.log"
