@@ -18,6 +18,7 @@ import secrets
 import statistics
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -245,56 +246,22 @@ async def main_async() -> list[Result]:
         mine = await ours(tmp)
         # The same without the sandbox's CPU limit: what is left is the platform's own cost.
         free = await ours(tmp, cpu_limit=0)
+    # (name, our samples, baseline samples, statistic)
+    cases: list[tuple[str, list[float], list[float], Callable[[list[float]], float]]] = [
+        ("start_to_idle.p50", mine["start"], baseline["start"], p50),
+        ("start_to_idle_cold_sandbox.p50", mine["cold"], baseline["start"], p50),
+        ("execute_v1.p50", mine["execute_v1"], baseline["execute_v1"], p50),
+        ("execute_v1.p99", mine["execute_v1"], baseline["execute_v1"], p99),
+        ("execute_json.p50", mine["execute_json"], baseline["execute_json"], p50),
+        ("execute_json.p99", mine["execute_json"], baseline["execute_json"], p99),
+        ("execute_v1.mean", mine["execute_v1"], baseline["execute_v1"], statistics.mean),
+        ("no_cpu_limit.start_to_idle.p50", free["start"], baseline["start"], p50),
+        ("no_cpu_limit.execute_v1.p50", free["execute_v1"], baseline["execute_v1"], p50),
+        ("no_cpu_limit.execute_v1.p99", free["execute_v1"], baseline["execute_v1"], p99),
+    ]
     return [
-        Result("kernels.start_to_idle.p50", "ms", p50(mine["start"]), p50(baseline["start"])),
-        Result(
-            "kernels.start_to_idle_cold_sandbox.p50",
-            "ms",
-            p50(mine["cold"]),
-            p50(baseline["start"]),
-        ),
-        Result(
-            "kernels.execute_v1.p50", "ms", p50(mine["execute_v1"]), p50(baseline["execute_v1"])
-        ),
-        Result(
-            "kernels.execute_v1.p99", "ms", p99(mine["execute_v1"]), p99(baseline["execute_v1"])
-        ),
-        Result(
-            "kernels.execute_json.p50",
-            "ms",
-            p50(mine["execute_json"]),
-            p50(baseline["execute_json"]),
-        ),
-        Result(
-            "kernels.execute_json.p99",
-            "ms",
-            p99(mine["execute_json"]),
-            p99(baseline["execute_json"]),
-        ),
-        Result(
-            "kernels.execute_v1.mean",
-            "ms",
-            statistics.mean(mine["execute_v1"]),
-            statistics.mean(baseline["execute_v1"]),
-        ),
-        Result(
-            "kernels.no_cpu_limit.start_to_idle.p50",
-            "ms",
-            p50(free["start"]),
-            p50(baseline["start"]),
-        ),
-        Result(
-            "kernels.no_cpu_limit.execute_v1.p50",
-            "ms",
-            p50(free["execute_v1"]),
-            p50(baseline["execute_v1"]),
-        ),
-        Result(
-            "kernels.no_cpu_limit.execute_v1.p99",
-            "ms",
-            p99(free["execute_v1"]),
-            p99(baseline["execute_v1"]),
-        ),
+        Result(f"kernels.{name}", "ms", stat(ours_), stat(theirs))
+        for name, ours_, theirs, stat in cases
     ]
 
 

@@ -16,11 +16,10 @@ import psycopg
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from extensions.sandboxes.spawners.local import LocalSpawner
 from tests.client import Client
 from tests.kernel_client import V1, KernelSocket, close_opened
 from tests.test_jupyterlab_client import run_node
-from tests.test_restart import Platform
+from tests.test_restart import Platform, data_dir  # noqa: F401  (fixture)
 
 PROTOCOLS = [pytest.param(V1, id="v1"), pytest.param(None, id="json")]
 
@@ -376,27 +375,14 @@ async def test_a_killed_sandbox_closes_kernel_sockets_for_a_reconnect(
     assert (await api.get(f"/w/{ws}/api/kernels")).json == []
 
 
-@pytest.fixture
-def platform_data(tmp_path: Path) -> Iterator[Path]:
-    """The data folder of a platform run as a process; its sandboxes are stopped after."""
-    folder = tmp_path / "data"
-    yield folder
-    spawner = LocalSpawner(data_dir=str(folder))
-
-    async def stop_all() -> None:
-        for handle in await spawner.find_running():
-            await spawner.stop(handle)
-
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(stop_all())
-    loop.close()
-
-
 @pytest.mark.slow
-async def test_kernels_survive_a_platform_restart(database_url: str, platform_data: Path) -> None:
+async def test_kernels_survive_a_platform_restart(
+    database_url: str,
+    data_dir: Path,  # noqa: F811
+) -> None:
     """kill -9 the platform while a cell runs: after the restart the kernel, its state, its
     session and the output produced meanwhile are all there."""
-    platform = Platform(database_url, platform_data)
+    platform = Platform(database_url, data_dir)
     await platform.start()
     browser = Client(platform.url)
     user = {"username": "alice", "password": "correct horse"}

@@ -30,9 +30,9 @@ from tornado.websocket import (
 from extensions.accounts.identity import PlatformUser
 from extensions.kernels.handlers import KERNEL_ID, WORKSPACE
 from extensions.sandboxes.agent_client import AgentError
+from extensions.sandboxes.handlers import running_sandbox
 from extensions.sandboxes.manager import Sandboxes
 from extensions.workspaces.manager import Workspaces
-from platform_server.errors import DomainError
 
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
 MAX_CLIENT_MESSAGE_BYTES = 32 * 1024 * 1024
@@ -81,19 +81,11 @@ class KernelProxyHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
 
     async def get(self, workspace_id: str, kernel_id: str) -> None:
         """Check the owner, connect to the agent in the client's format, then accept."""
-        user = self.current_user
-        if not isinstance(user, PlatformUser):
-            raise web.HTTPError(403)
-        workspaces = cast(Workspaces, self.settings["workspaces"])
         sandboxes = cast(Sandboxes, self.settings["sandboxes"])
-        try:
-            ws = await workspaces.touch(workspace_id, user.user_id)
-        except DomainError as e:
-            raise e.to_http() from e
+        row = await running_sandbox(self, workspace_id, f"Kernel does not exist: {kernel_id}")
+        assert row["workspace_id"] is not None  # noqa: S101  (an assigned sandbox)
+        ws = row["workspace_id"]
         self._touched = time.monotonic()
-        row = await sandboxes.row(ws)
-        if row is None or row["state"] != "running":
-            raise web.HTTPError(404, f"Kernel does not exist: {kernel_id}")
         offered = offered_subprotocols(self.request.headers.get("Sec-WebSocket-Protocol"))
         path = f"/api/kernels/{quote(kernel_id, safe='')}/channels"
         session_id = self.get_argument("session_id", None)

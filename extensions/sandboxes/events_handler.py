@@ -14,13 +14,10 @@ from typing import Any, cast
 
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
-from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from extensions.accounts.identity import PlatformUser
+from extensions.sandboxes.handlers import socket_workspace
 from extensions.sandboxes.manager import Sandboxes
-from extensions.workspaces.manager import Workspaces
-from platform_server.errors import DomainError
 
 # Events waiting for a slow client; past this the client is disconnected (it reloads).
 MAX_QUEUED = 1000
@@ -37,14 +34,7 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
 
     async def get(self, workspace_id: str) -> None:
         """Check the owner, then accept the upgrade."""
-        user = self.current_user
-        if not isinstance(user, PlatformUser):
-            raise web.HTTPError(403)
-        workspaces = cast(Workspaces, self.settings["workspaces"])
-        try:
-            self.workspace_id = await workspaces.touch(workspace_id, user.user_id, active=False)
-        except DomainError as e:
-            raise e.to_http() from e
+        self.workspace_id = await socket_workspace(self, workspace_id, active=False)
         await cast(Any, super().get(workspace_id))
 
     @property

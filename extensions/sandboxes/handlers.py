@@ -5,15 +5,47 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from typing import cast
 
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from extensions.accounts.identity import PlatformUser
 from extensions.sandboxes.manager import Sandboxes
+from extensions.sandboxes.store import SandboxRow
 from extensions.workspaces.handlers import WorkspacesAPIHandler
+from extensions.workspaces.manager import Workspaces
+from platform_server.errors import DomainError
 
 PROGRESS_POLL = 0.2
+
+
+async def socket_workspace(
+    handler: web.RequestHandler, workspace_id: str, *, active: bool = True
+) -> uuid.UUID:
+    """The URL's workspace for a WebSocket handler: 403 without a user, 404 unless the caller
+    owns it (raised before the upgrade, as HTTP answers)."""
+    user = handler.current_user
+    if not isinstance(user, PlatformUser):
+        raise web.HTTPError(403)
+    workspaces = cast(Workspaces, handler.settings["workspaces"])
+    try:
+        return await workspaces.touch(workspace_id, user.user_id, active=active)
+    except DomainError as e:
+        raise e.to_http() from e
+
+
+async def running_sandbox(
+    handler: web.RequestHandler, workspace_id: str, missing: str
+) -> SandboxRow:
+    """The running sandbox of the caller's workspace, for a relay to its agent; 404 with
+    ``missing`` when it is not running."""
+    ws = await socket_workspace(handler, workspace_id)
+    row = await cast(Sandboxes, handler.settings["sandboxes"]).row(ws)
+    if row is None or row["state"] != "running":
+        raise web.HTTPError(404, missing)
+    return row
 
 
 class SandboxAPIHandler(WorkspacesAPIHandler):

@@ -17,11 +17,9 @@ from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketHandler
 
-from extensions.accounts.identity import PlatformUser
 from extensions.sandboxes.agent_client import AgentError
+from extensions.sandboxes.handlers import running_sandbox
 from extensions.sandboxes.manager import Sandboxes
-from extensions.workspaces.manager import Workspaces
-from platform_server.errors import DomainError
 
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_TERMINAL_SIZE = 10_000
@@ -65,18 +63,10 @@ class TerminalProxyHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
 
     async def get(self, workspace_id: str, name: str) -> None:
         """Check the owner, connect to the agent, then accept the browser's upgrade."""
-        user = self.current_user
-        if not isinstance(user, PlatformUser):
-            raise web.HTTPError(403)
-        workspaces = cast(Workspaces, self.settings["workspaces"])
         sandboxes = cast(Sandboxes, self.settings["sandboxes"])
-        try:
-            ws = await workspaces.touch(workspace_id, user.user_id)
-        except DomainError as e:
-            raise e.to_http() from e
-        row = await sandboxes.row(ws)
-        if row is None or row["state"] != "running":
-            raise web.HTTPError(404, "No such terminal: the workspace's sandbox is not running.")
+        row = await running_sandbox(
+            self, workspace_id, "No such terminal: the workspace's sandbox is not running."
+        )
         path = f"/terminals/websocket/{quote(name, safe='')}"
         since = self.get_argument("since", None)
         if since is not None and since.isdigit():
