@@ -317,7 +317,7 @@ class Accounts(LoggingConfigurable):
 
     async def identity_for_login(self, secret: str) -> Identity | None:
         """Who holds this login cookie secret, if the login is still valid."""
-        async with self.db.transaction() as conn:
+        async with self.db.connection() as conn:
             found = await store.user_for_login(conn, secret_hash(secret))
         if found is None:
             return None
@@ -369,7 +369,7 @@ class Accounts(LoggingConfigurable):
 
     async def identity_for_token(self, token: str) -> Identity | None:
         """Who holds this API token, if it is valid."""
-        async with self.db.transaction() as conn:
+        async with self.db.connection() as conn:
             user = await store.user_for_token(conn, secret_hash(token))
         if user is None:
             return None

@@ -157,24 +157,30 @@ async def create_login(
 
 
 async def user_for_login(conn: Connection, secret_hash: bytes) -> tuple[UserRow, int] | None:
-    """The enabled user of an unexpired login, with the login's id; None otherwise."""
+    """The enabled user of an unexpired login, with the login's id; None otherwise.
+
+    One statement (it runs on every request): it also dates the login's use, at most once
+    every ``TOUCH_INTERVAL`` seconds.
+    """
     cur = await conn.execute(
         sql.SQL(
-            """SELECT l.id AS login_id, {cols}
-               FROM logins l JOIN users u ON u.id = l.user_id
-               WHERE l.secret_hash = %s AND l.expires_at > now() AND NOT u.disabled"""
+            """WITH found AS (
+                   SELECT l.id AS login_id, l.last_seen_at, {cols}
+                   FROM logins l JOIN users u ON u.id = l.user_id
+                   WHERE l.secret_hash = %(hash)s AND l.expires_at > now() AND NOT u.disabled),
+               seen AS (
+                   UPDATE logins SET last_seen_at = now()
+                   WHERE id = (SELECT login_id FROM found
+                               WHERE last_seen_at < now() - make_interval(secs => %(every)s)))
+               SELECT * FROM found"""
         ).format(cols=U_COLUMNS),
-        [secret_hash],
+        {"hash": secret_hash, "every": TOUCH_INTERVAL},
     )
     row = await cur.fetchone()
     if row is None:
         return None
     login_id = int(row.pop("login_id"))
-    await conn.execute(
-        """UPDATE logins SET last_seen_at = now()
-           WHERE id = %s AND last_seen_at < now() - make_interval(secs => %s)""",
-        [login_id, TOUCH_INTERVAL],
-    )
+    del row["last_seen_at"]
     return cast(UserRow, row), login_id
 
 
@@ -233,25 +239,31 @@ async def delete_token(conn: Connection, user_id: int, token_id: int) -> None:
 
 
 async def user_for_token(conn: Connection, token_hash: bytes) -> UserRow | None:
-    """The enabled user of an unexpired token, or None."""
+    """The enabled user of an unexpired token, or None.
+
+    One statement (it runs on every request): it also dates the token's use, at most once
+    every ``TOUCH_INTERVAL`` seconds.
+    """
     cur = await conn.execute(
         sql.SQL(
-            """SELECT t.id AS token_id, {cols}
-               FROM api_tokens t JOIN users u ON u.id = t.user_id
-               WHERE t.token_hash = %s AND (t.expires_at IS NULL OR t.expires_at > now())
-                 AND NOT u.disabled"""
+            """WITH found AS (
+                   SELECT t.id AS token_id, t.last_used_at, {cols}
+                   FROM api_tokens t JOIN users u ON u.id = t.user_id
+                   WHERE t.token_hash = %(hash)s
+                     AND (t.expires_at IS NULL OR t.expires_at > now()) AND NOT u.disabled),
+               used AS (
+                   UPDATE api_tokens SET last_used_at = now()
+                   WHERE id = (SELECT token_id FROM found
+                               WHERE last_used_at IS NULL
+                                  OR last_used_at < now() - make_interval(secs => %(every)s)))
+               SELECT * FROM found"""
         ).format(cols=U_COLUMNS),
-        [token_hash],
+        {"hash": token_hash, "every": TOUCH_INTERVAL},
     )
     row = await cur.fetchone()
     if row is None:
         return None
-    token_id = row.pop("token_id")
-    await conn.execute(
-        """UPDATE api_tokens SET last_used_at = now() WHERE id = %s
-           AND (last_used_at IS NULL OR last_used_at < now() - make_interval(secs => %s))""",
-        [token_id, TOUCH_INTERVAL],
-    )
+    del row["token_id"], row["last_used_at"]
     return cast(UserRow, row)
 
 

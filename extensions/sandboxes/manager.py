@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 from urllib.parse import quote
 
 from tornado.iostream import StreamClosedError
@@ -30,7 +30,7 @@ from extensions.sandboxes.spawners.base import AgentEndpoint, SandboxHandle, Spa
 from extensions.sandboxes.store import SandboxRow
 from extensions.sandboxes.sync import SyncConsumer
 from extensions.workspaces.contents import PostgresContentsManager
-from platform_server.db import Database
+from platform_server.db import Connection, Database
 from platform_server.errors import DomainError
 
 # First key of the two-key advisory locks that serialise starting one workspace's sandbox.
@@ -343,14 +343,19 @@ class Sandboxes(LoggingConfigurable):
     # --- mirroring saves into running sandboxes ---------------------------------------------
 
     async def contents_changed(
-        self, workspace_id: uuid.UUID, action: str, path: str, source_path: str | None
+        self,
+        workspace_id: uuid.UUID,
+        action: str,
+        path: str,
+        source_path: str | None,
+        last_modified: datetime | None,
     ) -> None:
         """Push a change saved through the Contents API into the running sandbox, if any.
 
         The change is already committed in PostgreSQL; a sandbox that cannot take it is
         logged, never a failed save.
         """
-        row = await self._publish_change(workspace_id, action, path, source_path)
+        row = await self._publish_change(workspace_id, action, path, source_path, last_modified)
         if row is None or row["state"] != "running":
             return
         client = self.client(row)
@@ -409,25 +414,27 @@ class Sandboxes(LoggingConfigurable):
             await self._discard(row)
 
     async def _publish_change(
-        self, workspace_id: uuid.UUID, action: str, path: str, source_path: str | None
+        self,
+        workspace_id: uuid.UUID,
+        action: str,
+        path: str,
+        source_path: str | None,
+        last_modified: datetime | None,
     ) -> SandboxRow | None:
-        """Tell editors of an API change; return the workspace's sandbox row (one round of
-        the database for both: this runs on every save)."""
+        """Tell editors of an API change; return the workspace's sandbox row (one round trip
+        to the database for both when ``last_modified`` is known: this runs on every save)."""
         kind = {"delete": "deleted", "rename": "moved", "copy": "created"}.get(action, "modified")
         event: dict[str, Any] = {"type": kind, "path": path}
         if kind == "moved":
             event["old_path"] = source_path
-        async with self.db.transaction() as conn:
+        async with self.db.connection() as conn:
             if kind != "deleted":
-                cur = await conn.execute(
-                    """SELECT last_modified FROM workspace_items
-                       WHERE workspace_id = %s AND path = %s""",
-                    [workspace_id, path],
-                )
-                found = await cur.fetchone()
-                event["last_modified"] = isoformat(found["last_modified"]) if found else None
-            await publish(conn, workspace_id, event)
-            return await store.get_for_workspace(conn, workspace_id)
+                if last_modified is None:
+                    last_modified = await _last_modified(conn, workspace_id, path)
+                event["last_modified"] = isoformat(last_modified)
+            async with conn.pipeline():
+                await publish(conn, workspace_id, event)
+                return await store.get_for_workspace(conn, workspace_id)
 
     async def push_back(self, workspace_id: uuid.UUID, path: str) -> None:
         """Give the sandbox the stored version of ``path`` (its own change lost)."""
@@ -738,3 +745,13 @@ def start_failure_reason(error: BaseException, timeout: float) -> str:
     if isinstance(error, SpawnerError | AgentError):
         return str(error)
     return f"The sandbox failed to start ({type(error).__name__}); see the server log."
+
+
+async def _last_modified(conn: Connection, workspace_id: uuid.UUID, path: str) -> datetime | None:
+    """When the item at ``path`` last changed; None if there is none."""
+    cur = await conn.execute(
+        "SELECT last_modified FROM workspace_items WHERE workspace_id = %s AND path = %s",
+        [workspace_id, path],
+    )
+    found = await cur.fetchone()
+    return None if found is None else cast(datetime, found["last_modified"])

@@ -19,14 +19,33 @@ if TYPE_CHECKING:
 
 
 @asynccontextmanager
-async def http_transaction(db: Database | None) -> AsyncIterator[Connection]:
-    """One transaction whose domain errors reach the client as HTTP errors (the API edge)."""
+async def http_transaction(
+    db: Database | None, *, pipeline: bool = False
+) -> AsyncIterator[Connection]:
+    """One transaction whose domain errors reach the client as HTTP errors (the API edge);
+    ``pipeline`` as in ``Database.transaction``."""
+    async with _http_errors(), _bound(db).transaction(pipeline=pipeline) as conn:
+        yield conn
+
+
+@asynccontextmanager
+async def http_connection(db: Database | None) -> AsyncIterator[Connection]:
+    """As ``http_transaction``, for reads and lone statements (each commits on its own)."""
+    async with _http_errors(), _bound(db).connection() as conn:
+        yield conn
+
+
+def _bound(db: Database | None) -> Database:
     if db is None:
         msg = "This contents manager is not bound to a database."
         raise PlatformError(500, msg, reason="not_configured")
+    return db
+
+
+@asynccontextmanager
+async def _http_errors() -> AsyncIterator[None]:
     try:
-        async with db.transaction() as conn:
-            yield conn
+        yield
     except DomainError as e:
         raise e.to_http() from e
 

@@ -25,7 +25,12 @@ from traitlets import Instance, Integer, List, TraitError, Unicode, default
 from traitlets.config import Configurable
 
 from extensions.workspaces import items, paths
-from extensions.workspaces.checkpoints import PostgresCheckpoints, api_path, http_transaction
+from extensions.workspaces.checkpoints import (
+    PostgresCheckpoints,
+    api_path,
+    http_connection,
+    http_transaction,
+)
 from platform_server.db import Database
 from platform_server.db.migrate import apply_migrations
 from platform_server.errors import DomainError, PlatformError, TooLarge
@@ -91,10 +96,16 @@ class ContentsListener(Protocol):
     """Told of every committed change to a workspace's files (a running sandbox mirrors them)."""
 
     async def contents_changed(
-        self, workspace_id: uuid.UUID, action: str, path: str, source_path: str | None
+        self,
+        workspace_id: uuid.UUID,
+        action: str,
+        path: str,
+        source_path: str | None,
+        last_modified: datetime | None,
     ) -> None:
         """``action`` is save, delete, rename, copy or restore; ``source_path`` for the two
-        that have one. Must not raise: the change is already committed."""
+        that have one; ``last_modified`` of the item at ``path`` when the change knows it.
+        Must not raise: the change is already committed."""
 
 
 class PostgresContentsManager(AsyncContentsManager):
@@ -117,7 +128,7 @@ class PostgresContentsManager(AsyncContentsManager):
     )
 
     listeners: List[Any] = List(
-        help="Objects with ``async contents_changed(workspace_id, action, path, source_path)``, "
+        help="Objects with ``contents_changed`` (see ContentsListener), "
         "told of every committed change before the request answers (not config).",
     )
 
@@ -241,14 +252,22 @@ class PostgresContentsManager(AsyncContentsManager):
         """Record a contents event, as Jupyter's managers do."""
         self.emit(data=data)  # type: ignore[no-untyped-call]
 
-    async def _changed(self, action: str, path: str, source_path: str | None = None) -> None:
-        """Record a committed change and tell the listeners before the request answers."""
+    async def _changed(
+        self,
+        action: str,
+        path: str,
+        source_path: str | None = None,
+        row: items.ItemRow | None = None,
+    ) -> None:
+        """Record a committed change and tell the listeners before the request answers;
+        ``row``: the item as the change left it, when at hand."""
         event = {"action": action, "path": path}
         if source_path is not None:
             event["source_path"] = source_path
         self._emit(event)
+        modified = None if row is None else row["last_modified"]
         for listener in cast(list[ContentsListener], self.listeners):
-            await listener.contents_changed(self._workspace, action, path, source_path)
+            await listener.contents_changed(self._workspace, action, path, source_path, modified)
 
     def _check_size(self, size: int, path: str) -> None:
         try:
@@ -297,7 +316,7 @@ class PostgresContentsManager(AsyncContentsManager):
         path = api_path(path)
         if not path:
             return "directory"
-        async with http_transaction(self.db) as conn:
+        async with http_connection(self.db) as conn:
             return await items.item_type(conn, self._workspace, path)
 
     async def dir_exists(self, path: str) -> bool:
@@ -336,7 +355,7 @@ class PostgresContentsManager(AsyncContentsManager):
         return model
 
     async def _root_model(self, content: bool) -> dict[str, Any]:
-        async with http_transaction(self.db) as conn:
+        async with http_connection(self.db) as conn:
             created = await items.workspace_created(conn, self._workspace)
             rows = await items.list_children(conn, self._workspace, "") if content else None
         model = self._model("", "directory", None, None, created, created)
@@ -354,7 +373,7 @@ class PostgresContentsManager(AsyncContentsManager):
         require_hash: bool,
     ) -> dict[str, Any]:
         rows = None
-        async with http_transaction(self.db) as conn:
+        async with http_connection(self.db) as conn:
             row = await items.get_item(conn, self._workspace, path, content=content)
             if row["type"] == "directory":
                 if type not in {None, "directory"}:
@@ -482,7 +501,7 @@ class PostgresContentsManager(AsyncContentsManager):
         saved = self._row_model(row)
         if message:
             saved["message"] = message
-        await self._changed("save", path)
+        await self._changed("save", path, row=row)
         return saved
 
     async def _write(self, path: str, data: bytes, *, checkpoint: bool) -> items.ItemRow:
@@ -494,7 +513,7 @@ class PostgresContentsManager(AsyncContentsManager):
             else _sha256(data)
         )
         in_tables = checkpoint and self._postgres_checkpoints
-        async with http_transaction(self.db) as conn:
+        async with http_transaction(self.db, pipeline=True) as conn:
             row = await items.write_file(
                 conn,
                 self._workspace,
@@ -565,7 +584,7 @@ class PostgresContentsManager(AsyncContentsManager):
         limits = {"max_size": self.max_file_size, "quota": self.workspace_quota}
         workspace_id = self._workspace
         try:
-            async with http_transaction(self.db) as conn:
+            async with http_transaction(self.db, pipeline=True) as conn:
                 if chunk == -1:
                     row = await items.finish_upload(
                         conn, workspace_id, path, data, **limits, if_match=self._if_match()
@@ -582,7 +601,7 @@ class PostgresContentsManager(AsyncContentsManager):
             raise
         if chunk == -1:
             saved = self._row_model(row)
-            await self._changed("save", path)
+            await self._changed("save", path, row=row)
             return saved
         # The file itself changes only with the last chunk; until then, describe the upload.
         now = datetime.now(UTC)
@@ -654,7 +673,7 @@ class PostgresContentsManager(AsyncContentsManager):
             row = await items.copy_item(
                 conn, self._workspace, path, target, quota=self.workspace_quota
             )
-        await self._changed("copy", target, path)
+        await self._changed("copy", target, path, row=row)
         return self._row_model(row)
 
     # --- checkpoints (typed; the work is the checkpoints class's) -------------------------

@@ -61,6 +61,12 @@ class CheckpointRow(TypedDict):
 
 
 _ITEM_COLUMNS = sql.SQL("path, type, size, sha256, mimetype, created, last_modified")
+_ITEM_TYPE = "SELECT type FROM workspace_items WHERE workspace_id = %s AND path = %s"
+_LOCK_ITEM = sql.SQL(
+    "SELECT {cols} FROM workspace_items WHERE workspace_id = %s AND path = %s FOR UPDATE"
+).format(cols=_ITEM_COLUMNS)
+# NO KEY UPDATE: the lock writers need, without blocking foreign-key checks.
+_LOCK_WORKSPACE = "SELECT bytes_used FROM workspaces WHERE id = %s FOR NO KEY UPDATE"
 
 
 def file_type(path: str) -> str:
@@ -131,10 +137,7 @@ async def get_item(
 
 async def item_type(conn: Connection, workspace_id: uuid.UUID, path: str) -> str | None:
     """The type of the item at ``path`` ('file', 'notebook' or 'directory'), or None."""
-    cur = await conn.execute(
-        "SELECT type FROM workspace_items WHERE workspace_id = %s AND path = %s",
-        [workspace_id, path],
-    )
+    cur = await conn.execute(_ITEM_TYPE, [workspace_id, path])
     row = await cur.fetchone()
     return None if row is None else cast(str, row["type"])
 
@@ -159,10 +162,7 @@ async def list_children(conn: Connection, workspace_id: uuid.UUID, parent: str) 
 
 async def lock_workspace(conn: Connection, workspace_id: uuid.UUID) -> int:
     """Lock the workspace's row until the transaction ends; return its ``bytes_used``."""
-    # NO KEY UPDATE: the lock writers need, without blocking foreign-key checks.
-    cur = await conn.execute(
-        "SELECT bytes_used FROM workspaces WHERE id = %s FOR NO KEY UPDATE", [workspace_id]
-    )
+    cur = await conn.execute(_LOCK_WORKSPACE, [workspace_id])
     row = await cur.fetchone()
     if row is None:
         msg = "No such workspace."
@@ -179,12 +179,7 @@ async def _require_directory(conn: Connection, workspace_id: uuid.UUID, path: st
 
 async def _current(conn: Connection, workspace_id: uuid.UUID, path: str) -> ItemRow | None:
     """The item at ``path``, locked for the write that follows, or None."""
-    cur = await conn.execute(
-        sql.SQL(
-            "SELECT {cols} FROM workspace_items WHERE workspace_id = %s AND path = %s FOR UPDATE"
-        ).format(cols=_ITEM_COLUMNS),
-        [workspace_id, path],
-    )
+    cur = await conn.execute(_LOCK_ITEM, [workspace_id, path])
     return cast(ItemRow | None, await cur.fetchone())
 
 
@@ -192,10 +187,41 @@ async def _replaceable(conn: Connection, workspace_id: uuid.UUID, path: str) -> 
     """The file a write to ``path`` replaces (locked), None if new; refuses directories."""
     await _require_directory(conn, workspace_id, paths.split(path)[0])
     old = await _current(conn, workspace_id, path)
+    _refuse_directory(old, path)
+    return old
+
+
+def _refuse_directory(old: ItemRow | None, path: str) -> None:
     if old is not None and old["type"] == "directory":
         msg = f"Cannot write a file over the directory {path}."
         raise InvalidInput(msg)
-    return old
+
+
+async def lock_for_write(
+    conn: Connection, workspace_id: uuid.UUID, path: str
+) -> tuple[int, ItemRow | None]:
+    """``lock_workspace`` and ``_replaceable`` at once: ``(bytes_used, file replaced)``.
+
+    The three statements are sent before any result is read, so in a pipelined transaction
+    they cost one round trip (every save pays this). Locks are taken in the usual order:
+    the workspace, then the item.
+    """
+    parent = paths.split(path)[0]
+    workspace = await conn.execute(_LOCK_WORKSPACE, [workspace_id])
+    parent_type = await conn.execute(_ITEM_TYPE, [workspace_id, parent]) if parent else None
+    current = await conn.execute(_LOCK_ITEM, [workspace_id, path])
+    locked = await workspace.fetchone()
+    if locked is None:
+        msg = "No such workspace."
+        raise NotFound(msg)
+    if parent_type is not None:
+        found = await parent_type.fetchone()
+        if found is None or found["type"] != "directory":
+            msg = f"No such directory: {parent}"
+            raise NotFound(msg)
+    old = cast(ItemRow | None, await current.fetchone())
+    _refuse_directory(old, path)
+    return int(locked["bytes_used"]), old
 
 
 def _check_if_match(old: ItemRow | None, if_match: Sequence[str] | None, path: str) -> None:
@@ -352,8 +378,7 @@ async def write_file(
     stored one matches, checked under the row lock. ``checkpoint_if_none``: make a first
     checkpoint of the new content if the file has none (Jupyter does so for notebooks).
     """
-    bytes_used = await lock_workspace(conn, workspace_id)
-    old = await _replaceable(conn, workspace_id, path)
+    bytes_used, old = await lock_for_write(conn, workspace_id, path)
     _check_if_match(old, if_match, path)
     delta = len(content) - (old["size"] if old else 0)
     _check_quota(bytes_used, delta, quota, path)
@@ -361,6 +386,7 @@ async def write_file(
         # The same bytes again (a save with no change): a new date, and no content rewritten.
         row = await _touch(conn, workspace_id, path)
     else:
+        await _add_bytes(conn, workspace_id, delta)  # first: it travels with the upsert
         row = await _upsert(
             conn,
             workspace_id,
@@ -368,7 +394,6 @@ async def write_file(
             sql.SQL("SELECT %(content)s::bytea AS content, %(sha256)s::bytea AS sha256"),
             {"content": content, "sha256": sha256},
         )
-        await _add_bytes(conn, workspace_id, delta)
     if checkpoint_if_none:
         await _ensure_checkpoint(conn, workspace_id, path)
     return row
@@ -428,8 +453,7 @@ async def append_chunk(
     (``TooLarge``; the caller then drops the upload with ``discard_upload``). The stored file is
     untouched until ``finish_upload``.
     """
-    bytes_used = await lock_workspace(conn, workspace_id)
-    old = await _replaceable(conn, workspace_id, path)
+    bytes_used, old = await lock_for_write(conn, workspace_id, path)
     if chunk == 1:
         _check_if_match(old, if_match, path)
         await conn.execute(
@@ -489,8 +513,7 @@ async def finish_upload(
     The chunks are joined by one ``string_agg`` inside PostgreSQL (linear in the file's size).
     A last chunk with no upload in progress is a whole file in one chunk.
     """
-    bytes_used = await lock_workspace(conn, workspace_id)
-    old = await _replaceable(conn, workspace_id, path)
+    bytes_used, old = await lock_for_write(conn, workspace_id, path)
     _check_if_match(old, if_match, path)
     received, last = await _upload_state(conn, workspace_id, path)
     total = received + len(data)

@@ -135,7 +135,7 @@ class Workspaces(LoggingConfigurable):
         keeps the workspace's sandbox from being culled as idle.
         """
         parsed = parse_workspace_id(workspace_id)
-        async with self.db.transaction() as conn:
+        async with self.db.connection() as conn:
             await store.touch_workspace(conn, parsed, owner_id, active=active)
         return parsed
 

@@ -101,19 +101,19 @@ async def touch_workspace(
     conn: Connection, workspace_id: uuid.UUID, owner_id: int, *, active: bool = True
 ) -> None:
     """Check ownership (``NotFound``); when ``active``, record activity (at most once a
-    minute)."""
+    minute). One statement: it runs on every request to a workspace."""
     cur = await conn.execute(
-        """SELECT last_activity < now() - make_interval(secs => %s) AS stale
-           FROM workspaces WHERE id = %s AND owner_id = %s""",
-        [TOUCH_INTERVAL, workspace_id, owner_id],
+        """WITH found AS (
+               SELECT id, last_activity < now() - make_interval(secs => %(every)s) AS stale
+               FROM workspaces WHERE id = %(id)s AND owner_id = %(owner)s),
+           active AS (
+               UPDATE workspaces SET last_activity = now()
+               WHERE id = (SELECT id FROM found WHERE stale AND %(active)s))
+           SELECT id FROM found""",
+        {"every": TOUCH_INTERVAL, "id": workspace_id, "owner": owner_id, "active": active},
     )
-    row = await cur.fetchone()
-    if row is None:
+    if await cur.fetchone() is None:
         raise _not_found(workspace_id)
-    if active and row["stale"]:
-        await conn.execute(
-            "UPDATE workspaces SET last_activity = now() WHERE id = %s", [workspace_id]
-        )
 
 
 async def rename_workspace(

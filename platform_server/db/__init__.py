@@ -63,7 +63,12 @@ class Database:
         return AsyncConnectionPool(
             self.conninfo,
             connection_class=psycopg.AsyncConnection[DictRow],
-            kwargs={"row_factory": dict_row, "connect_timeout": max(1, int(self.timeout))},
+            kwargs={
+                "row_factory": dict_row,
+                "connect_timeout": max(1, int(self.timeout)),
+                # Transactions are explicit (``transaction``); a lone statement commits itself.
+                "autocommit": True,
+            },
             min_size=1,
             max_size=self.max_size,
             timeout=self.timeout,
@@ -92,10 +97,29 @@ class Database:
         return pool
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Connection]:
+    async def transaction(self, *, pipeline: bool = False) -> AsyncIterator[Connection]:
         """A connection inside one transaction, committed when the block ends without error.
 
         Store functions take this connection and never open transactions of their own.
+        ``pipeline``: statements (BEGIN and COMMIT included) are sent without waiting for the
+        ones before; each waits only when its result is fetched, so a hot path that sends
+        its statements before reading them pays one round trip for all. Errors and
+        ``rowcount`` arrive with the next fetch (or at COMMIT).
+        """
+        async with self.connection() as conn:
+            if pipeline:
+                async with conn.pipeline(), conn.transaction():
+                    yield conn
+            else:
+                async with conn.transaction():
+                    yield conn
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A connection on which every statement commits on its own.
+
+        For work that is one statement (a read, or a write that stands alone): it costs one
+        round trip to PostgreSQL, where a transaction adds a BEGIN and a COMMIT.
         """
         if self._down:
             await self._probe()
@@ -137,7 +161,7 @@ class Database:
 
     async def ping(self) -> None:
         """Raise ``DatabaseUnavailable`` unless PostgreSQL answers a query."""
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             await conn.execute("SELECT 1")
 
     async def close(self) -> None:
