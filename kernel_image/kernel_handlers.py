@@ -115,10 +115,23 @@ class KernelRootHandler(KernelsBase):
 
 
 class KernelHandler(KernelsBase):
-    """``GET /api/kernels/<id>`` shows a kernel; ``DELETE`` shuts it down."""
+    """``GET /api/kernels/<id>`` shows a kernel; ``PATCH`` renames its session; ``DELETE``
+    shuts it down."""
 
     def get(self, kernel_id: str) -> None:
         self.write_json(self.kernel(kernel_id).model())
+
+    def patch(self, kernel_id: str) -> None:
+        session_name = self.read_json_object().get("session_name")
+        if not isinstance(session_name, str) or not session_name:
+            raise ApiError(400, "session_name must be a non-empty string")
+        try:
+            kernel = self.kernels.rename_session(kernel_id, session_name)
+        except NoSuchKernelError:
+            raise ApiError(404, f"Kernel does not exist: {kernel_id}") from None
+        except files.PathError as e:
+            raise ApiError(400, f"bad session_name: {e}") from None
+        self.write_json(kernel.model())
 
     async def delete(self, kernel_id: str) -> None:
         self.kernel(kernel_id)

@@ -667,8 +667,12 @@ class Kernels:
         assert self._runtime_dir is not None  # noqa: S101  (made by _manager)
         env.setdefault("IPYTHONDIR", str(Path(self._runtime_dir) / "ipython"))
         if session_name:
-            env["JPY_SESSION_NAME"] = str(Path(self.config.root, *files.split(session_name)))
+            env.update(self._session_env(session_name))
         return env
+
+    def _session_env(self, session_name: str) -> dict[str, str]:
+        """``JPY_SESSION_NAME``: the session's path in the root (``PathError`` if outside)."""
+        return {"JPY_SESSION_NAME": str(Path(self.config.root, *files.split(session_name)))}
 
     async def start(
         self, name: str | None, path: str | None = None, session_name: str | None = None
@@ -723,6 +727,14 @@ class Kernels:
         self.note_activity()
         await kernel.km.interrupt_kernel()
         log.info("kernel %s | interrupted", kernel_id)
+
+    def rename_session(self, kernel_id: str, session_name: str) -> Kernel:
+        """The kernel's session was renamed: its next restarts (asked for or automatic) get the
+        new ``JPY_SESSION_NAME``, as jupyter_server's ``update_session`` arranges."""
+        kernel = self.get(kernel_id)
+        kernel.km.update_env(env=self._session_env(session_name))
+        log.info("kernel %s | session renamed", kernel_id)
+        return kernel
 
     async def restart(self, kernel_id: str) -> Kernel:
         """Restart on the same ports (clients stay connected); return once it answers."""

@@ -281,6 +281,34 @@ async def test_interrupt_and_restart(agent: Agent) -> None:
     assert (await ws.execute("print('after restart')")).stdout == "after restart\n"
 
 
+async def test_a_renamed_session_reaches_the_kernel_at_its_restart(agent: Agent) -> None:
+    kernel_id = (await start_kernel(agent, session_name="a.ipynb"))["id"]
+    ws = await connect(agent, kernel_id)
+    show = "import os; print(os.environ['JPY_SESSION_NAME'])"
+    renamed = await agent.fetch(
+        "PATCH", f"/api/kernels/{kernel_id}", json_body={"session_name": "sub/b.ipynb"}
+    )
+    assert renamed.code == 200
+    assert json.loads(renamed.body)["id"] == kernel_id
+    # A running process keeps its environment.
+    assert (await ws.execute(show)).stdout == f"{agent.root / 'a.ipynb'}\n"
+    assert (await agent.fetch("POST", f"/api/kernels/{kernel_id}/restart")).code == 200
+    assert (await ws.execute(show)).stdout == f"{agent.root / 'sub' / 'b.ipynb'}\n"
+    for body, code in [
+        ({"session_name": "../b.ipynb"}, 400),
+        ({"session_name": ""}, 400),
+        ({"session_name": 3}, 400),
+        ({}, 400),
+    ]:
+        response = await agent.fetch("PATCH", f"/api/kernels/{kernel_id}", json_body=body)
+        assert response.code == code, (body, response.body)
+    unknown = "00000000-0000-0000-0000-000000000000"
+    missing = await agent.fetch(
+        "PATCH", f"/api/kernels/{unknown}", json_body={"session_name": "b.ipynb"}
+    )
+    assert missing.code == 404
+
+
 async def test_stdin_reaches_the_asking_client(agent: Agent) -> None:
     kernel_id = (await start_kernel(agent))["id"]
     ws = await connect(agent, kernel_id)

@@ -332,6 +332,23 @@ async def test_sessions_api(make_user: Any, base_url: str, database_url: str) ->
     assert (await api.get(f"{base}/not-a-uuid-at-all-x")).status == 404
 
 
+async def test_renaming_a_session_renames_it_for_the_restarted_kernel(
+    make_user: Any, base_url: str
+) -> None:
+    """As jupyter_server: after a rename, the kernel restarts with the new JPY_SESSION_NAME."""
+    api, ws = await workspace(make_user, base_url)
+    base = f"/w/{ws}/api/sessions"
+    session = (await api.post(base, {"path": "a.ipynb", "type": "notebook"})).json
+    kernel_id = session["kernel"]["id"]
+    socket = await connect(base_url, api, ws, kernel_id)
+    show = "import os; print(os.environ['JPY_SESSION_NAME'])"
+    assert (await socket.execute(show)).stdout == "/workspace/a.ipynb\n"
+    renamed = await api.patch(f"{base}/{session['id']}", {"path": "b.ipynb"})
+    assert renamed.status == 200
+    assert (await api.post(f"/w/{ws}/api/kernels/{kernel_id}/restart")).status == 200
+    assert (await socket.execute(show)).stdout == "/workspace/b.ipynb\n"
+
+
 async def test_stopping_the_sandbox_ends_kernels_and_sessions(
     make_user: Any, base_url: str
 ) -> None:
@@ -346,6 +363,31 @@ async def test_stopping_the_sandbox_ends_kernels_and_sessions(
     again = await api.post(f"/w/{ws}/api/sessions", {"path": "a.ipynb", "type": "notebook"})
     assert again.status == 201
     assert again.json["kernel"]["id"] != session.json["kernel"]["id"]
+
+
+async def test_stopping_the_sandbox_shuts_kernels_down_cleanly(
+    make_user: Any, base_url: str, jp_serverapp: Any
+) -> None:
+    """The agent is asked to exit before its sandbox is killed: kernels run their atexit code."""
+    api, ws = await workspace(make_user, base_url)
+    kernel = await start_kernel(api, ws)
+    socket = await connect(base_url, api, ws, kernel["id"])
+    # ipykernel's sys.stderr.fileno() is the kernel's own stderr: the sandbox's log.
+    registered = await socket.execute(
+        "import atexit, os, sys\n"
+        "log = os.dup(sys.stderr.fileno())\n"
+        "atexit.register(os.write, log, b'the kernel exited cleanly\\n')"
+    )
+    assert registered.errors == []
+    spawner = jp_serverapp.web_app.settings["sandboxes"].spawner
+    (handle,) = await spawner.find_running()
+    # Read through a descriptor opened before the stop, which removes the file.
+    with (spawner.sandbox_dir(handle.sandbox_id) / "sandbox.log").open() as log:
+        log.seek(0, os.SEEK_END)
+        assert (await api.delete(f"/api/workspaces/{ws}/sandbox")).status == 204
+        said = log.read()
+    assert "the kernel exited cleanly\n" in said
+    assert not await spawner.find_running()
 
 
 async def test_a_killed_sandbox_closes_kernel_sockets_for_a_reconnect(

@@ -8,9 +8,11 @@ import http.client
 import json
 import os
 import pwd
+import signal
 import socket
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 from traitlets import TraitError
 
 from extensions.sandboxes import python_env
-from extensions.sandboxes.spawners import bwrap, cgroups
+from extensions.sandboxes.spawners import bwrap, cgroups, processes
 from extensions.sandboxes.spawners.base import SandboxHandle, SpawnerError
 from extensions.sandboxes.spawners.local import LocalSpawner, parse_bytes
 
@@ -320,6 +322,7 @@ async def test_agent_answers_health_over_its_unix_socket(
     assert (await health(handle))["status"] == "ok"
     assert json.loads((folder / "state.json").read_text()) == handle.state
     assert await spawner.poll(handle)
+    assert children(handle.state["pid"]) == [handle.state["agent_pid"]]
 
 
 async def test_user_is_unprivileged_inside_and_outside(spawner: LocalSpawner) -> None:
@@ -348,6 +351,11 @@ async def test_user_is_unprivileged_inside_and_outside(spawner: LocalSpawner) ->
     members = pid_namespace_members(pid_namespace(handle.state["pid"]))
     assert len(members) >= 2
     assert {host_uids(pid) for pid in members} == {(expected,) * 4}
+
+
+def children(pid: int) -> list[int]:
+    """Host pids of a process's children."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def host_uids(pid: int) -> tuple[int, ...]:
@@ -535,9 +543,16 @@ def pid_namespace(pid: int) -> str | None:
 
 
 def pid_namespace_members(ns: str | None) -> list[int]:
-    """Host pids of the processes in a PID namespace."""
+    """Host pids of the running processes in a PID namespace. Zombies are left out: a sandbox's
+    init that outlives its agent is reparented to the host's init, which reaps it in its time."""
     pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-    return [pid for pid in pids if pid_namespace(pid) == ns]
+    return [pid for pid in pids if pid_namespace(pid) == ns and running(pid)]
+
+
+def running(pid: int) -> bool:
+    """Whether a host process exists and has not exited (a zombie has)."""
+    fields = processes.proc_stat(pid)
+    return fields is not None and fields[0] not in {"Z", "X"}
 
 
 async def test_stop_kills_everything_and_is_idempotent(
@@ -561,6 +576,69 @@ async def test_stop_without_state_uses_the_folders(spawner: LocalSpawner) -> Non
     await spawner.stop(SandboxHandle(handle.sandbox_id, handle.endpoint, {}))
     assert pid_namespace_members(ns) == []
     assert await spawner.find_running() == []
+
+
+STUBBORN_AGENT = """
+import signal, time
+signal.signal(signal.SIGTERM, lambda *_: print("SIGTERM ignored", flush=True))
+print("ready", flush=True)
+while True:
+    time.sleep(60)
+"""
+
+
+class StubbornSpawner(LocalSpawner):
+    """Its sandboxes' command says when it gets SIGTERM, and goes on running."""
+
+    def agent_command(self, fd: int) -> list[str]:
+        return [str(Path(self.python_env) / "bin" / "python"), "-c", STUBBORN_AGENT]
+
+
+def sandbox_log(spawner: LocalSpawner, handle: SandboxHandle) -> Path:
+    """The sandbox's log (its command's stdout and stderr); stop removes it."""
+    return spawner.sandbox_dir(handle.sandbox_id) / "sandbox.log"
+
+
+async def test_stop_sends_sigterm_and_kills_after_the_grace_period(
+    make_spawner: Callable[..., LocalSpawner], data_dir: Path
+) -> None:
+    spawner = make_spawner(StubbornSpawner, stop_grace_period=1.5)
+    handle = await start(spawner)
+    ns = pid_namespace(handle.state["pid"])
+    # Read through a descriptor opened before the stop, which removes the file.
+    with sandbox_log(spawner, handle).open() as log:
+        said = ""
+        while "ready" not in said:
+            await asyncio.sleep(0.02)
+            said += log.read()
+        began = time.monotonic()
+        await spawner.stop(handle)
+        took = time.monotonic() - began
+        assert "SIGTERM ignored" in log.read()
+    assert 1.5 <= took < 5
+    assert pid_namespace_members(ns) == []
+    assert leftovers(handle, data_dir) == []
+
+
+async def test_stop_does_not_wait_for_an_agent_already_gone(
+    make_spawner: Callable[..., LocalSpawner], data_dir: Path
+) -> None:
+    spawner = make_spawner(stop_grace_period=30)
+    handle = await start(spawner)
+    # A process left behind keeps the sandbox's init running once the agent has gone.
+    await run(handle, "sh", "-c", "setsid sleep 300 >/dev/null 2>&1 &")
+    os.kill(handle.state["agent_pid"], signal.SIGKILL)
+    for _ in range(200):
+        if handle.state["agent_pid"] not in children(handle.state["pid"]):
+            break
+        await asyncio.sleep(0.01)
+    assert await spawner.poll(handle)
+    ns = pid_namespace(handle.state["pid"])
+    began = time.monotonic()
+    await spawner.stop(handle)
+    assert time.monotonic() - began < 5
+    assert pid_namespace_members(ns) == []
+    assert leftovers(handle, data_dir) == []
 
 
 STARTER = """

@@ -185,6 +185,7 @@ class Kernels(LoggingConfigurable):
         method: str,
         suffix: str = "",
         *,
+        body: Any = None,
         request_timeout: float = 30.0,
     ) -> HTTPResponse:
         client = await self.client(workspace_id)
@@ -192,7 +193,7 @@ class Kernels(LoggingConfigurable):
             raise no_kernel(kernel_id)
         path = f"/api/kernels/{quote(kernel_id, safe='')}{suffix}"
         try:
-            response = await self._call(client, method, path, request_timeout=request_timeout)
+            response = await self._call(client, method, path, body, request_timeout=request_timeout)
         except SandboxUnavailable:
             if await self._died(workspace_id):
                 raise no_kernel(kernel_id) from None
@@ -308,6 +309,13 @@ class Kernels(LoggingConfigurable):
         """Shut a kernel down (the agent asks it to exit, then kills it)."""
         await self._on_kernel(workspace_id, kernel_id, "DELETE")
         self.log.info("workspace %s | kernel %s shut down", workspace_id, kernel_id[:64])
+
+    async def rename_session(
+        self, workspace_id: uuid.UUID, kernel_id: str, session_name: str
+    ) -> None:
+        """The kernel's session was renamed: it gets the new ``JPY_SESSION_NAME`` (a path
+        relative to the workspace) when it next restarts."""
+        await self._on_kernel(workspace_id, kernel_id, "PATCH", body={"session_name": session_name})
 
     async def interrupt(self, workspace_id: uuid.UUID, kernel_id: str) -> None:
         """Interrupt what the kernel runs."""

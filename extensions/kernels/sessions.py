@@ -256,9 +256,25 @@ class Sessions(LoggingConfigurable):
         if row is None:
             raise no_session(session_id)
         after = await self.get(workspace_id, session_id)
+        if changes:
+            await self._rename_kernel_session(workspace_id, after)
         if after["kernel"]["id"] != before["kernel"]["id"]:
             await self._shutdown_quietly(workspace_id, before["kernel"]["id"])
         return after
+
+    async def _rename_kernel_session(self, workspace_id: uuid.UUID, session: SessionModel) -> None:
+        """Give the session's kernel the session's ``JPY_SESSION_NAME`` for its next restart,
+        as jupyter_server's ``update_session`` does. The change stands if the agent fails."""
+        name = session_name(session["path"], session["name"])
+        if name is None:
+            return
+        kernel_id = session["kernel"]["id"]
+        try:
+            await self.kernels.rename_session(workspace_id, kernel_id, name)
+        except DomainError as e:
+            self.log.warning(
+                "workspace %s | kernel %s keeps its session name: %s", workspace_id, kernel_id, e
+            )
 
     async def delete(self, workspace_id: uuid.UUID, session_id: str) -> None:
         """``DELETE``: shut the session's kernel down and forget the session."""

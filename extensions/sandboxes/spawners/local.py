@@ -5,7 +5,10 @@ namespaces, running the agent (``python -s -m kernel_image``). The platform bind
 the agent's Unix socket in ``<data_dir>/sandboxes/<id>/`` (0700, never visible inside) and
 passes the listening socket in. bwrap waits (``--block-fd``) until the platform has put the
 sandbox's init in its cgroups. The sandbox is found again after a restart through
-``state.json`` next to the socket: the init's pid and start time.
+``state.json`` next to the socket: the init's pid and start time, and the agent's.
+
+Stopping sends SIGTERM to the agent, which shuts its kernels and terminals down cleanly, and
+after ``stop_grace_period`` seconds SIGKILL to the init, which ends whatever is left.
 
 When the platform runs as root, bwrap runs as ``sandbox_user``: with a user namespace made by
 root, uid 1000 inside would be root outside and own every root-owned file bound in.
@@ -23,13 +26,14 @@ import pwd
 import re
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
 
@@ -73,6 +77,10 @@ class LocalState(TypedDict):
     start_time: int  # its start time (/proc/<pid>/stat field 22), against pid reuse
     uid: int  # the host uid it runs as (never 0)
     cgroups: list[str]
+    # The agent (the init's child), asked to exit first on stop; absent from the state of
+    # sandboxes started by an older platform, which are killed at once.
+    agent_pid: NotRequired[int]
+    agent_start_time: NotRequired[int]
 
 
 @dataclass
@@ -199,6 +207,12 @@ class LocalSpawner(Spawner):
 
     start_timeout = Float(
         10.0, help="Seconds bwrap may take to set a sandbox up and run the agent."
+    ).tag(config=True)
+
+    stop_grace_period = Float(
+        5.0,
+        help="Seconds a stopped sandbox's agent gets between SIGTERM and SIGKILL, to shut its "
+        "kernels and terminals down cleanly. 0 kills at once.",
     ).tag(config=True)
 
     @default("data_dir")
@@ -432,12 +446,14 @@ class LocalSpawner(Spawner):
                     self._launch, binary, plan, folder, listener, token, cgroup_paths
                 )
             self._processes[sandbox_id] = launch.process
-            await self._wait_for_agent(launch, folder)
+            agent_pid, agent_start_time = await self._wait_for_agent(launch, folder)
             state: LocalState = {
                 "pid": launch.pid,
                 "start_time": launch.start_time,
                 "uid": processes.process_uid(launch.pid),
                 "cgroups": [str(p) for p in cgroup_paths],
+                "agent_pid": agent_pid,
+                "agent_start_time": agent_start_time,
             }
             _write_json(folder / STATE_NAME, state)
         except Exception as e:
@@ -638,10 +654,11 @@ class LocalSpawner(Spawner):
         python = str(Path(self.python_env).absolute() / "bin" / "python")
         return [*cgroups.rlimit_prefix(python, rlimits, nice), *self.agent_command(fd)]
 
-    async def _wait_for_agent(self, launch: _Launch, folder: Path) -> None:
-        """Wait until the sandbox's init has started the command, or fail with bwrap's words."""
+    async def _wait_for_agent(self, launch: _Launch, folder: Path) -> tuple[int, int]:
+        """Wait until the sandbox's init runs the agent; its (pid, start time). Fails with
+        bwrap's words."""
         deadline = time.monotonic() + self.start_timeout
-        while not _command_started(launch):
+        while (agent := _agent_process(launch)) is None:
             if launch.process.poll() is not None or processes.start_time_of(launch.pid) is None:
                 msg = "The sandbox exited while it was being set up."
                 raise SpawnerError(msg + self._why(folder))
@@ -649,16 +666,19 @@ class LocalSpawner(Spawner):
                 msg = f"The sandbox did not start its command within {self.start_timeout} s."
                 raise SpawnerError(msg + self._why(folder))
             await asyncio.sleep(0.005)
+        return agent
 
     # --- stop, poll, find ------------------------------------------------------------------
 
     async def stop(self, handle: SandboxHandle) -> None:
-        """SIGKILL the sandbox's init (so everything in it), then remove its folder and cgroups."""
+        """Let the agent exit (SIGTERM, ``stop_grace_period``), SIGKILL the sandbox's init (so
+        everything left in it), then remove its folder and cgroups."""
         folder = self.sandbox_dir(handle.sandbox_id)
         # The folder's copy, if the caller has none (e.g. it gave up while it was starting).
         state = _parse_state(handle.state) or _parse_state(_read_json(folder / STATE_NAME))
         if state is not None:
             try:
+                await self._terminate_agent(handle.sandbox_id, state)
                 await processes.kill(state["pid"], state["start_time"], grace=10, uid=state["uid"])
             except processes.ProcessError as e:
                 raise SpawnerError(str(e)) from e
@@ -666,6 +686,25 @@ class LocalSpawner(Spawner):
         paths = self._cgroup_paths(handle.sandbox_id, state)
         await asyncio.to_thread(self._cleanup, folder, paths)
         self.log.info("sandbox %s | stopped", handle.sandbox_id)
+
+    async def _terminate_agent(self, sandbox_id: str, state: LocalState) -> None:
+        """SIGTERM the agent and wait (at most ``stop_grace_period`` s) until it has shut its
+        kernels and terminals down and exited. At once if it is gone already."""
+        if "agent_pid" not in state or self.stop_grace_period <= 0:
+            return
+        exited = await processes.signal_and_wait(
+            state["agent_pid"],
+            state["agent_start_time"],
+            signal.SIGTERM,
+            grace=self.stop_grace_period,
+            uid=state["uid"],
+        )
+        if not exited:
+            self.log.warning(
+                "sandbox %s | agent still running %.1fs after SIGTERM; killing it",
+                sandbox_id,
+                self.stop_grace_period,
+            )
 
     async def poll(self, handle: SandboxHandle) -> bool:
         """Whether the sandbox's init (same pid, same start time) still runs."""
@@ -730,10 +769,10 @@ class LocalSpawner(Spawner):
 # --- processes -------------------------------------------------------------------------------
 
 
-def _command_started(launch: _Launch) -> bool:
-    """Whether the sandbox init (bwrap) runs the agent: it has a child that is no longer bwrap
-    (forked, not yet exec'd) nor, if there is one, the rlimit wrapper (exec'd, not yet exec'ing
-    the agent: a failing exec there ends the sandbox).
+def _agent_process(launch: _Launch) -> tuple[int, int] | None:
+    """(pid, start time) of the agent once the sandbox init (bwrap) runs it: its child that is
+    no longer bwrap (forked, not yet exec'd) nor, if there is one, the rlimit wrapper (exec'd,
+    not yet exec'ing the agent: a failing exec there ends the sandbox). None until then.
     """
     wrapper = _nul_join(launch.command)
     try:
@@ -741,12 +780,13 @@ def _command_started(launch: _Launch) -> bool:
             if Path(f"/proc/{child}/comm").read_text().strip() == "bwrap":
                 continue
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            start_time = processes.start_time_of(int(child))
             # Empty while exec is still setting the new program up.
-            if cmdline and (not launch.wrapped or cmdline != wrapper):
-                return True
+            if cmdline and (not launch.wrapped or cmdline != wrapper) and start_time is not None:
+                return int(child), start_time
     except FileNotFoundError:
         pass
-    return False
+    return None
 
 
 def _read_child_pid(fd: int, process: subprocess.Popen[bytes], timeout: float) -> int:
@@ -818,14 +858,18 @@ def _parse_state(value: Any) -> LocalState | None:
     if not isinstance(value, dict):
         return None
     try:
-        return {
+        state: LocalState = {
             "pid": int(value["pid"]),
             "start_time": int(value["start_time"]),
             "uid": int(value["uid"]),
             "cgroups": [str(p) for p in value.get("cgroups", [])],
         }
+        if "agent_pid" in value:
+            state["agent_pid"] = int(value["agent_pid"])
+            state["agent_start_time"] = int(value["agent_start_time"])
     except (KeyError, TypeError, ValueError):
         return None
+    return state
 
 
 def _age(path: Path) -> float:

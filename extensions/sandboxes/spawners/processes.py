@@ -1,4 +1,4 @@
-"""Host processes of sandboxes: identity (pid + start time, against pid reuse), liveness, kill."""
+"""Sandboxes' host processes: identity (pid + start time, against pid reuse), liveness, signals."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 class ProcessError(Exception):
-    """A process could not be killed; the message says why."""
+    """A process may not be signalled, or did not exit; the message says why."""
 
 
 def proc_stat(pid: int) -> list[str] | None:
@@ -46,32 +46,53 @@ def process_uid(pid: int) -> int:
 
 async def kill(pid: int, start_time: int, *, grace: float, uid: int | None = None) -> None:
     """SIGKILL the process if it is still that one (and not root's), and wait for it to exit."""
+    if not await signal_and_wait(pid, start_time, signal.SIGKILL, grace=grace, uid=uid):
+        msg = f"Sandbox process {pid} did not exit within {grace} s of SIGKILL."
+        raise ProcessError(msg)
+
+
+async def signal_and_wait(
+    pid: int, start_time: int, sig: int, *, grace: float, uid: int | None = None
+) -> bool:
+    """Send ``sig`` to the process if it is still that one, and wait at most ``grace`` seconds
+    for it to exit; whether it has (True at once if it was gone already).
+
+    ``ProcessError`` if it runs as root or, when ``uid`` is given, as another uid.
+    """
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
-        return
+        return True
     try:
         # Checked after opening the pidfd, which cannot be reused: this is the right process.
         if not alive(pid, start_time):
-            return
-        owner = process_uid(pid)
-        if owner == 0 or (uid is not None and owner != uid):
-            msg = f"Refusing to kill pid {pid}: it runs as uid {owner}, not the sandbox's."
-            raise ProcessError(msg)
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        loop = asyncio.get_running_loop()
-        exited: asyncio.Future[None] = loop.create_future()
-        # A pidfd becomes readable when its process has exited.
-        loop.add_reader(pidfd, _resolve, exited)
+            return True
         try:
-            await asyncio.wait_for(exited, grace)
-        except TimeoutError as e:
-            msg = f"Sandbox process {pid} did not exit within {grace} s of SIGKILL."
-            raise ProcessError(msg) from e
-        finally:
-            loop.remove_reader(pidfd)
+            owner = process_uid(pid)
+            if owner == 0 or (uid is not None and owner != uid):
+                msg = f"Refusing to signal pid {pid}: it runs as uid {owner}, not the sandbox's."
+                raise ProcessError(msg)
+            signal.pidfd_send_signal(pidfd, sig)
+        except (FileNotFoundError, ProcessLookupError):
+            return True  # it exited meanwhile
+        return await _exited(pidfd, grace)
     finally:
         os.close(pidfd)
+
+
+async def _exited(pidfd: int, within: float) -> bool:
+    """Whether the process of ``pidfd`` exits within ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+    # A pidfd becomes readable when its process has exited.
+    loop.add_reader(pidfd, _resolve, exited)
+    try:
+        await asyncio.wait_for(exited, within)
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(pidfd)
+    return True
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
