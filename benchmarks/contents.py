@@ -1,8 +1,8 @@
 """Contents API: our PostgreSQL-backed workspaces against stock jupyter_server on local disk.
 
-Both servers run here, in this run, as subprocesses of the same Python; every case is timed
-over the same HTTP API with a keep-alive connection, and reported as p50/p95 with the ratio
-ours/stock.
+Both servers run here, at the same time, as subprocesses of the same Python; every case is
+timed over the same HTTP API with a keep-alive connection, alternating between the two servers
+round by round, and reported as p50/p95 with the ratio ours/stock.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ import itertools
 import json
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from pgserver.postgres_server import get_server
 
-from benchmarks.common import HTTP, Result, free_port, p50, p95, report, server, temp_dir, timed
+from benchmarks.common import HTTP, Result, free_port, p50, p95, report, server, temp_dir
 
 SIZES = {"1KB": 1024, "1MB": 1024**2, "10MB": 10 * 1024**2}
 ROUNDS = {"1KB": 50, "1MB": 20, "10MB": 8}
@@ -58,27 +60,46 @@ def put_version(http: HTTP, path: str, content: str, versions: Iterator[int]) ->
     http.json("PUT", path, body)
 
 
-def cases(http: HTTP, prefix: str) -> dict[str, list[float]]:
-    """Time every case against one server; ``prefix`` is where its Jupyter API lives."""
-    samples: dict[str, list[float]] = {}
+@dataclass(frozen=True)
+class Target:
+    """One server under test: a connection and where its Jupyter API lives."""
+
+    http: HTTP
+    prefix: str
+
+
+def case_actions(target: Target) -> Iterator[tuple[str, int, Callable[[], object]]]:
+    """``(case, rounds, action)`` of every case against one server, after its set-up."""
+    http, prefix = target.http, target.prefix
     for label, size in SIZES.items():
         content = text(size)
         path = f"{prefix}/api/contents/file_{label}.txt"
         http.json("PUT", path, {"type": "file", "format": "text", "content": content}, expect=201)
-
         put = functools.partial(put_version, http, path, content, itertools.count())
-        samples[f"put_{label}"] = timed(put, ROUNDS[label])
-        samples[f"get_{label}"] = timed(
-            lambda p=path: http.json("GET", p + "?type=file&format=text&content=1"), ROUNDS[label]
-        )
+        yield f"put_{label}", ROUNDS[label], put
+        get = functools.partial(http.json, "GET", path + "?type=file&format=text&content=1")
+        yield f"get_{label}", ROUNDS[label], get
     for count in LISTINGS:
-        samples[f"list_{count}"] = timed(
-            lambda c=count: http.json("GET", f"{prefix}/api/contents/dir{c}?content=1"), 10
-        )
+        listing = functools.partial(http.json, "GET", f"{prefix}/api/contents/dir{count}?content=1")
+        yield f"list_{count}", 10, listing
     data = os.urandom(UPLOAD_MB * 1024 * 1024)
-    samples[f"upload_{UPLOAD_MB}MB_chunked"] = timed(
-        lambda: upload(http, prefix, "upload.bin", data), 2
-    )
+    yield f"upload_{UPLOAD_MB}MB_chunked", 3, lambda: upload(http, prefix, "upload.bin", data)
+
+
+def interleaved(ours: Target, stock: Target) -> tuple[dict[str, list[float]], ...]:
+    """Time every case on both servers, alternating round by round, so that a change in the
+    machine's load during the run weighs on both alike."""
+    samples: tuple[dict[str, list[float]], dict[str, list[float]]] = ({}, {})
+    for mine, theirs in zip(case_actions(ours), case_actions(stock), strict=True):
+        case, rounds, _ = mine
+        actions = (mine[2], theirs[2])
+        for action in actions:
+            action()  # warm-up
+        for round_ in range(rounds):
+            for side in (round_ % 2, 1 - round_ % 2):
+                start = time.perf_counter()
+                actions[side]()
+                samples[side].setdefault(case, []).append((time.perf_counter() - start) * 1000)
     return samples
 
 
@@ -102,17 +123,22 @@ def fill_ours(conninfo: str, workspace: str) -> None:
                 [workspace, f"dir{count}", f"dir{count}"],
             )
             conn.execute(
-                """INSERT INTO workspace_items
-                       (workspace_id, path, parent, name, type, content, size, sha256, mimetype)
-                   SELECT %s, %s || '/' || n, %s, n, 'file', 'x', 1, %s, 'text/plain'
-                   FROM (SELECT 'file' || lpad(i::text, 5, '0') || '.txt' AS n
-                         FROM generate_series(0, %s - 1) i) names""",
+                """WITH files AS (
+                       INSERT INTO workspace_items (workspace_id, path, parent, name, type,
+                                                    content_id, size, sha256, mimetype)
+                       SELECT %s, %s || '/' || n, %s, n, 'file', nextval('content_ids'), 1, %s,
+                              'text/plain'
+                       FROM (SELECT 'file' || lpad(i::text, 5, '0') || '.txt' AS n
+                             FROM generate_series(0, %s - 1) i) names
+                       RETURNING content_id)
+                   INSERT INTO content_parts (content_id, seq, data)
+                   SELECT content_id, 1, 'x' FROM files""",
                 [workspace, f"dir{count}", f"dir{count}", digest, count],
             )
 
 
-def run_stock(tmp: Path) -> dict[str, list[float]]:
-    """Stock jupyter_server with its default (large-file) contents manager."""
+def stock_server(tmp: Path) -> tuple[list[str], int, str]:
+    """Stock jupyter_server with its default (large-file) contents manager, on local disk."""
     root = tmp / "stock"
     root.mkdir()
     fill_stock(root)
@@ -127,12 +153,12 @@ def run_stock(tmp: Path) -> dict[str, list[float]]:
         f"--IdentityProvider.token={token}",
         "--ServerApp.jpserver_extensions={'jupyter_server_terminals': False}",
     ]
-    with server(args, port, "/api/status"):
-        return cases(HTTP(port, {"Authorization": f"token {token}"}), "")
+    return args, port, token
 
 
-def run_ours(tmp: Path) -> dict[str, list[float]]:
-    """The platform, on its own PostgreSQL server."""
+def run(tmp: Path) -> tuple[dict[str, list[float]], ...]:
+    """Both servers at once: the platform on its own PostgreSQL server, and stock Jupyter."""
+    stock_args, stock_port, stock_token = stock_server(tmp)
     pg = get_server(tmp / "pgdata", cleanup_mode="delete")
     try:
         conninfo: str = pg.get_uri("postgres")
@@ -143,8 +169,10 @@ def run_ours(tmp: Path) -> dict[str, list[float]]:
             "--ip=127.0.0.1",
             f"--PlatformApp.db_url={conninfo}",
             f"--PlatformApp.data_dir={tmp / 'data'}",
+            # No sandboxes: files need none, and pool sandboxes would outlive the server.
+            "--Spawner.warm_pool_size=0",
         ]
-        with server(args, port, "/api/health"):
+        with server(args, port, "/api/health"), server(stock_args, stock_port, "/api/status"):
             http = HTTP(port, {})
             user = {"username": "bench", "password": secrets.token_hex(12)}
             http.json("POST", "/api/accounts/register", user, expect=201)
@@ -152,7 +180,8 @@ def run_ours(tmp: Path) -> dict[str, list[float]]:
             api = HTTP(port, {"Authorization": f"token {token}"})
             workspace = api.json("POST", "/api/workspaces", {"name": "bench"}, expect=201)["uuid"]
             fill_ours(conninfo, workspace)
-            return cases(api, f"/w/{workspace}")
+            stock = HTTP(stock_port, {"Authorization": f"token {stock_token}"})
+            return interleaved(Target(api, f"/w/{workspace}"), Target(stock, ""))
     finally:
         pg.cleanup()
 
@@ -193,8 +222,7 @@ def summarise(ours: dict[str, list[float]], stock: dict[str, list[float]]) -> li
 def main() -> None:
     """Run both servers, print the table, update results.json."""
     with temp_dir() as tmp:
-        stock = run_stock(tmp)
-        ours = run_ours(tmp)
+        ours, stock = run(tmp)
     report(summarise(ours, stock))
 
 

@@ -17,6 +17,7 @@ from platform_server.app import PlatformApp
 from platform_server.db.migrate import apply_migrations
 from tests import postgres
 from tests.client import Client
+from tests.workspace_fixtures import db, make_pg, pg, workspace_id  # noqa: F401  (fixtures)
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 

@@ -152,7 +152,7 @@ async def test_a_stock_jupyter_server_serves_a_workspace(
     # Everything is in PostgreSQL, in the workspace "notes" of the user "standalone".
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
-            """SELECT u.username, u.password_hash, w.name, i.path, i.content
+            """SELECT u.username, u.password_hash, w.name, i.path, content_bytes(i.content_id)
                FROM workspace_items i JOIN workspaces w ON w.id = i.workspace_id
                JOIN users u ON u.id = w.owner_id ORDER BY i.path"""
         ).fetchall()

@@ -331,11 +331,13 @@ class Sandboxes(LoggingConfigurable):
     ) -> AsyncIterator[tuple[str, str, bytes | None, datetime]]:
         async with self.db.transaction() as conn, conn.cursor(name="tree") as cursor:
             await cursor.execute(
-                """SELECT path, type, content, last_modified FROM workspace_items
+                """SELECT path, type, content_bytes(content_id) AS content, last_modified
+                   FROM workspace_items
                    WHERE workspace_id = %(ws)s AND (%(under)s::text IS NULL OR path = %(under)s
                          OR (path >= %(under)s || '/' AND path < %(under)s || '0'))
                    ORDER BY path""",
                 {"ws": workspace_id, "under": under},
+                binary=True,  # bytea as is, not as hex text
             )
             async for row in cursor:
                 yield row["path"], row["type"], row["content"], row["last_modified"]
@@ -394,9 +396,10 @@ class Sandboxes(LoggingConfigurable):
         """Make ``path`` in the sandbox what it is in PostgreSQL."""
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                """SELECT type, CASE WHEN type = 'directory' THEN NULL ELSE content END AS content
+                """SELECT type, content_bytes(content_id) AS content
                    FROM workspace_items WHERE workspace_id = %s AND path = %s""",
                 [workspace_id, path],
+                binary=True,
             )
             item = await cur.fetchone()
         url = "/api/files/" + quote(path)

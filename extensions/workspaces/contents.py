@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import functools
-import hashlib
 import logging
 import re
 import uuid
@@ -35,8 +34,8 @@ from platform_server.db import Database
 from platform_server.db.migrate import apply_migrations
 from platform_server.errors import DomainError, PlatformError, TooLarge
 
-# Hash content off the event loop above this size (bytes): 1 MB hashes in ~1 ms.
-_THREAD_THRESHOLD = 1024 * 1024
+# The running digests of chunked uploads received by this process.
+_UPLOAD_DIGESTS = items.UploadDigests()
 
 
 @functools.lru_cache(maxsize=16)
@@ -86,10 +85,6 @@ def _fallback_event_logger() -> EventLogger:
 def _server_notary(root: Configurable) -> sign.NotebookNotary:
     """The notary shared by every manager under ``root`` (configured by its config)."""
     return sign.NotebookNotary(parent=root)  # type: ignore[no-untyped-call]
-
-
-def _sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
 
 
 class ContentsListener(Protocol):
@@ -507,11 +502,7 @@ class PostgresContentsManager(AsyncContentsManager):
     async def _write(self, path: str, data: bytes, *, checkpoint: bool) -> items.ItemRow:
         """Store a file's bytes in one transaction (limits, quota and If-Match checked)."""
         self._check_size(len(data), path)
-        sha256 = (
-            await asyncio.to_thread(_sha256, data)
-            if len(data) > _THREAD_THRESHOLD
-            else _sha256(data)
-        )
+        sha256 = await items.sha256_of(data)
         in_tables = checkpoint and self._postgres_checkpoints
         async with http_transaction(self.db, pipeline=True) as conn:
             row = await items.write_file(
@@ -587,10 +578,16 @@ class PostgresContentsManager(AsyncContentsManager):
             async with http_transaction(self.db, pipeline=True) as conn:
                 if chunk == -1:
                     row = await items.finish_upload(
-                        conn, workspace_id, path, data, **limits, if_match=self._if_match()
+                        conn,
+                        workspace_id,
+                        path,
+                        data,
+                        **limits,
+                        if_match=self._if_match(),
+                        digests=_UPLOAD_DIGESTS,
                     )
                 else:
-                    received = await items.append_chunk(
+                    content_id, writes, received = await items.append_chunk(
                         conn, workspace_id, path, chunk, data, **limits, if_match=self._if_match()
                     )
         except PlatformError as e:
@@ -603,6 +600,7 @@ class PostgresContentsManager(AsyncContentsManager):
             saved = self._row_model(row)
             await self._changed("save", path, row=row)
             return saved
+        _UPLOAD_DIGESTS.chunk_stored(content_id, chunk, writes, data)
         # The file itself changes only with the last chunk; until then, describe the upload.
         now = datetime.now(UTC)
         return self._model(path, "file", received, items.file_mimetype(path), now, now)

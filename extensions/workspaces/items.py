@@ -1,4 +1,4 @@
-"""SQL of workspace files: items, checkpoints and upload chunks. No transactions of its own.
+"""SQL of workspace files: items, checkpoints and uploads. No transactions of its own.
 
 Paths given to these functions are canonical (``paths.canonical``). Every function that changes a
 workspace's files first locks its ``workspaces`` row, so writes to one workspace are serialised:
@@ -8,6 +8,8 @@ a save and the deletion or renaming of its parent directory can never interleave
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import mimetypes
 import uuid
 from collections.abc import Sequence
@@ -31,6 +33,9 @@ from platform_server.errors import (
 
 # An upload idle this long (seconds) is abandoned: its chunks are dropped when another starts.
 UPLOAD_EXPIRY_SECONDS = 3600
+# Content is stored in parts of this size (bytes); an upload's parts are its chunks.
+PART_SIZE = 1024 * 1024
+_THREAD_THRESHOLD = 1024 * 1024
 # The owner of the workspaces that the standalone mode (a stock `jupyter server`) serves.
 STANDALONE_OWNER = "standalone"
 
@@ -123,7 +128,10 @@ async def get_item(
         sql.SQL(
             "SELECT {cols}, {content} AS content FROM workspace_items "
             "WHERE workspace_id = %s AND path = %s"
-        ).format(cols=_ITEM_COLUMNS, content=sql.SQL("content" if content else "NULL::bytea")),
+        ).format(
+            cols=_ITEM_COLUMNS,
+            content=sql.SQL("content_bytes(content_id)" if content else "NULL::bytea"),
+        ),
         [workspace_id, path],
         # Binary results: a bytea arrives as is, not as hex text twice its size to decode.
         binary=True,
@@ -296,23 +304,24 @@ async def _upsert(
     source: sql.Composable,
     params: dict[str, Any],
 ) -> ItemRow:
-    """Write the file at ``path`` from ``source`` (a query of ``content, sha256``).
+    """Point the file at ``path`` to the content ``source`` names (a query of ``content_id,
+    size, sha256``), creating the file if needed.
 
-    The content goes from ``source`` to the row inside PostgreSQL: an upload's chunks, a copy or
-    a checkpoint never travel through Python. ``last_modified`` grows by at least 1 ms on every
-    write, so clients that compare it at millisecond precision always see a change.
+    An upload's chunks, a copy or a checkpoint are contents already stored: no bytes move.
+    ``last_modified`` grows by at least 1 ms on every write, so clients that compare it at
+    millisecond precision always see a change.
     """
     parent, name = paths.split(path)
     cur = await conn.execute(
         sql.SQL(
             """WITH src AS ({source}), t AS (SELECT clock_timestamp() AS now)
-            INSERT INTO workspace_items AS i (workspace_id, path, parent, name, type, content,
+            INSERT INTO workspace_items AS i (workspace_id, path, parent, name, type, content_id,
                                               size, sha256, mimetype, created, last_modified)
-            SELECT %(ws)s, %(path)s, %(parent)s, %(name)s, %(type)s, src.content,
-                   octet_length(src.content), src.sha256, %(mimetype)s, t.now, t.now
+            SELECT %(ws)s, %(path)s, %(parent)s, %(name)s, %(type)s, src.content_id,
+                   src.size, src.sha256, %(mimetype)s, t.now, t.now
             FROM src, t
             ON CONFLICT (workspace_id, path) DO UPDATE SET
-                type = excluded.type, content = excluded.content, size = excluded.size,
+                type = excluded.type, content_id = excluded.content_id, size = excluded.size,
                 sha256 = excluded.sha256, mimetype = excluded.mimetype,
                 last_modified = greatest(excluded.last_modified,
                                          i.last_modified + interval '1 millisecond')
@@ -352,13 +361,27 @@ async def _touch(conn: Connection, workspace_id: uuid.UUID, path: str) -> ItemRo
 async def _ensure_checkpoint(conn: Connection, workspace_id: uuid.UUID, path: str) -> None:
     """Checkpoint the file at ``path`` unless it has a checkpoint already."""
     await conn.execute(
-        """INSERT INTO checkpoints (workspace_id, path, type, content, sha256, last_modified)
-           SELECT workspace_id, path, type, content, sha256, last_modified FROM workspace_items
-           WHERE workspace_id = %(ws)s AND path = %(path)s
+        """INSERT INTO checkpoints (workspace_id, path, type, content_id, size, sha256,
+                                    last_modified)
+           SELECT workspace_id, path, type, content_id, size, sha256, last_modified
+           FROM workspace_items WHERE workspace_id = %(ws)s AND path = %(path)s
              AND NOT EXISTS (SELECT FROM checkpoints
                              WHERE workspace_id = %(ws)s AND path = %(path)s)""",
         {"ws": workspace_id, "path": path},
     )
+
+
+async def store_content(conn: Connection, data: bytes) -> None:
+    """Store ``data`` as a new content, in parts; its id is then ``currval('content_ids')`` on
+    this connection (nothing is fetched, so a pipelined transaction does not wait here)."""
+    await conn.execute("SELECT nextval('content_ids')")
+    view = memoryview(data)
+    for seq, start in enumerate(range(0, len(data), PART_SIZE), start=1):
+        await conn.execute(
+            """INSERT INTO content_parts (content_id, seq, data)
+               VALUES (currval('content_ids'), %s, %s)""",
+            [seq, view[start : start + PART_SIZE]],
+        )
 
 
 async def write_file(
@@ -386,13 +409,19 @@ async def write_file(
         # The same bytes again (a save with no change): a new date, and no content rewritten.
         row = await _touch(conn, workspace_id, path)
     else:
-        await _add_bytes(conn, workspace_id, delta)  # first: it travels with the upsert
+        # Nothing here waits for an answer until the upsert's row: in a pipelined transaction,
+        # the parts, the quota and the file travel together.
+        await _add_bytes(conn, workspace_id, delta)
+        await store_content(conn, content)
         row = await _upsert(
             conn,
             workspace_id,
             path,
-            sql.SQL("SELECT %(content)s::bytea AS content, %(sha256)s::bytea AS sha256"),
-            {"content": content, "sha256": sha256},
+            sql.SQL(
+                "SELECT currval('content_ids') AS content_id, %(size)s::bigint AS size, "
+                "%(sha256)s::bytea AS sha256"
+            ),
+            {"size": len(content), "sha256": sha256},
         )
     if checkpoint_if_none:
         await _ensure_checkpoint(conn, workspace_id, path)
@@ -423,17 +452,89 @@ async def make_directory(conn: Connection, workspace_id: uuid.UUID, path: str) -
 # --- chunked uploads -----------------------------------------------------------------------
 
 
-async def _upload_state(conn: Connection, workspace_id: uuid.UUID, path: str) -> tuple[int, int]:
-    """``(bytes received, last sequence number)`` of the upload in progress to ``path``."""
+class UploadState(TypedDict):
+    """An upload in progress: its content (chunk n is part n), the bytes and last chunk so far,
+    and how many chunk writes it has had (any replica's)."""
+
+    content_id: int
+    received: int
+    last: int
+    writes: int
+
+
+class UploadDigests:
+    """Running SHA-256 of the uploads this process received every chunk of, in order.
+
+    With it, the last chunk of an upload needs no second read of the file. An entry is trusted
+    only while the upload's write count in PostgreSQL matches the chunks it has seen: a chunk
+    sent to another replica, sent twice, or out of order drops it, and the digest is read
+    from the stored parts instead.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._running: dict[int, tuple[int, int, Any]] = {}  # content id: (seq, writes, hash)
+
+    def chunk_stored(self, content_id: int, seq: int, writes: int, data: bytes) -> None:
+        """Note a committed chunk."""
+        entry = self._running.pop(content_id, None)
+        if seq == 1 and writes == 1:
+            running = hashlib.sha256()
+        elif entry is not None and entry[:2] == (seq - 1, writes - 1):
+            running = entry[2]
+        else:
+            return
+        running.update(data)
+        if len(self._running) >= self.size:
+            del self._running[next(iter(self._running))]  # the oldest
+        self._running[content_id] = (seq, writes, running)
+
+    def finish(self, upload: UploadState, data: bytes) -> bytes | None:
+        """The digest of the upload with its last chunk ``data``, if every chunk was seen."""
+        entry = self._running.pop(upload["content_id"], None)
+        if entry is None or entry[:2] != (upload["last"], upload["writes"]):
+            return None
+        running = entry[2]
+        running.update(data)
+        return cast(bytes, running.digest())
+
+
+async def _upload_state(
+    conn: Connection, workspace_id: uuid.UUID, path: str, *, besides: int = 0
+) -> UploadState | None:
+    """The upload in progress to ``path`` (its chunks but chunk ``besides``), or None."""
     cur = await conn.execute(
-        """SELECT coalesce(sum(octet_length(data)), 0) AS received,
-                  coalesce(max(seq), 0) AS last
-           FROM upload_chunks WHERE workspace_id = %s AND path = %s""",
+        """SELECT u.content_id, u.writes,
+                  coalesce(sum(octet_length(p.data)) FILTER (WHERE p.seq <> %(besides)s), 0)
+                      AS received,
+                  coalesce(max(p.seq), 0) AS last
+           FROM uploads u LEFT JOIN content_parts p ON p.content_id = u.content_id
+           WHERE u.workspace_id = %(ws)s AND u.path = %(path)s
+           GROUP BY u.content_id, u.writes""",
+        {"ws": workspace_id, "path": path, "besides": besides},
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return {
+        "content_id": int(row["content_id"]),
+        "received": int(row["received"]),
+        "last": int(row["last"]),
+        "writes": int(row["writes"]),
+    }
+
+
+async def _uploading_elsewhere(conn: Connection, workspace_id: uuid.UUID, path: str) -> int:
+    """Bytes received by the workspace's other uploads in progress."""
+    cur = await conn.execute(
+        """SELECT coalesce(sum(octet_length(p.data)), 0) AS bytes
+           FROM uploads u JOIN content_parts p ON p.content_id = u.content_id
+           WHERE u.workspace_id = %s AND u.path <> %s""",
         [workspace_id, path],
     )
     row = await cur.fetchone()
     assert row is not None  # noqa: S101 (an aggregate always has a row)
-    return int(row["received"]), int(row["last"])
+    return int(row["bytes"])
 
 
 async def append_chunk(
@@ -446,56 +547,52 @@ async def append_chunk(
     max_size: int,
     quota: int,
     if_match: Sequence[str] | None = None,
-) -> int:
-    """Store chunk ``chunk`` (1, 2, ...) of an upload to ``path``; return the bytes received.
+) -> tuple[int, int, int]:
+    """Store chunk ``chunk`` (1, 2, ...) of an upload to ``path``; return the upload's content
+    id, its write count and the bytes received.
 
-    Chunk 1 starts the upload over. The size limit and the quota are checked as chunks arrive
-    (``TooLarge``; the caller then drops the upload with ``discard_upload``). The stored file is
-    untouched until ``finish_upload``.
+    Chunk 1 starts the upload over; a chunk sent again replaces itself. The size limit and the
+    quota are checked as chunks arrive (``TooLarge``; the caller then drops the upload with
+    ``discard_upload``). The stored file is untouched until ``finish_upload``.
     """
     bytes_used, old = await lock_for_write(conn, workspace_id, path)
     if chunk == 1:
         _check_if_match(old, if_match, path)
+        # This path's previous upload, and abandoned ones, go (with their parts: triggers).
         await conn.execute(
-            """DELETE FROM upload_chunks WHERE workspace_id = %(ws)s AND (path = %(path)s
-               OR path IN (SELECT path FROM upload_chunks WHERE workspace_id = %(ws)s
-                           GROUP BY path
-                           HAVING max(created) < now() - make_interval(secs => %(idle)s)))""",
+            """DELETE FROM uploads WHERE workspace_id = %(ws)s AND (path = %(path)s
+               OR updated < now() - make_interval(secs => %(idle)s))""",
             {"ws": workspace_id, "path": path, "idle": UPLOAD_EXPIRY_SECONDS},
         )
         received = 0
     else:
-        # A resent chunk replaces itself: count every other chunk.
-        cur = await conn.execute(
-            """SELECT count(*) AS n, coalesce(sum(octet_length(data)), 0) AS received
-               FROM upload_chunks WHERE workspace_id = %s AND path = %s AND seq <> %s""",
-            [workspace_id, path, chunk],
-        )
-        row = await cur.fetchone()
-        assert row is not None  # noqa: S101 (an aggregate always has a row)
-        if row["n"] == 0:
+        upload = await _upload_state(conn, workspace_id, path, besides=chunk)
+        if upload is None:
             msg = f"No upload to {path} is in progress: send chunk 1 first."
             raise InvalidInput(msg)
-        received = int(row["received"])
+        received = upload["received"]
     total = received + len(data)
     check_size(total, max_size, path)
     # Uploads in progress elsewhere count too: unfinished uploads cannot fill the database.
+    growth = total + await _uploading_elsewhere(conn, workspace_id, path)
+    _check_quota(bytes_used, growth - (old["size"] if old else 0), quota, path)
     cur = await conn.execute(
-        """SELECT coalesce(sum(octet_length(data)), 0) AS bytes FROM upload_chunks
-           WHERE workspace_id = %s AND path <> %s""",
-        [workspace_id, path],
+        """INSERT INTO uploads (workspace_id, path, content_id)
+           VALUES (%(ws)s, %(path)s, nextval('content_ids'))
+           ON CONFLICT (workspace_id, path)
+           DO UPDATE SET updated = clock_timestamp(), writes = uploads.writes + 1
+           RETURNING content_id, writes""",
+        {"ws": workspace_id, "path": path},
     )
-    elsewhere = await cur.fetchone()
-    assert elsewhere is not None  # noqa: S101 (an aggregate always has a row)
-    growth = total + int(elsewhere["bytes"]) - (old["size"] if old else 0)
-    _check_quota(bytes_used, growth, quota, path)
     await conn.execute(
-        """INSERT INTO upload_chunks (workspace_id, path, seq, data) VALUES (%s, %s, %s, %s)
-           ON CONFLICT (workspace_id, path, seq)
-           DO UPDATE SET data = excluded.data, created = excluded.created""",
+        """INSERT INTO content_parts (content_id, seq, data)
+           VALUES ((SELECT content_id FROM uploads WHERE workspace_id = %s AND path = %s), %s, %s)
+           ON CONFLICT (content_id, seq) DO UPDATE SET data = excluded.data""",
         [workspace_id, path, chunk, data],
     )
-    return total
+    row = await cur.fetchone()
+    assert row is not None  # noqa: S101 (inserted or updated above)
+    return int(row["content_id"]), int(row["writes"]), total
 
 
 async def finish_upload(
@@ -507,42 +604,82 @@ async def finish_upload(
     max_size: int,
     quota: int,
     if_match: Sequence[str] | None = None,
+    digests: UploadDigests,
 ) -> ItemRow:
-    """Store the last chunk of an upload to ``path`` and replace the file with the whole.
+    """Store the last chunk of an upload to ``path``, and make the upload the file's content.
 
-    The chunks are joined by one ``string_agg`` inside PostgreSQL (linear in the file's size).
-    A last chunk with no upload in progress is a whole file in one chunk.
+    No bytes are copied: the chunks are the content's parts. A last chunk with no upload in
+    progress is a whole file.
     """
     bytes_used, old = await lock_for_write(conn, workspace_id, path)
     _check_if_match(old, if_match, path)
-    received, last = await _upload_state(conn, workspace_id, path)
+    upload = await _upload_state(conn, workspace_id, path)
+    received = 0 if upload is None else upload["received"]
     total = received + len(data)
     check_size(total, max_size, path)
     _check_quota(bytes_used, total - (old["size"] if old else 0), quota, path)
-    await conn.execute(
-        "INSERT INTO upload_chunks (workspace_id, path, seq, data) VALUES (%s, %s, %s, %s)",
-        [workspace_id, path, last + 1, data],
-    )
+    content: sql.Composable
+    if upload is None:
+        await store_content(conn, data)
+        content = sql.SQL("currval('content_ids')")
+        digest = await sha256_of(data)
+    else:
+        await conn.execute(
+            "INSERT INTO content_parts (content_id, seq, data) VALUES (%s, %s, %s)",
+            [upload["content_id"], upload["last"] + 1, data],
+        )
+        content = sql.Literal(upload["content_id"])
+        digest = digests.finish(upload, data) or await content_digest(conn, upload["content_id"])
+    await _add_bytes(conn, workspace_id, total - (old["size"] if old else 0))
     row = await _upsert(
         conn,
         workspace_id,
         path,
         sql.SQL(
-            """SELECT whole.content, sha256(whole.content) AS sha256 FROM (
-                   SELECT string_agg(data, ''::bytea ORDER BY seq) AS content FROM upload_chunks
-                   WHERE workspace_id = %(ws)s AND path = %(path)s) AS whole"""
-        ),
-        {},
+            "SELECT {content}::bigint AS content_id, %(size)s::bigint AS size, "
+            "%(sha256)s::bytea AS sha256"
+        ).format(content=content),
+        {"size": total, "sha256": digest},
     )
+    # After the upsert: the file holds the content now, so the upload's end keeps its parts.
     await discard_upload(conn, workspace_id, path)
-    await _add_bytes(conn, workspace_id, total - (old["size"] if old else 0))
     return row
 
 
+async def sha256_of(data: bytes) -> bytes:
+    """The SHA-256 of ``data``; off the event loop when large (1 MB hashes in ~1 ms)."""
+    if len(data) > _THREAD_THRESHOLD:
+        return await asyncio.to_thread(_sha256, data)
+    return _sha256(data)
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+async def content_digest(conn: Connection, content_id: int) -> bytes:
+    """The SHA-256 of a stored content, read a few parts at a time (off the event loop)."""
+    digest = hashlib.sha256()
+    seq = 0
+    while True:
+        cur = await conn.execute(
+            """SELECT seq, data FROM content_parts WHERE content_id = %s AND seq > %s
+               ORDER BY seq LIMIT 16""",
+            [content_id, seq],
+            binary=True,
+        )
+        rows = await cur.fetchall()
+        if not rows:
+            return digest.digest()
+        for row in rows:
+            await asyncio.to_thread(digest.update, row["data"])
+        seq = rows[-1]["seq"]
+
+
 async def discard_upload(conn: Connection, workspace_id: uuid.UUID, path: str) -> None:
-    """Drop the chunks of the upload to ``path``, if any."""
+    """Drop the upload to ``path``, if any (its parts go with it unless the file has them)."""
     await conn.execute(
-        "DELETE FROM upload_chunks WHERE workspace_id = %s AND path = %s", [workspace_id, path]
+        "DELETE FROM uploads WHERE workspace_id = %s AND path = %s", [workspace_id, path]
     )
 
 
@@ -566,7 +703,7 @@ async def delete_item(conn: Connection, workspace_id: uuid.UUID, path: str) -> N
     if row["n"] == 0:
         msg = f"File or directory does not exist: {path}"
         raise NotFound(msg)
-    for table in ("checkpoints", "upload_chunks"):
+    for table in ("checkpoints", "uploads"):
         await conn.execute(
             sql.SQL("DELETE FROM {table} WHERE workspace_id = %(ws)s AND {subtree}").format(
                 table=sql.Identifier(table), subtree=_subtree()
@@ -620,7 +757,7 @@ async def rename_item(
         ).format(subtree=_subtree()),
         params,
     )
-    for table in ("checkpoints", "upload_chunks"):
+    for table in ("checkpoints", "uploads"):
         await conn.execute(
             sql.SQL(
                 """UPDATE {table} SET path = %(new)s || substr(path, length(%(path)s) + 1)
@@ -635,7 +772,7 @@ async def copy_item(
 ) -> ItemRow:
     """Copy a file (replacing a file at ``to_path``) or a whole directory (to a new path).
 
-    The content is copied inside PostgreSQL, never through Python.
+    Copies share their originals' contents: no bytes move.
     """
     bytes_used = await lock_workspace(conn, workspace_id)
     kind = await item_type(conn, workspace_id, from_path)
@@ -657,7 +794,7 @@ async def copy_item(
             workspace_id,
             to_path,
             sql.SQL(
-                "SELECT content, sha256 FROM workspace_items "
+                "SELECT content_id, size, sha256 FROM workspace_items "
                 "WHERE workspace_id = %(ws)s AND path = %(from)s"
             ),
             {"from": from_path},
@@ -691,13 +828,13 @@ async def copy_item(
     # The SELECT reads the tree as it was, so copying a directory into itself terminates.
     await conn.execute(
         sql.SQL(
-            """INSERT INTO workspace_items (workspace_id, path, parent, name, type, content,
+            """INSERT INTO workspace_items (workspace_id, path, parent, name, type, content_id,
                                             size, sha256, mimetype)
                SELECT workspace_id, %(to)s || substr(path, length(%(path)s) + 1),
                       CASE WHEN path = %(path)s THEN %(to_parent)s
                            ELSE %(to)s || substr(parent, length(%(path)s) + 1) END,
                       CASE WHEN path = %(path)s THEN %(to_name)s ELSE name END,
-                      type, content, size, sha256, mimetype
+                      type, content_id, size, sha256, mimetype
                FROM workspace_items WHERE workspace_id = %(ws)s AND {subtree}"""
         ).format(subtree=_subtree()),
         params,
@@ -748,9 +885,10 @@ async def create_checkpoint(
     if newest is not None and newest["sha256"] == item["sha256"]:
         return {"id": newest["id"], "last_modified": newest["last_modified"]}
     cur = await conn.execute(
-        """INSERT INTO checkpoints (workspace_id, path, type, content, sha256, last_modified)
-           SELECT workspace_id, path, type, content, sha256, last_modified FROM workspace_items
-           WHERE workspace_id = %(ws)s AND path = %(path)s
+        """INSERT INTO checkpoints (workspace_id, path, type, content_id, size, sha256,
+                                    last_modified)
+           SELECT workspace_id, path, type, content_id, size, sha256, last_modified
+           FROM workspace_items WHERE workspace_id = %(ws)s AND path = %(path)s
            RETURNING id, last_modified""",
         params,
     )
@@ -783,8 +921,7 @@ async def restore_checkpoint(
     cp_id = _checkpoint_id(checkpoint_id, path)
     bytes_used = await lock_workspace(conn, workspace_id)
     cur = await conn.execute(
-        """SELECT octet_length(content) AS size FROM checkpoints
-           WHERE id = %s AND workspace_id = %s AND path = %s""",
+        """SELECT size FROM checkpoints WHERE id = %s AND workspace_id = %s AND path = %s""",
         [cp_id, workspace_id, path],
     )
     checkpoint = await cur.fetchone()
@@ -798,7 +935,7 @@ async def restore_checkpoint(
         conn,
         workspace_id,
         path,
-        sql.SQL("SELECT content, sha256 FROM checkpoints WHERE id = %(id)s"),
+        sql.SQL("SELECT content_id, size, sha256 FROM checkpoints WHERE id = %(id)s"),
         {"id": cp_id},
     )
     await _add_bytes(conn, workspace_id, delta)

@@ -9,6 +9,7 @@ from typing import TypedDict, cast
 
 from psycopg import sql
 
+from extensions.workspaces import items
 from platform_server.db import Connection
 from platform_server.errors import Conflict, NotFound
 
@@ -56,17 +57,18 @@ async def create_workspace(
     )
     workspace = cast(WorkspaceRow, await cur.fetchone())
     for path, content in files.items():
+        await items.store_content(conn, content)
         await conn.execute(
             """INSERT INTO workspace_items
-                   (workspace_id, path, parent, name, type, content, size, sha256, mimetype)
-               VALUES (%s, %s, '', %s, 'file', %s, %s, %s, 'text/x-python')""",
+                   (workspace_id, path, parent, name, type, content_id, size, sha256, mimetype)
+               VALUES (%s, %s, '', %s, 'file', currval('content_ids'), %s, %s, %s)""",
             [
                 workspace["id"],
                 path,
                 path,
-                content,
                 len(content),
                 hashlib.sha256(content).digest(),
+                items.file_mimetype(path),
             ],
         )
     return workspace
