@@ -28,6 +28,10 @@ if __name__ == "__main__":
 '''
 
 
+# Contents managers kept for reuse (the most recently used workspaces').
+KEPT_MANAGERS = 256
+
+
 class WorkspaceModel(TypedDict):
     """A workspace as the API shows it."""
 
@@ -86,15 +90,29 @@ class Workspaces(LoggingConfigurable):
         "(not config).",
     )
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._managers: dict[uuid.UUID, PostgresContentsManager] = {}
+
     def contents_manager(self, workspace_id: uuid.UUID) -> PostgresContentsManager:
-        """A contents manager bound to one workspace (cheap: made per request)."""
-        return PostgresContentsManager(
-            parent=self,
-            db=self.db,
-            workspace_id=workspace_id,
-            log=self.log,
-            listeners=self.listeners,
-        )
+        """A contents manager bound to one workspace.
+
+        Managers keep no state between requests, so the most recently used ones are kept:
+        making one (traits, config) costs more than a database round trip.
+        """
+        manager = self._managers.pop(workspace_id, None)
+        if manager is None:
+            manager = PostgresContentsManager(
+                parent=self,
+                db=self.db,
+                workspace_id=workspace_id,
+                log=self.log,
+                listeners=self.listeners,
+            )
+            if len(self._managers) >= KEPT_MANAGERS:
+                del self._managers[next(iter(self._managers))]  # the least recently used
+        self._managers[workspace_id] = manager
+        return manager
 
     def model(self, workspace: WorkspaceRow) -> WorkspaceModel:
         """The JSON model of a workspace."""
