@@ -173,6 +173,7 @@ class Reply:
     stdout: str = ""
     stderr: str = ""
     results: list[str] = field(default_factory=list)
+    displays: list[dict[str, Any]] = field(default_factory=list)  # display_data's data
     errors: list[str] = field(default_factory=list)
     states: list[str] = field(default_factory=list)
 
@@ -191,5 +192,7 @@ class Reply:
                 self.stderr += content["text"]
         elif kind == "execute_result":
             self.results.append(content["data"]["text/plain"])
+        elif kind == "display_data":
+            self.displays.append(content["data"])
         elif kind == "error":
             self.errors.append(content["ename"])

@@ -106,6 +106,8 @@ async def test_headers_of_pages(client: Client, make_user: Any) -> None:
         assert csp["script-src"] == "'self'"
         assert csp["style-src"] == "'self' 'unsafe-inline'"
         assert csp["worker-src"] == "'self'"
+        assert csp["img-src"] == "'self' data: blob:"
+        assert csp["frame-src"] == "'none'"
         assert csp["frame-ancestors"] == "'none'"
         assert csp["object-src"] == "'none'"
         host = browser.base_url.split("://", 1)[1].rstrip("/")

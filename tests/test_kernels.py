@@ -5,6 +5,7 @@ real sandboxes, real agents, real ipykernel kernels; JupyterLab's own client lib
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import time
@@ -113,6 +114,12 @@ async def test_both_websocket_protocols(
     socket = await connect(base_url, api, ws, kernel["id"], protocol)
     assert (await socket.execute("print(6*7)")).stdout == "42\n"
     assert (await socket.execute("import numpy; numpy.arange(3).sum()")).results == ["np.int64(3)"]
+    plotted = await socket.execute(
+        "import matplotlib.pyplot as plt; plt.plot([1, 3, 2]); plt.show()", within=120
+    )
+    assert plotted.errors == []
+    [figure] = plotted.displays
+    assert base64.b64decode(figure["image/png"]).startswith(b"\x89PNG\r\n")
     listed = (await api.get(f"/w/{ws}/api/kernels")).json
     assert [(k["id"], k["connections"], k["execution_state"]) for k in listed] == [
         (kernel["id"], 1, "idle")

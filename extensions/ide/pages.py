@@ -21,7 +21,7 @@ FAVICON = (
 
 
 def content_security_policy(host: str) -> str:
-    """Everything from this origin; the inline styles Monaco and xterm.js set; nothing else."""
+    """Everything from this origin; the inline styles Monaco and xterm.js set; data: images."""
     connect = "connect-src 'self'"
     if PLAIN_HOST.fullmatch(host):
         # 'self' covers same-host ws(s): in current browsers; older ones need it said.
@@ -32,10 +32,14 @@ def content_security_policy(host: str) -> str:
             "script-src 'self'",
             # Monaco and xterm.js position and colour through style attributes and <style>.
             "style-src 'self' 'unsafe-inline'",
+            # data: for kernel and notebook images (image/png outputs are base64 data: URLs).
             "img-src 'self' data: blob:",
             "font-src 'self' data:",
             # Monaco's language workers: module scripts under /assets/.
             "worker-src 'self'",
+            # Nothing is framed. HTML outputs are srcdoc frames: not fetched, so frame-src does
+            # not apply; they inherit this policy and are sandboxed (no scripts, no origin).
+            "frame-src 'none'",
             connect,
             "frame-ancestors 'none'",
             "base-uri 'self'",

@@ -22,6 +22,7 @@ SANDBOX_PACKAGES = (
     "numpy",
     "pandas",
     "scipy",
+    "matplotlib",
     "tornado>=6.5",
     "terminado>=0.18",
     "ipykernel>=6.29",

@@ -18,6 +18,7 @@ const PATHS = {
   expand: 'M5.5 3l5 5l-5 5',
   logout: 'M6 2.5H2.5v11H6 M10 5l3 3l-3 3 M13 8H6',
   terminal: 'M1.5 2.5h13v11h-13z M4 6l2.5 2l-2.5 2 M8 10.5h4',
+  console: 'M1.5 4.5l3 3.5l-3 3.5 M6 4.5l3 3.5l-3 3.5 M10.5 12h4',
 } as const;
 
 export type IconName = keyof typeof PATHS;

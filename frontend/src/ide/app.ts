@@ -1,4 +1,5 @@
-// The IDE of one workspace: file tree | editor tabs / terminals, a Run button, a status bar.
+// The IDE of one workspace: file tree | editor tabs, Python console / terminals, Run and Run in
+// console buttons, a status bar.
 import { ServerConnection } from '@jupyterlab/services';
 import { describeError, errorStatus, logout } from '../common/api';
 import { pageData, platformUrl, type WorkspaceModel } from '../common/config';
@@ -6,6 +7,7 @@ import { confirmDialog } from '../common/dialog';
 import { h } from '../common/dom';
 import { icon } from '../common/icons';
 import { toast, toastError } from '../common/toast';
+import { ConsolePanel } from './console';
 import { EditorArea } from './editor';
 import { baseName, parentOf, WorkspaceFiles } from './files';
 import { LayoutStore, splitter } from './layout';
@@ -27,9 +29,13 @@ export class Ide {
   private readonly tree: FileTree;
   private readonly editor: EditorArea;
   private readonly terminals: TerminalPanel;
+  private readonly console: ConsolePanel;
   private readonly sandbox: SandboxStatus;
   private readonly feed: ChangeFeed;
   private readonly runButton: HTMLButtonElement;
+  private readonly runConsoleButton: HTMLButtonElement;
+  private readonly consoleToggle: HTMLButtonElement;
+  private readonly consoleBar: HTMLElement;
   private readonly syncBadge: HTMLElement;
   private readonly cursorInfo: HTMLElement;
   private pollCount = 0;
@@ -62,11 +68,22 @@ export class Ide {
         this.cursorInfo.textContent = info ? `Ln ${info.line}, Col ${info.column} · ${languageName(info.language)}` : '';
       },
       reveal: (path) => this.tree.reveal(path),
+      runSelection: () => this.runSelection(),
     }, (path) => this.tree.entry(path));
     this.editor.titleSuffix = document.title;
-    this.terminals = new TerminalPanel(baseUrl, wsUrl, (done) => {
+    const sandboxStarting = (done: boolean): void => {
       if (done) void this.sandbox.refresh();
       else this.sandbox.expectStart();
+    };
+    this.terminals = new TerminalPanel(baseUrl, wsUrl, sandboxStarting);
+    this.console = new ConsolePanel(settings, this.workspace.uuid, {
+      starting: sandboxStarting,
+      visibilityChanged: (open) => this.consoleShown(open),
+    });
+    this.consoleBar = splitter({
+      orientation: 'vertical', pane: this.console.element, paneAfter: true, min: 240,
+      max: () => Math.max(260, window.innerWidth - this.layout.value.sidebar - 320), initial: this.layout.value.console,
+      label: 'Resize the console', onResize: (width) => this.layout.update({ console: width }),
     });
     this.sandbox = new SandboxStatus(this.workspace.uuid);
     this.feed = new ChangeFeed(`${wsUrl}api/events`, {
@@ -78,6 +95,15 @@ export class Ide {
 
     this.runButton = h('button', { type: 'button', class: 'button primary', id: 'run', title: 'Save and run the current Python file (F5)' }, icon('run'), 'Run');
     this.runButton.addEventListener('click', () => void this.run());
+    this.runConsoleButton = h('button', {
+      type: 'button', class: 'button', id: 'run-console',
+      title: 'Save and run the current Python file in the Python console, keeping its variables (Shift+F5). Shift+Enter in the editor runs the selection, or the current line.',
+    }, icon('run'), 'Run in console');
+    this.runConsoleButton.addEventListener('click', () => void this.runInConsole());
+    this.consoleToggle = h('button', {
+      type: 'button', class: 'icon-button', id: 'toggle-console', title: 'Show or hide the Python console',
+      'aria-label': 'Python console', 'aria-pressed': 'false', onclick: () => this.console.setOpen(!this.console.open),
+    }, icon('console'));
     this.syncBadge = h('span', { class: 'status-item', id: 'sync-mode' });
     this.cursorInfo = h('span', { class: 'status-item', id: 'cursor-info' });
     this.build(data.user?.username ?? '');
@@ -98,13 +124,14 @@ export class Ide {
         this.terminals.fit();
       },
     });
-    center.append(this.editor.element, panelBar, this.terminals.element);
+    const editorRow = h('div', { class: 'ide-editor-row' }, this.editor.element, this.console.element);
+    center.append(editorRow, panelBar, this.terminals.element);
     const header = h('header', { class: 'topbar ide-topbar' },
       h('a', { class: 'brand', href: platformUrl('workspaces'), title: 'All workspaces' }, 'Workspaces'),
       h('span', { class: 'crumb-sep' }, '/'),
       h('span', { class: 'workspace-name', id: 'workspace-name' }, this.workspace.name),
       h('span', { class: 'spacer' }),
-      this.runButton);
+      this.runButton, this.runConsoleButton, this.consoleToggle);
     const status = h('footer', { class: 'statusbar', id: 'statusbar' },
       this.sandbox.element, this.syncBadge, h('span', { class: 'spacer' }), this.cursorInfo,
       h('span', { class: 'status-item who', id: 'username' }, username),
@@ -124,6 +151,8 @@ export class Ide {
     });
     const treeReady = this.tree.start().catch((error: unknown) => toastError(`Could not list the files: ${describeError(error)}`));
     await this.sandbox.refresh();
+    this.console.setOpen(this.layout.value.consoleOpen);
+    const consoleReady = this.console.start();
     const terminalsReady = this.terminals.start();
     await treeReady;
     const { open, active } = this.layout.value;
@@ -134,7 +163,7 @@ export class Ide {
     const focus = active !== null && toOpen.includes(active) ? active : toOpen[0];
     if (focus !== undefined && this.tree.entry(focus) !== null) await this.editor.open(focus);
     this.feed.start();
-    await terminalsReady;
+    await Promise.all([terminalsReady, consoleReady]);
   }
 
   private bindKeys(): void {
@@ -147,7 +176,7 @@ export class Ide {
       } else if (event.key === 'F5' && !mod) {
         event.preventDefault();
         event.stopPropagation();
-        void this.run();
+        void (event.shiftKey ? this.runInConsole() : this.run());
       }
     }, true);
   }
@@ -161,24 +190,59 @@ export class Ide {
     await logout();
   }
 
-  /** Save the current Python file and run it in a terminal. */
-  async run(): Promise<void> {
+  /**
+   * The active file's path once it is saved, for the run commands; null (after saying why)
+   * when there is no Python file to run or the save failed.
+   */
+  private async savedPythonFile(action: string): Promise<string | null> {
     const path = this.editor.activePath;
     if (path === null) {
       toastError('Open a Python file to run it.');
-      return;
+      return null;
     }
     if (!path.endsWith('.py')) {
-      toastError(`Run works on Python files: “${baseName(path)}” is not one.`);
-      return;
+      toastError(`${action} works on Python files: “${baseName(path)}” is not one.`);
+      return null;
     }
+    return (await this.editor.save(path, true)) ? path : null;
+  }
+
+  /** Save the current Python file and run it in a terminal. */
+  async run(): Promise<void> {
     this.runButton.disabled = true;
     try {
-      if (!(await this.editor.save(path, true))) return;
-      await this.terminals.run(`python ${shellQuote(path)}`);
+      const path = await this.savedPythonFile('Run');
+      if (path !== null) await this.terminals.run(`python ${shellQuote(path)}`);
     } finally {
       this.runButton.disabled = false;
     }
+  }
+
+  /** Save the current Python file and run it in the console's kernel (``%run -i``). */
+  async runInConsole(): Promise<void> {
+    this.runConsoleButton.disabled = true;
+    let path: string | null;
+    try {
+      path = await this.savedPythonFile('Run in console');
+    } finally {
+      this.runConsoleButton.disabled = false;
+    }
+    // -i: the file runs among the console's variables, and what it defines stays there.
+    if (path !== null) await this.console.execute(`%run -i ${shellQuote(path)}`);
+  }
+
+  /** Shift+Enter in the editor: the selection, or the current line, runs in the console. */
+  private runSelection(): void {
+    const code = this.editor.selectionOrLine();
+    if (code !== null) void this.console.execute(code);
+  }
+
+  private consoleShown(open: boolean): void {
+    // The bar is in the page only while there is a console to resize.
+    if (open) this.console.element.before(this.consoleBar);
+    else this.consoleBar.remove();
+    this.consoleToggle.setAttribute('aria-pressed', String(open));
+    this.layout.update({ consoleOpen: open });
   }
 
   private onFileEvent(event: FileEvent): void {

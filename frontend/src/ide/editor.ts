@@ -1,5 +1,6 @@
 // Editor tabs over one Monaco editor: a model per open file, dirty markers, save with a
-// "changed on disk" check, silent reload of clean tabs, guards against losing edits.
+// "changed on disk" check, silent reload of clean tabs, guards against losing edits. Notebooks
+// open in a read-only rendered view instead (or as text, on request).
 import type { Contents } from '@jupyterlab/services';
 import { describeError } from '../common/api';
 import { choose } from '../common/dialog';
@@ -10,11 +11,16 @@ import { timestamp } from '../common/time';
 import { toastError } from '../common/toast';
 import { baseName, isWithin, parentOf, type WorkspaceFiles } from './files';
 import { languageFor, monaco } from './monaco';
+import { NotebookView } from './notebook';
 
 interface Tab {
   path: string;
-  /** Null while loading, and for files that are not text. */
+  /** Null while loading, and for files that are not text or shown as a notebook. */
   model: monaco.editor.ITextModel | null;
+  /** The rendered view of a notebook (null for every other tab). */
+  notebook: NotebookView | null;
+  /** A notebook the person chose to see as text (its JSON in Monaco). */
+  asText: boolean;
   binary: boolean;
   tooLarge?: boolean;
   /** Monaco's alternative version id of the text last saved or loaded. */
@@ -36,6 +42,8 @@ export interface EditorCallbacks {
   cursor(info: { line: number; column: number; language: string } | null): void;
   /** Reveal a file in the tree. */
   reveal(path: string): void;
+  /** Shift+Enter in a Python file: run the selection or the current line in the console. */
+  runSelection(): void;
 }
 
 /** What is known on disk about a path: metadata, null (gone), undefined (unknown). */
@@ -43,6 +51,18 @@ export type Lookup = (path: string) => Contents.IModel | null | undefined;
 
 /** Larger files are offered as downloads instead of being loaded into the editor. */
 const MAX_EDITABLE_BYTES = 10 * 1024 * 1024;
+
+function isNotebook(path: string): boolean {
+  return path.toLowerCase().endsWith('.ipynb');
+}
+
+/** Lines without the indentation they all share (a selection from inside a block runs). */
+function dedent(text: string): string {
+  const lines = text.split('\n');
+  const indents = lines.filter((line) => line.trim()).map((line) => /^[ \t]*/.exec(line)?.[0].length ?? 0);
+  const common = Math.min(...indents);
+  return common > 0 && Number.isFinite(common) ? lines.map((line) => line.slice(common)).join('\n') : text;
+}
 
 let modelCounter = 0;
 
@@ -59,6 +79,7 @@ export class EditorArea {
   private readonly banner: HTMLElement;
   private readonly host: HTMLElement;
   private readonly placeholder: HTMLElement;
+  private readonly stack: HTMLElement;
   readonly editor: monaco.editor.IStandaloneCodeEditor;
   private tabs: Tab[] = [];
   private active: Tab | null = null;
@@ -74,8 +95,8 @@ export class EditorArea {
     this.banner = h('div', { class: 'editor-banner', id: 'editor-banner', role: 'alert', hidden: true });
     this.host = h('div', { class: 'editor-host', id: 'editor' });
     this.placeholder = h('div', { class: 'editor-placeholder', id: 'editor-placeholder' });
-    this.element = h('section', { class: 'editor-area', 'aria-label': 'Editor' },
-      this.tabsBar, this.banner, h('div', { class: 'editor-stack' }, this.host, this.placeholder));
+    this.stack = h('div', { class: 'editor-stack' }, this.host, this.placeholder);
+    this.element = h('section', { class: 'editor-area', 'aria-label': 'Editor' }, this.tabsBar, this.banner, this.stack);
     this.editor = monaco.editor.create(this.host, {
       model: null,
       automaticLayout: true,
@@ -89,6 +110,7 @@ export class EditorArea {
     });
     onThemeChange((dark) => monaco.editor.setTheme(dark ? 'vs-dark' : 'vs'));
     this.editor.onDidChangeCursorPosition(() => this.reportCursor());
+    this.editor.addCommand(monaco.KeyMod.Shift | monaco.KeyCode.Enter, () => callbacks.runSelection(), 'editorLangId == python');
     this.tabsBar.addEventListener('auxclick', (event) => {
       const path = this.tabPath(event.target);
       if (event.button === 1 && path !== null) void this.close(path);
@@ -171,7 +193,7 @@ export class EditorArea {
       return existing.loaded;
     }
     const tab: Tab = {
-      path, model: null, binary: false, savedVersion: 0, diskModified: 0, viewState: null,
+      path, model: null, notebook: null, asText: false, binary: false, savedVersion: 0, diskModified: 0, viewState: null,
       element: this.tabElement(path), conflict: null, saving: null, loaded: Promise.resolve(),
     };
     this.tabs.push(tab);
@@ -194,6 +216,10 @@ export class EditorArea {
       this.updateTab(tab);
       return;
     }
+    if (isNotebook(tab.path) && !tab.asText) {
+      await this.loadNotebook(tab);
+      return;
+    }
     const file = await this.files.read(tab.path);
     tab.diskModified = timestamp(file.last_modified);
     if (file.format !== 'text' || typeof file.content !== 'string') {
@@ -206,6 +232,30 @@ export class EditorArea {
     }
     if (this.active === tab) this.show(tab);
     this.updateTab(tab);
+  }
+
+  private async loadNotebook(tab: Tab): Promise<void> {
+    const file = await this.files.readNotebook(tab.path);
+    tab.diskModified = timestamp(file.last_modified);
+    if (tab.notebook === null) {
+      tab.notebook = new NotebookView(() => void this.openAsText(tab));
+      this.stack.append(tab.notebook.element);
+    }
+    tab.notebook.render(file.content);
+    if (this.active === tab) this.show(tab);
+    this.updateTab(tab);
+  }
+
+  /** Replace a notebook's rendered view by its JSON in the editor. */
+  private async openAsText(tab: Tab): Promise<void> {
+    tab.notebook?.element.remove();
+    tab.notebook = null;
+    tab.asText = true;
+    tab.loaded = this.load(tab).catch((error: unknown) => {
+      toastError(`Could not open “${tab.path}” as text: ${describeError(error)}`);
+    });
+    this.show(tab);
+    await tab.loaded;
   }
 
   activate(tab: Tab, focus = true): void {
@@ -223,7 +273,14 @@ export class EditorArea {
   }
 
   private show(tab: Tab): void {
-    if (tab.model) {
+    for (const other of this.tabs) {
+      if (other.notebook) other.notebook.element.hidden = other !== tab;
+    }
+    if (tab.notebook) {
+      this.editor.setModel(null);
+      this.host.hidden = true;
+      this.placeholder.hidden = true;
+    } else if (tab.model) {
       this.placeholder.hidden = true;
       this.host.hidden = false;
       if (this.editor.getModel() !== tab.model) {
@@ -249,7 +306,8 @@ export class EditorArea {
     this.placeholder.hidden = false;
     replaceChildren(this.placeholder, content ?? h('div', { class: 'welcome' },
       h('p', {}, 'Open a file from the tree on the left.'),
-      h('p', { class: 'muted' }, 'Ctrl/Cmd+S saves · F5 runs the Python file in a terminal')));
+      h('p', { class: 'muted' }, 'Ctrl/Cmd+S saves · F5 runs the Python file in a terminal · Shift+F5 runs it in the console'),
+      h('p', { class: 'muted' }, 'Shift+Enter runs the selection, or the current line, in the console')));
   }
 
   private reportCursor(): void {
@@ -286,6 +344,7 @@ export class EditorArea {
     if (index < 0) return;
     this.tabs.splice(index, 1);
     tab.element.remove();
+    tab.notebook?.element.remove();
     if (this.active === tab) {
       this.active = null;
       const next = this.tabs[Math.min(index, this.tabs.length - 1)];
@@ -375,8 +434,12 @@ export class EditorArea {
     if (!tab) return;
     await tab.loaded;
     if (tab.saving) await tab.saving.catch(() => undefined);
-    if (!tab.model) return;
     const when = timestamp(lastModified);
+    if (tab.notebook) {
+      if (tab.conflict === 'deleted' || when === 0 || when > tab.diskModified) await this.reloadNotebook(tab);
+      return;
+    }
+    if (!tab.model) return;
     if (tab.conflict !== 'deleted' && when !== 0 && when <= tab.diskModified) return;
     if (this.isDirty(tab)) {
       if (tab.conflict === 'changed') return;
@@ -388,6 +451,15 @@ export class EditorArea {
       await this.reload(tab);
     } catch (error) {
       toastError(`Could not reload “${path}”: ${describeError(error)}`);
+    }
+  }
+
+  private async reloadNotebook(tab: Tab): Promise<void> {
+    try {
+      tab.conflict = null;
+      await this.loadNotebook(tab);
+    } catch (error) {
+      toastError(`Could not reload “${tab.path}”: ${describeError(error)}`);
     }
   }
 
@@ -458,13 +530,35 @@ export class EditorArea {
           });
           this.updateTab(tab);
         }));
-    } else {
+    } else if (tab.model) {
       replaceChildren(this.banner,
         h('span', {}, `“${name}” was deleted on disk. Saving will create it again.`),
         button('Close tab', () => this.discard(tab)),
         button('Save', () => void this.save(tab.path), 'primary'));
+    } else {
+      replaceChildren(this.banner,
+        h('span', {}, `“${name}” was deleted on disk.`),
+        button('Close tab', () => this.discard(tab), 'primary'));
     }
     this.banner.hidden = false;
+  }
+
+  /**
+   * The code Shift+Enter runs: the selection (without its shared indentation) or, with none,
+   * the current line, after which the cursor moves to the next line, as in VS Code. Null when
+   * the editor does not show a file or the line is blank.
+   */
+  selectionOrLine(): string | null {
+    const model = this.editor.getModel();
+    const selection = this.editor.getSelection();
+    if (!model || !selection || model !== this.active?.model) return null;
+    if (!selection.isEmpty()) return dedent(model.getValueInRange(selection));
+    const line = selection.positionLineNumber;
+    const next = Math.min(line + 1, model.getLineCount());
+    this.editor.setPosition({ lineNumber: next, column: model.getLineFirstNonWhitespaceColumn(next) || 1 });
+    this.editor.revealLine(next);
+    const text = model.getLineContent(line);
+    return text.trim() ? text.trim() : null;
   }
 
   /** Reveal the active file in the tree. */

@@ -72,6 +72,11 @@ export class WorkspaceFiles {
     return this.contents.get(path, { type: 'file', content: true });
   }
 
+  /** A notebook, parsed by the server (``content`` is the nbformat 4 JSON). */
+  readNotebook(path: string): Promise<Contents.IModel> {
+    return this.contents.get(path, { type: 'notebook', content: true });
+  }
+
   /** A file or folder's metadata, or null when it does not exist. */
   async stat(path: string): Promise<Contents.IModel | null> {
     try {

@@ -1,4 +1,4 @@
-// The IDE's resizable split (tree | editor / terminals), remembered per workspace.
+// The IDE's resizable split (tree | editor, console / terminals), remembered per workspace.
 import { h } from '../common/dom';
 
 export interface Layout {
@@ -6,6 +6,9 @@ export interface Layout {
   sidebar: number;
   /** Height of the terminal panel, in pixels. */
   panel: number;
+  /** Width of the console beside the editor, in pixels, and whether it is shown. */
+  console: number;
+  consoleOpen: boolean;
   /** Open editor tabs, in order, and the active one. */
   open: string[];
   active: string | null;
@@ -13,7 +16,9 @@ export interface Layout {
   expanded: string[];
 }
 
-const DEFAULTS: Layout = { sidebar: 260, panel: 260, open: [], active: null, expanded: [] };
+const DEFAULTS: Layout = {
+  sidebar: 260, panel: 260, console: 440, consoleOpen: false, open: [], active: null, expanded: [],
+};
 
 export class LayoutStore {
   private readonly key: string;
