@@ -16,7 +16,7 @@ from platform_server.db.migrate import apply_migrations
 from platform_server.db.secrets import load_or_create_secret
 from platform_server.handlers import DB_SETTING
 
-# The platform's own server extensions, in the order they load.
+# The platform's own server extensions (jupyter_server loads them in name order).
 PLATFORM_EXTENSIONS = (
     "extensions.accounts",
     "extensions.workspaces",

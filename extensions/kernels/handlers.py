@@ -10,12 +10,10 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.utils import url_escape, url_path_join
 from tornado import web
 
-from extensions.accounts.identity import authenticated_user
 from extensions.kernels.manager import Kernels
 from extensions.kernels.sessions import Sessions
-from extensions.workspaces.manager import Workspaces, is_user_action
+from extensions.workspaces.handlers import WorkspacesAPIHandler
 from platform_server.errors import PlatformError
-from platform_server.handlers import PlatformAPIHandler
 
 WORKSPACE = r"/w/(?P<workspace_id>[^/]+)"
 KERNEL_ID = r"(?P<kernel_id>\w+-\w+-\w+-\w+-\w+)"
@@ -23,7 +21,7 @@ SESSION_ID = r"(?P<session_id>\w+-\w+-\w+-\w+-\w+)"
 KERNEL_NAME = r"(?P<kernel_name>[\w\.\-%]+)"
 
 
-class KernelsAPIHandler(PlatformAPIHandler):
+class KernelsAPIHandler(WorkspacesAPIHandler):
     """Base: the services, the owner check of the URL's workspace, JSON bodies."""
 
     auth_resource = "kernels"
@@ -37,17 +35,6 @@ class KernelsAPIHandler(PlatformAPIHandler):
     def sessions(self) -> Sessions:
         """The sessions service."""
         return cast(Sessions, self.settings["kernel_sessions"])
-
-    async def owned_workspace(self, workspace_id: str) -> uuid.UUID:
-        """The URL's workspace if the caller owns it (404 otherwise). A request that does
-        something (not a read: JupyterLab polls kernels and sessions) keeps its sandbox from
-        idling out."""
-        workspaces = cast(Workspaces, self.settings["workspaces"])
-        return await workspaces.touch(
-            workspace_id,
-            authenticated_user(self).user_id,
-            active=is_user_action(self.request.method or "GET"),
-        )
 
     def workspace_base(self, workspace_id: uuid.UUID) -> str:
         """``<base_url>w/<uuid>/``, the Jupyter base URL of the workspace."""

@@ -1,8 +1,9 @@
 """Workspace events across replicas: PostgreSQL NOTIFY in, WebSocket subscribers out.
 
-Every change to a workspace's files (saved through the API or synced from its sandbox) and
-every sandbox state change is published with ``pg_notify`` in the transaction that made it;
-each replica LISTENs on one connection and hands the events to its subscribers, so an editor
+Every change to a workspace's files and every sandbox state change is published with
+``pg_notify``: in the transaction that made it (sync from a sandbox, state changes), or just
+after its commit (saves through the Contents API, see ``Sandboxes.contents_changed``). Each
+replica LISTENs on one connection and hands the events to its subscribers, so an editor
 connected to one replica hears changes that arrive through another.
 """
 
