@@ -3,7 +3,9 @@ real PlatformApp whose kernels run in real sandboxes."""
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -58,6 +60,7 @@ async def type_in_console(page: Page, code: str) -> None:
 async def test_run_in_console_shows_output_results_errors_and_images(
     pages: Pages,  # noqa: F811
     make_user: Any,
+    tmp_path: Path,
 ) -> None:
     user, ws = await workspace_of(make_user)
     page = await open_ide(pages, user, ws)
@@ -99,13 +102,17 @@ async def test_run_in_console_shows_output_results_errors_and_images(
     # A matplotlib figure is an <img> of a data: URL (the page's CSP allows exactly that).
     await type_in_console(
         page,
-        "import matplotlib.pyplot as plt; plt.figure(figsize=(2, 1), dpi=50); "
+        "import matplotlib.pyplot as plt; plt.figure(figsize=(4, 2), dpi=60); "
         "plt.plot([1, 3, 2]); plt.show()",
     )
     image = cells(page).nth(4).locator("img.output-image")
     await expect(image).to_be_visible()
     await expect(image).to_have_attribute("src", DATA_PNG)
     assert await image.evaluate("img => img.complete && img.naturalWidth > 50")  # decoded
+    # The picture in the README (IDE_CONSOLE_SCREENSHOT=docs/images/console.png refreshes it).
+    await image.scroll_into_view_if_needed()
+    path = os.environ.get("IDE_CONSOLE_SCREENSHOT") or tmp_path / "console.png"
+    await page.screenshot(path=path)
 
 
 async def test_interrupt_restart_and_reattach_after_a_reload(
