@@ -115,7 +115,7 @@ def make_spawner(
 
     async def clean_up() -> None:
         if made:
-            await made[0].reap([], grace=0)
+            await made[0].reap(known([]))
         for spawner in made:
             await spawner.close()
 
@@ -159,6 +159,15 @@ async def gone(api: KubeClient, sandbox_id: str) -> bool:
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+def known(ids: list[str]) -> Callable[[], Awaitable[list[str]]]:
+    """What ``reap`` asks the platform: here, always ``ids``."""
+
+    async def known_ids() -> list[str]:
+        return ids
+
+    return known_ids
 
 
 # --- the pure builder ---------------------------------------------------------------------
@@ -534,13 +543,27 @@ async def test_reap_removes_what_the_platform_does_not_know(
     labels = sandbox_labels(spawner.instance, lonely)
     await api.create("secrets", make_agent_secret(lonely, NAMESPACE, labels, TOKEN))
 
-    assert await spawner.reap([known_handle.sandbox_id]) == []  # too young: may be starting
-    reaped = await spawner.reap([known_handle.sandbox_id], grace=0)
+    reaped = await spawner.reap(known([known_handle.sandbox_id]))
     assert reaped == sorted([unknown_handle.sandbox_id, lonely])
     await eventually(lambda: gone(api, unknown_handle.sandbox_id))
     assert await gone(api, lonely)
     assert await spawner.poll(known_handle)
     assert [h.sandbox_id for h in await spawner.find_running()] == [known_handle.sandbox_id]
+
+
+async def test_reap_lists_before_it_asks_what_is_known(make_spawner: SpawnerFactory) -> None:
+    spawner = make_spawner()
+    rows: list[str] = []
+
+    async def rows_then_a_start() -> list[str]:
+        # The rows as read now; right after, another replica records a sandbox and starts it.
+        read = list(rows)
+        rows.append(new_id())
+        await spawner.start(rows[-1], TOKEN, Progress())
+        return read
+
+    assert await spawner.reap(rows_then_a_start) == []
+    assert [h.sandbox_id for h in await spawner.find_running()] == rows
 
 
 @fake_only
@@ -706,3 +729,26 @@ async def test_a_terminal_runs_in_a_kubernetes_sandbox(
         connection.close()
     assert (await api.delete(f"/api/workspaces/{workspace}/sandbox")).status == 204
     assert await spawner.find_running() == []
+
+
+async def test_reconcile_removes_what_no_row_knows(
+    make_user: Callable[..., Awaitable[Client]],
+    jp_serverapp: PlatformApp,
+    make_spawner: SpawnerFactory,
+    api: KubeClient,
+    kube: Kube,
+) -> None:
+    browser = await make_user()
+    workspace = (await browser.post("/api/workspaces", {"name": "k8s"})).json["uuid"]
+    assert (await browser.post(f"/api/workspaces/{workspace}/sandbox")).status == 200
+    stray = await make_spawner().start(new_id(), TOKEN, Progress())  # no row knows it
+    lonely = new_id()  # a Secret whose pod never came
+    labels = sandbox_labels(kube.config["instance"], lonely)
+    await api.create("secrets", make_agent_secret(lonely, NAMESPACE, labels, TOKEN))
+
+    sandboxes = jp_serverapp.web_app.settings["sandboxes"]
+    await sandboxes.reconcile()
+    await eventually(lambda: gone(api, stray.sandbox_id))
+    assert await gone(api, lonely)
+    row = await sandboxes.row(uuid.UUID(workspace))
+    assert [h.sandbox_id for h in await sandboxes.spawner.find_running()] == [str(row["id"])]

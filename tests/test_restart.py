@@ -146,7 +146,12 @@ async def test_kill_9_and_restart_reattaches_terminals_and_reaps_orphans(
     await read_until(terminal, "after-22")
     terminal.close()
 
-    (survivor,) = await spawner.find_running()
+    # The start-up reconcile reaps the orphan; the server may answer before it is done.
+    deadline = time.monotonic() + 20
+    while len(running := await spawner.find_running()) > 1:
+        assert time.monotonic() < deadline, "the orphan was never reaped"
+        await asyncio.sleep(0.1)
+    (survivor,) = running
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
             "SELECT id, state FROM sandboxes WHERE workspace_id = %s", [ws]

@@ -13,6 +13,7 @@ import hmac
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict, cast
 from urllib.parse import quote
@@ -33,10 +34,10 @@ from extensions.workspaces.contents import PostgresContentsManager
 from platform_server.db import Connection, Database
 from platform_server.errors import DomainError
 
-# First key of the two-key advisory locks that serialise starting one workspace's sandbox.
-START_LOCK_NAMESPACE = 0x5A4D
+# Keys of the advisory locks that let one replica at a time cull, fill the pool, reconcile.
 CULL_LOCK_ID = 7_081_542_017
 POOL_LOCK_ID = 7_081_542_018
+RECONCILE_LOCK_ID = 7_081_542_019
 POOL_INTERVAL = 5.0
 """Seconds between two checks that the warm pool is full."""
 
@@ -69,9 +70,35 @@ STOPPED: SandboxModel = {
 }
 
 
-def lock_key(workspace_id: uuid.UUID) -> tuple[int, int]:
-    """The advisory-lock key of one workspace's start."""
-    return START_LOCK_NAMESPACE, int.from_bytes(workspace_id.bytes[:4], "big", signed=True)
+def lock_key(workspace_id: uuid.UUID) -> int:
+    """The advisory-lock key of one workspace's start: 64 bits of its id.
+
+    The constant keys above (and the migrations') share this key space, but none can be a
+    random (version 4) UUID's, whose seventh byte starts with 4: theirs starts with C.
+    """
+    return int.from_bytes(workspace_id.bytes[:8], "big", signed=True)
+
+
+@asynccontextmanager
+async def advisory_lock(db: Database, key: int, *, wait: bool) -> AsyncIterator[bool]:
+    """Hold a PostgreSQL advisory lock through the block; yield whether it was taken: with
+    ``wait``, always (once whoever holds it lets go); without, only if nobody held it.
+
+    It is held on ``Database.dedicated_connection``, never on a pooled connection: the work
+    under these locks (a sandbox start, up to ``start_timeout``; a cull round) takes pooled
+    connections itself, so as many starts as the pool has connections would otherwise starve
+    the pool. Session-level, so that no transaction stays open that long; closing the
+    connection releases it.
+    """
+    async with db.dedicated_connection() as conn:
+        if wait:
+            await conn.execute("SELECT pg_advisory_lock(%s)", [key])
+            taken = True
+        else:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s) AS taken", [key])
+            row = await cur.fetchone()
+            taken = bool(row and row["taken"])
+        yield taken
 
 
 class Sandboxes(LoggingConfigurable):
@@ -214,10 +241,9 @@ class Sandboxes(LoggingConfigurable):
         row = await self.current(workspace_id)
         if row is not None and row["state"] == "running":
             return row
-        async with self.db.transaction() as lock:
-            # Held until this block ends: a concurrent request (on any replica) waits here,
-            # then finds the sandbox this one started.
-            await lock.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock_key(workspace_id))
+        # Held until this block ends: a concurrent request (on any replica) waits here, then
+        # finds the sandbox this one started.
+        async with advisory_lock(self.db, lock_key(workspace_id), wait=True):
             row = await self.current(workspace_id)
             if row is not None and row["state"] == "running":
                 return row
@@ -552,7 +578,7 @@ class Sandboxes(LoggingConfigurable):
     async def _discard(self, row: SandboxRow, *, keep_row: bool = False) -> None:
         """Stop a sandbox's processes and forget (or mark stopped) its row."""
         if row["state"] in {"starting", "running", "stopping"}:
-            if row["state"] == "running":
+            if row["state"] == "running" and row["workspace_id"] is not None:
                 await self._final_sync(row)
             await self._set_state(row["id"], "stopping")
             try:
@@ -609,23 +635,23 @@ class Sandboxes(LoggingConfigurable):
         """Start pool sandboxes until there are ``Spawner.warm_pool_size``; one replica at a
         time. Returns how many were started."""
         wanted = self.spawner.warm_pool_size
-        if wanted <= 0:
+        if wanted <= 0 or wanted <= await self._pool_size():  # the usual case: no lock
             return 0
         started = 0
-        async with self.db.transaction() as lock:
-            cur = await lock.execute("SELECT pg_try_advisory_xact_lock(%s) AS got", [POOL_LOCK_ID])
-            got = await cur.fetchone()
-            if not got or not got["got"]:
+        async with advisory_lock(self.db, POOL_LOCK_ID, wait=False) as taken:
+            if not taken:
                 return 0
-            async with self.db.transaction() as conn:
-                have = await store.count_pool(conn)
-            for _ in range(max(0, wanted - have)):
+            for _ in range(wanted - await self._pool_size()):
                 try:
                     await self._start(None)
                     started += 1
                 except SandboxFailed:
                     break  # logged by _start; the next round tries again
         return started
+
+    async def _pool_size(self) -> int:
+        async with self.db.connection() as conn:
+            return await store.count_pool(conn)
 
     async def pool_forever(self) -> None:
         """Keep the warm pool full: logs failures and goes on."""
@@ -641,61 +667,86 @@ class Sandboxes(LoggingConfigurable):
     # --- reattaching after a restart ---------------------------------------------------------
 
     async def reconcile(self) -> None:
-        """Match running sandboxes with their rows (at start-up, and with culling).
+        """Match the spawner's sandboxes with the rows (at start-up, and after culling).
 
-        A sandbox with no row (its workspace was deleted, or a start never recorded) is
-        stopped; a row whose sandbox is gone is marked failed. Everything else is left running
-        and reattached: its agent is reached through the row, its sync lease taken over.
+        The spawner reaps what no row knows (a sandbox whose workspace was deleted, or whose
+        start was never recorded). It lists its sandboxes before it asks which ones are
+        known, and every start records its row before it spawns: so a sandbox that another
+        replica is starting has its row by then and is never taken for an orphan.
+
+        Then, reading the rows afresh: a running row whose sandbox is gone is marked failed; a
+        starting or stopping row whose state was set more than twice the start timeout ago (a
+        start, a claim from the warm pool or a stop that a dead replica left half done) is
+        discarded; rows of warm-pool sandboxes that ended are deleted, since no workspace shows
+        them. Everything else is left running and reattached: its agent is reached through the
+        row, its sync lease taken over.
+
+        One replica at a time does it; the others skip the round, which would be the same.
         """
-        async with self.db.transaction() as conn:
-            rows = {str(row["id"]): row for row in await store.list_running(conn)}
-        for handle in await self.spawner.find_running():
-            if handle.sandbox_id not in rows:
-                self.log.warning("sandbox %s | no row: stopping the orphan", handle.sandbox_id)
-                await self.spawner.stop(handle)
-        for row in rows.values():
-            if row["state"] == "running":
-                await self._alive(row)
-            elif row["state"] in {"starting", "stopping"} and row["created_at"] < datetime.now(
-                UTC
-            ) - timedelta(seconds=self.start_timeout * 2):
-                # A start or stop that a killed replica left half done.
-                await self._discard(row)
+        async with advisory_lock(self.db, RECONCILE_LOCK_ID, wait=False) as taken:
+            if not taken:
+                return
+            await self.spawner.reap(self._live_sandbox_ids)
+            async with self.db.connection() as conn:
+                rows = await store.list_running(conn)
+            left_before = datetime.now(UTC) - timedelta(seconds=self.start_timeout * 2)
+            for row in rows:
+                if row["state"] == "running":
+                    await self._alive(row)
+                elif row["state_since"] < left_before:
+                    await self._discard(row)
+            async with self.db.connection() as conn:
+                await store.delete_ended_unassigned(conn)
+
+    async def _live_sandbox_ids(self) -> set[str]:
+        """The ids of sandboxes whose rows say they are starting, running or stopping."""
+        async with self.db.connection() as conn:
+            return {str(row["id"]) for row in await store.list_running(conn)}
 
     # --- culling -------------------------------------------------------------------------
 
     async def cull_once(self) -> int:
         """Stop sandboxes idle past ``idle_timeout`` or older than ``max_age``; one replica."""
         stopped = 0
-        async with self.db.transaction() as lock:
-            cur = await lock.execute("SELECT pg_try_advisory_xact_lock(%s) AS got", [CULL_LOCK_ID])
-            got = await cur.fetchone()
-            if not got or not got["got"]:
+        async with advisory_lock(self.db, CULL_LOCK_ID, wait=False) as taken:
+            if not taken:
                 return 0
-            async with self.db.transaction() as conn:
+            async with self.db.connection() as conn:
                 rows = await store.list_running(conn)
             now = datetime.now(UTC)
             for row in rows:
                 if row["state"] != "running" or not await self._alive(row):
                     continue
                 why = await self._cull_reason(row, now)
-                if why:
-                    self.log.info("sandbox %s | culling: %s", row["id"], why)
-                    await self._discard(row, keep_row=True)
+                if why and await self._cull(row, why):
                     stopped += 1
         return stopped
+
+    async def _cull(self, row: SandboxRow, why: str) -> bool:
+        """Stop a sandbox found idle or too old; False if a workspace claimed it meanwhile.
+
+        A workspace's sandbox keeps its row, as stopped, for the workspace to show. A
+        warm-pool one first leaves the pool (one statement, so no workspace claims it as it
+        stops); its row goes with it.
+        """
+        assigned = row["workspace_id"] is not None
+        if not assigned:
+            async with self.db.connection() as conn:
+                if not await store.take_from_pool(conn, row["id"]):
+                    return False
+        self.log.info("sandbox %s | culling: %s", row["id"], why)
+        await self._discard(row, keep_row=assigned)
+        return True
 
     async def _cull_reason(self, row: SandboxRow, now: datetime) -> str | None:
         started = row["started_at"] or row["created_at"]
         if self.max_age and now - started > timedelta(seconds=self.max_age):
             return f"older than {self.max_age} s"
-        if not self.idle_timeout:
-            return None
-        last = row["last_activity"]
-        if row["workspace_id"] is not None:
-            async with self.db.transaction() as conn:
-                used = await store.workspace_activity(conn, row["workspace_id"])
-            last = max(last, used or last)
+        if not self.idle_timeout or row["workspace_id"] is None:
+            return None  # a warm-pool sandbox is waiting to be used, not idle
+        async with self.db.connection() as conn:
+            used = await store.workspace_activity(conn, row["workspace_id"])
+        last = max(row["last_activity"], used or row["last_activity"])
         try:
             health = await self.client(row).health()
         except AgentError:

@@ -27,6 +27,7 @@ class SandboxRow(TypedDict):
     created_at: datetime
     started_at: datetime | None
     last_activity: datetime
+    state_since: datetime
 
 
 _FIELDS = tuple(SandboxRow.__annotations__)
@@ -89,7 +90,7 @@ async def set_state(
 ) -> None:
     """Move a sandbox to ``state`` (running records its start time)."""
     await conn.execute(
-        """UPDATE sandboxes SET state = %s, reason = %s,
+        """UPDATE sandboxes SET state = %s, reason = %s, state_since = now(),
                progress = CASE WHEN %s = 'running' THEN 100 ELSE progress END,
                message = CASE WHEN %s = 'running' THEN 'Ready' ELSE message END,
                started_at = CASE WHEN %s = 'running' THEN now() ELSE started_at END
@@ -101,6 +102,14 @@ async def set_state(
 async def delete(conn: Connection, sandbox_id: uuid.UUID) -> None:
     """Forget a sandbox."""
     await conn.execute("DELETE FROM sandboxes WHERE id = %s", [sandbox_id])
+
+
+async def delete_ended_unassigned(conn: Connection) -> None:
+    """Forget the warm-pool sandboxes that ended (failed to start, or died): no workspace
+    shows them."""
+    await conn.execute(
+        "DELETE FROM sandboxes WHERE workspace_id IS NULL AND state IN ('stopped', 'failed')"
+    )
 
 
 async def list_running(conn: Connection) -> list[SandboxRow]:
@@ -179,7 +188,7 @@ async def claim_pooled(conn: Connection, workspace_id: uuid.UUID) -> SandboxRow 
     """
     cur = await conn.execute(
         sql.SQL(
-            """UPDATE sandboxes SET workspace_id = %s, state = 'starting',
+            """UPDATE sandboxes SET workspace_id = %s, state = 'starting', state_since = now(),
                    progress = 80, message = 'Loading your files', last_activity = now()
                WHERE id = (SELECT id FROM sandboxes
                            WHERE workspace_id IS NULL AND state = 'running'
@@ -189,6 +198,19 @@ async def claim_pooled(conn: Connection, workspace_id: uuid.UUID) -> SandboxRow 
         [workspace_id],
     )
     return cast(SandboxRow | None, await cur.fetchone())
+
+
+async def take_from_pool(conn: Connection, sandbox_id: uuid.UUID) -> bool:
+    """Mark a warm-pool sandbox stopping, unless a workspace has claimed it; whether it was.
+
+    ``claim_pooled`` takes only running sandboxes: from here on, none claims this one.
+    """
+    cur = await conn.execute(
+        """UPDATE sandboxes SET state = 'stopping', state_since = now()
+           WHERE id = %s AND workspace_id IS NULL AND state = 'running'""",
+        [sandbox_id],
+    )
+    return cur.rowcount == 1
 
 
 async def count_pool(conn: Connection) -> int:

@@ -8,7 +8,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
@@ -59,16 +59,19 @@ class Database:
             weakref.WeakKeyDictionary()
         )
 
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {
+            "row_factory": dict_row,
+            "connect_timeout": max(1, int(self.timeout)),
+            # Transactions are explicit (``transaction``); a lone statement commits itself.
+            "autocommit": True,
+        }
+
     def _new_pool(self) -> Pool:
         return AsyncConnectionPool(
             self.conninfo,
             connection_class=psycopg.AsyncConnection[DictRow],
-            kwargs={
-                "row_factory": dict_row,
-                "connect_timeout": max(1, int(self.timeout)),
-                # Transactions are explicit (``transaction``); a lone statement commits itself.
-                "autocommit": True,
-            },
+            kwargs=self._connect_kwargs(),
             min_size=1,
             max_size=self.max_size,
             timeout=self.timeout,
@@ -132,6 +135,28 @@ class Database:
                 self.log.warning("database | unreachable; answering 503 until it is back")
             self._down = True
             raise DatabaseUnavailable(UNAVAILABLE_MESSAGE) from e
+        except psycopg.OperationalError as e:
+            self.log.warning("database | connection failed: %s", type(e).__name__)
+            raise DatabaseUnavailable(UNAVAILABLE_MESSAGE) from e
+
+    @asynccontextmanager
+    async def dedicated_connection(self) -> AsyncIterator[Connection]:
+        """A connection of its own, outside the pool, closed when the block ends.
+
+        For a session held through long work that itself takes pooled connections, such as an
+        advisory lock kept while a sandbox starts: were it taken from the pool, as many of
+        them as the pool has connections would leave none to the work under them, nor to any
+        request, until the pool timed out and the database was taken for down. Connecting
+        costs a few milliseconds; the server's ``max_connections`` bounds how many exist.
+        """
+        if self._down:
+            await self._probe()
+        try:
+            conn: Connection = await psycopg.AsyncConnection.connect(
+                self.conninfo, **self._connect_kwargs()
+            )
+            async with conn:
+                yield conn
         except psycopg.OperationalError as e:
             self.log.warning("database | connection failed: %s", type(e).__name__)
             raise DatabaseUnavailable(UNAVAILABLE_MESSAGE) from e

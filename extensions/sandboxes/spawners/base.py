@@ -16,6 +16,8 @@ from traitlets.config import LoggingConfigurable
 
 # Called with (percent 0-100, message) while a sandbox starts.
 Progress = Callable[[int, str], Awaitable[None] | None]
+# Returns the ids of the sandboxes the platform knows (``Spawner.reap``).
+KnownIds = Callable[[], Awaitable[Collection[str]]]
 
 
 @dataclass(frozen=True)
@@ -100,18 +102,27 @@ class Spawner(LoggingConfigurable):
         """
         raise NotImplementedError
 
-    async def reap(self, known_ids: Collection[str]) -> list[str]:
-        """Stop every running sandbox whose id is not in ``known_ids``; return their ids.
+    async def reap(self, known_ids: KnownIds) -> list[str]:
+        """Stop every sandbox of this spawner that the platform does not know; return their
+        ids. Called by ``Sandboxes.reconcile``, at start-up and after every cull round.
 
-        The background reaper's hook. Override in a subclass to also remove what
-        ``find_running`` does not see. Must be a coroutine.
+        ``known_ids`` is awaited only once the sandboxes are listed. The platform records a
+        sandbox before it starts one, so everything listed is known by then, even a sandbox
+        that another replica was starting while this one listed; asked before the listing, the
+        platform would not know that one yet.
+
+        Override in a subclass to also remove what ``find_running`` does not see, in the same
+        order. Must be a coroutine.
         """
-        reaped = []
-        for handle in await self.find_running():
-            if handle.sandbox_id not in known_ids:
-                await self.stop(handle)
-                reaped.append(handle.sandbox_id)
-        return reaped
+        running = await self.find_running()
+        known = set(await known_ids())
+        orphans = [handle for handle in running if handle.sandbox_id not in known]
+        for handle in orphans:
+            self.log.warning(
+                "sandbox %s | not known to the platform: stopping it", handle.sandbox_id
+            )
+            await self.stop(handle)
+        return [handle.sandbox_id for handle in orphans]
 
     async def close(self) -> None:
         """Release what the spawner holds (connections, threads); sandboxes keep running.

@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Collection, Mapping
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from typing import Any
 
 from traitlets import Bool, Dict, Enum, Float, Integer, List, TraitError, Unicode, validate
 
 from extensions.sandboxes.spawners.base import (
     AgentEndpoint,
+    KnownIds,
     Progress,
     SandboxHandle,
     Spawner,
@@ -176,12 +176,6 @@ class KubernetesSpawner(Spawner):
         list(DEFAULT_FATAL_REASONS),
         help="Container waiting reasons that fail a start at once instead of at start_timeout. "
         "Add 'Unschedulable' to fail when no node fits (without a cluster autoscaler).",
-    ).tag(config=True)
-
-    reap_grace = Float(
-        120.0,
-        help="Seconds after its creation during which reap() keeps a pod or Secret it does not "
-        "know (another replica may be starting it).",
     ).tag(config=True)
 
     @validate(
@@ -529,16 +523,20 @@ class KubernetesSpawner(Spawner):
             raise SpawnerError(msg) from e
         handles = []
         for pod in items:
-            sandbox_id = ((pod.get("metadata") or {}).get("labels") or {}).get(SANDBOX_LABEL)
+            sandbox_id = _sandbox_id(pod)
             state = pod_state(pod)
             if sandbox_id and state.phase == "Running" and not state.deleting and state.ip:
                 uid = str(pod["metadata"].get("uid") or "")
                 handles.append(self._handle(sandbox_id, state, uid))
         return handles
 
-    async def reap(self, known_ids: Collection[str], *, grace: float | None = None) -> list[str]:
-        """Delete the pods and Secrets of sandboxes not in ``known_ids`` (running or not);
-        return their ids. Objects younger than ``grace`` (default ``reap_grace``) s are kept."""
+    async def reap(self, known_ids: KnownIds) -> list[str]:
+        """Delete the pods and Secrets of sandboxes the platform does not know, whatever their
+        phase (a pod that never got ready, a Secret whose pod never came); return their ids.
+
+        ``known_ids`` is awaited after both listings, as ``Spawner.reap`` requires: a start
+        records its row before it creates the Secret and the pod.
+        """
         kube = await self._client()
         match = selector(self.match_labels)
         try:
@@ -547,29 +545,19 @@ class KubernetesSpawner(Spawner):
         except KubeError as e:
             msg = f"Could not list sandbox pods and Secrets: {e}"
             raise SpawnerError(msg) from e
-        keep = set(known_ids)
-        oldest = self.reap_grace if grace is None else grace
-        now = datetime.now(UTC)
-        orphans: set[str] = set()
-        for obj in [*pods, *secrets]:
-            metadata = obj.get("metadata") or {}
-            sandbox_id = (metadata.get("labels") or {}).get(SANDBOX_LABEL)
-            if not sandbox_id or sandbox_id in keep:
-                continue
-            if (now - _created(metadata, now)).total_seconds() < oldest:
-                continue
-            orphans.add(sandbox_id)
-        for sandbox_id in sorted(orphans):
+        listed = {sandbox_id for obj in [*pods, *secrets] if (sandbox_id := _sandbox_id(obj))}
+        orphans = sorted(listed - set(await known_ids()))
+        for sandbox_id in orphans:
             self.log.info("sandbox %s | not known to the platform: removing it", sandbox_id)
             await self._remove(kube, sandbox_id, ["pods", "secrets"])
-        return sorted(orphans)
+        return orphans
 
 
-def _created(metadata: JsonObject, default: datetime) -> datetime:
-    try:
-        return datetime.fromisoformat(str(metadata["creationTimestamp"]).replace("Z", "+00:00"))
-    except (KeyError, ValueError):
-        return default
+def _sandbox_id(obj: JsonObject) -> str | None:
+    """The sandbox a pod or Secret belongs to, from its label."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    sandbox_id = labels.get(SANDBOX_LABEL)
+    return str(sandbox_id) if sandbox_id else None
 
 
 async def _report(progress: Progress, percent: int, message: str) -> None:
