@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import signal
@@ -104,6 +106,14 @@ async def test_terminal_runs_commands_on_the_workspace_files(make_user: Any, bas
     )
     assert saved.status == 201
     assert "saved through the API" in await terminal.run("cat notes.txt", "DONE2")
+    big = os.urandom(2 * 1024 * 1024 + 5)  # stored in three parts, mirrored whole
+    saved = await api.request(
+        "PUT",
+        f"/w/{ws}/api/contents/big.bin",
+        {"type": "file", "format": "base64", "content": base64.b64encode(big).decode()},
+    )
+    assert saved.status == 201
+    assert hashlib.sha256(big).hexdigest() in await terminal.run("sha256sum big.bin", "DONE4")
     out = await terminal.run(
         "python -c 'import numpy, pandas, scipy; print(numpy.arange(3).sum())'", "DONE3"
     )

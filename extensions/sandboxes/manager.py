@@ -30,9 +30,10 @@ from extensions.sandboxes.events import EventHub, publish
 from extensions.sandboxes.spawners.base import AgentEndpoint, SandboxHandle, Spawner, SpawnerError
 from extensions.sandboxes.store import SandboxRow
 from extensions.sandboxes.sync import SyncConsumer
+from extensions.workspaces import items
 from extensions.workspaces.contents import PostgresContentsManager
 from platform_server.db import Connection, Database
-from platform_server.errors import DomainError
+from platform_server.errors import DomainError, NotFound
 
 # Keys of the advisory locks that let one replica at a time cull, fill the pool, reconcile.
 CULL_LOCK_ID = 7_081_542_017
@@ -420,14 +421,12 @@ class Sandboxes(LoggingConfigurable):
 
     async def _mirror(self, workspace_id: uuid.UUID, path: str, client: AgentClient) -> None:
         """Make ``path`` in the sandbox what it is in PostgreSQL."""
-        async with self.db.transaction() as conn:
-            cur = await conn.execute(
-                """SELECT type, content_bytes(content_id) AS content
-                   FROM workspace_items WHERE workspace_id = %s AND path = %s""",
-                [workspace_id, path],
-                binary=True,
-            )
-            item = await cur.fetchone()
+        item: items.ContentRow | None
+        async with self.db.connection() as conn:
+            try:
+                item = await items.get_item(conn, workspace_id, path, content=True)
+            except NotFound:
+                item = None
         url = "/api/files/" + quote(path)
         if item is None:
             await client.request("DELETE", url, expect=(204, 404))
