@@ -272,6 +272,11 @@ async def test_killed_agent_is_replaced_with_files_intact(
 ) -> None:
     _, ws, token = await workspace_with_token(make_user)
     api = Client(base_url, token=token)
+    big = os.urandom(3 * 1024 * 1024 + 7)  # stored in four parts, loaded as one tar member
+    for path, content in (("data/big.bin", big), ("data/empty.txt", b"")):
+        model = {"type": "file", "format": "base64", "content": base64.b64encode(content).decode()}
+        await api.request("PUT", f"/w/{ws}/api/contents/data", {"type": "directory"})
+        assert (await api.request("PUT", f"/w/{ws}/api/contents/{path}", model)).status == 201
     await open_terminal(base_url, ws, token)
     sandboxes = jp_serverapp.web_app.settings["sandboxes"]
     (handle,) = await sandboxes.spawner.find_running()
@@ -286,6 +291,9 @@ async def test_killed_agent_is_replaced_with_files_intact(
     name, terminal = await open_terminal(base_url, ws, token)
     assert name == "1"
     assert "Hello from your workspace" in await terminal.run("cat main.py", "AGAIN")
+    listing = await terminal.run("sha256sum data/big.bin; wc -c < data/empty.txt", "SUMS")
+    assert hashlib.sha256(big).hexdigest() in listing
+    assert "0" in listing.replace("\r", "").splitlines()  # the empty file
     assert (await api.get(f"/api/workspaces/{ws}/sandbox")).json["state"] == "running"
 
 

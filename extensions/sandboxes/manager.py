@@ -333,12 +333,16 @@ class Sandboxes(LoggingConfigurable):
 
         async def produce() -> None:
             nonlocal count
+            tar, current = tarstream.TarWriter(), None
             try:
-                async for path, kind, content, modified in self._tree(workspace_id, under):
-                    for block in tarstream.member(path, kind, content, modified):
-                        await chunks.put(block)
-                    count += 1
-                await chunks.put(tarstream.end_of_archive())
+                async for path, kind, size, modified, data in self._tree(workspace_id, under):
+                    if path != current:
+                        await chunks.put(tar.item(path, kind, size, modified))
+                        current = path
+                        count += 1
+                    if data:
+                        await chunks.put(data)
+                await chunks.put(tar.end())
             finally:
                 await chunks.put(None)
 
@@ -355,19 +359,24 @@ class Sandboxes(LoggingConfigurable):
 
     async def _tree(
         self, workspace_id: uuid.UUID, under: str | None
-    ) -> AsyncIterator[tuple[str, str, bytes | None, datetime]]:
+    ) -> AsyncIterator[tuple[str, str, int, datetime, bytes | None]]:
+        """``(path, type, size, last_modified, part)`` of every item, in path order, a row per
+        part of each file's content (one with ``None`` for a directory or an empty file)."""
         async with self.db.transaction() as conn, conn.cursor(name="tree") as cursor:
+            cursor.itersize = 16  # parts are up to 1 MB: a few at a time in memory
             await cursor.execute(
-                """SELECT path, type, content_bytes(content_id) AS content, last_modified
-                   FROM workspace_items
-                   WHERE workspace_id = %(ws)s AND (%(under)s::text IS NULL OR path = %(under)s
-                         OR (path >= %(under)s || '/' AND path < %(under)s || '0'))
-                   ORDER BY path""",
+                """SELECT i.path, i.type, i.size, i.last_modified, p.data
+                   FROM workspace_items i
+                   LEFT JOIN content_parts p ON p.content_id = i.content_id
+                   WHERE i.workspace_id = %(ws)s
+                     AND (%(under)s::text IS NULL OR i.path = %(under)s
+                          OR (i.path >= %(under)s || '/' AND i.path < %(under)s || '0'))
+                   ORDER BY i.path, p.seq""",
                 {"ws": workspace_id, "under": under},
                 binary=True,  # bytea as is, not as hex text
             )
             async for row in cursor:
-                yield row["path"], row["type"], row["content"], row["last_modified"]
+                yield row["path"], row["type"], row["size"], row["last_modified"], row["data"]
 
     # --- mirroring saves into running sandboxes ---------------------------------------------
 
