@@ -275,6 +275,12 @@ async def test_register_login_create_open_edit_save_run(pages: Pages, tmp_path: 
     await page.locator("#editor").click()
     await page.screenshot(path=os.environ.get("IDE_SCREENSHOT") or tmp_path / "ide.png")
 
+    # Back in the workspace list, the workspace's sandbox shows as running.
+    await page.click("a.brand")
+    await expect(page).to_have_url(re.compile(r"/workspaces$"))
+    workspace_row = page.locator("#workspace-rows tr", has_text="demo")
+    await expect(workspace_row.locator(".badge")).to_have_text("Running")
+
 
 @pytest.mark.parametrize(
     "jp_server_config",

@@ -201,8 +201,17 @@ async def test_sandbox_lifecycle_api(make_user: Any, base_url: str) -> None:
     assert events[-1]["ready"] is True
     assert events[-1]["progress"] == 100
 
+    # All the caller's sandboxes in one request; another user's are not listed.
+    idle = (await api.post("/api/workspaces", {"name": "never opened"})).json["uuid"]
+    listed = (await api.get("/api/sandboxes")).json
+    assert [(s["workspace"], s["state"]) for s in listed] == [(ws, "running")]
+    assert idle not in {s["workspace"] for s in listed}
+    other = await make_user("somebody")
+    assert (await other.get("/api/sandboxes")).json == []
+
     assert (await api.delete(f"/api/workspaces/{ws}/sandbox")).status == 204
     assert (await api.get(f"/api/workspaces/{ws}/sandbox")).json["state"] == "stopped"
+    assert (await api.get("/api/sandboxes")).json[0]["state"] == "stopped"
     assert (await api.get(f"/w/{ws}/api/terminals")).json == []
 
 

@@ -200,10 +200,11 @@ class Sandboxes(LoggingConfigurable):
             row = await self.get_row(row["id"])
         return row
 
-    async def running_for_owner(self, owner_id: int) -> list[SandboxRow]:
-        """The running sandboxes of one user's workspaces."""
-        async with self.db.transaction() as conn:
-            return await store.running_for_owner(conn, owner_id)
+    async def for_owner(self, owner_id: int, *, running_only: bool = False) -> list[SandboxRow]:
+        """The sandboxes of one user's workspaces (only the running ones if ``running_only``),
+        as their rows say: no agent is asked."""
+        async with self.db.connection() as conn:
+            return await store.for_owner(conn, owner_id, running_only=running_only)
 
     async def get_row(self, sandbox_id: uuid.UUID) -> SandboxRow | None:
         """A sandbox row by id."""

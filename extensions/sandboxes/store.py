@@ -129,14 +129,16 @@ async def workspace_activity(conn: Connection, workspace_id: uuid.UUID) -> datet
     return None if row is None else cast(datetime, row["last_activity"])
 
 
-async def running_for_owner(conn: Connection, owner_id: int) -> list[SandboxRow]:
-    """The running sandboxes of one user's workspaces."""
+async def for_owner(
+    conn: Connection, owner_id: int, *, running_only: bool = False
+) -> list[SandboxRow]:
+    """The sandboxes of one user's workspaces (only the running ones if ``running_only``)."""
     cur = await conn.execute(
         sql.SQL(
-            """SELECT {cols} FROM sandboxes s WHERE s.state = 'running'
+            """SELECT {cols} FROM sandboxes s WHERE (s.state = 'running' OR NOT %s)
                AND s.workspace_id IN (SELECT id FROM workspaces WHERE owner_id = %s)"""
         ).format(cols=sql.SQL(", ").join(sql.Identifier("s", f) for f in _FIELDS)),
-        [owner_id],
+        [running_only, owner_id],
     )
     return cast(list[SandboxRow], await cur.fetchall())
 

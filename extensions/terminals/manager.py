@@ -72,7 +72,7 @@ class Terminals(LoggingConfigurable):
         if not self.max_terminals_per_user:
             return
         count = 0
-        for row in await self.sandboxes.running_for_owner(owner_id):
+        for row in await self.sandboxes.for_owner(owner_id, running_only=True):
             try:
                 count += len(await self.sandboxes.client(row).json("GET", "/api/terminals"))
             except AgentError:

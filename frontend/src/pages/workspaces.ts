@@ -16,6 +16,13 @@ interface SandboxModel {
   message: string | null;
 }
 
+/** An entry of GET /api/sandboxes: a workspace without one has no sandbox (stopped). */
+interface SandboxListEntry extends SandboxModel {
+  workspace: string;
+}
+
+const STOPPED: SandboxModel = { state: 'stopped', reason: null, progress: null, message: null };
+
 const STATE_WORDS: Record<SandboxModel['state'], string> = {
   stopped: 'Stopped',
   starting: 'Starting',
@@ -31,13 +38,15 @@ const nameInput = h('input', { id: 'new-workspace-name', placeholder: 'New works
 const createButton = h('button', { type: 'submit', class: 'button primary', id: 'create-workspace' }, icon('plus'), 'Create');
 const createError = h('div', { class: 'form-error create-error', role: 'alert', id: 'create-error' });
 let workspaces: WorkspaceModel[] = [];
+/** The sandbox of each workspace by uuid; null when they could not be read. */
+let sandboxes: Map<string, SandboxModel> | null = new Map();
 
 function workspaceUrl(ws: WorkspaceModel): string {
   return platformUrl(`w/${ws.uuid}/`);
 }
 
 function stateBadge(model: SandboxModel | null): HTMLElement {
-  if (model === null) return h('span', { class: 'badge muted' }, '…');
+  if (model === null) return h('span', { class: 'muted' }, 'unknown');
   const badge = h('span', { class: `badge state-${model.state}` }, STATE_WORDS[model.state]);
   if (model.state === 'failed' && model.reason) badge.title = model.reason;
   if (model.state === 'starting' && model.message) badge.title = model.message;
@@ -45,7 +54,7 @@ function stateBadge(model: SandboxModel | null): HTMLElement {
 }
 
 function row(ws: WorkspaceModel): HTMLTableRowElement {
-  const stateCell = h('td', { class: 'state' }, stateBadge(null));
+  const stateCell = h('td', { class: 'state' }, stateBadge(sandboxes && (sandboxes.get(ws.uuid) ?? STOPPED)));
   const nameCell = h('td', { class: 'name' }, h('a', { href: workspaceUrl(ws) }, ws.name));
   const tr = h('tr', { 'data-uuid': ws.uuid },
     nameCell,
@@ -55,9 +64,6 @@ function row(ws: WorkspaceModel): HTMLTableRowElement {
       h('a', { class: 'button small primary', href: workspaceUrl(ws) }, 'Open'),
       h('button', { class: 'button small', type: 'button', onclick: () => startRename(ws, nameCell) }, icon('rename'), 'Rename'),
       h('button', { class: 'button small', type: 'button', onclick: () => void remove(ws) }, icon('trash'), 'Delete')));
-  api<SandboxModel>('GET', `/api/workspaces/${ws.uuid}/sandbox`)
-    .then((model) => replaceChildren(stateCell, stateBadge(model)))
-    .catch(() => replaceChildren(stateCell, h('span', { class: 'muted' }, 'unknown')));
   return tr;
 }
 
@@ -68,7 +74,12 @@ function render(): void {
 
 async function load(): Promise<void> {
   try {
-    workspaces = await api<WorkspaceModel[]>('GET', '/api/workspaces');
+    const [list, states] = await Promise.all([
+      api<WorkspaceModel[]>('GET', '/api/workspaces'),
+      api<SandboxListEntry[]>('GET', '/api/sandboxes').catch(() => null),
+    ]);
+    workspaces = list;
+    sandboxes = states && new Map(states.map((entry) => [entry.workspace, entry]));
     render();
   } catch (error) {
     toastError(`Could not load your workspaces: ${describeError(error)}`);
