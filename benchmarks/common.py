@@ -1,7 +1,8 @@
-"""Shared pieces of the benchmarks: servers in subprocesses, timing, the results file."""
+"""Shared pieces of the benchmarks: servers in subprocesses, timing, memory, the results file."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -12,10 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from pgserver.postgres_server import get_server
+
+from extensions.sandboxes.spawners.local import LocalSpawner
 
 RESULTS = Path(__file__).parent / "results.json"
 
@@ -105,6 +110,59 @@ def server(args: list[str], port: int, ready_path: str) -> Iterator[subprocess.P
 
 
 @contextlib.contextmanager
+def embedded_postgres(folder: Path) -> Iterator[str]:
+    """A PostgreSQL server of its own (pgserver) in ``folder``; yields its URL."""
+    pg = get_server(folder, cleanup_mode="delete")
+    try:
+        conninfo: str = pg.get_uri("postgres")
+        yield conninfo
+    finally:
+        pg.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def platform(
+    data_dir: Path, conninfo: str, *options: str
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], int]]:
+    """The platform server (local spawner, state in ``data_dir``); yields it and its port.
+
+    Every sandbox it started is stopped at the end, also after a failure: sandboxes outlive
+    the server by design.
+    """
+    port = free_port()
+    args = [
+        "platform_server",
+        f"--port={port}",
+        "--ip=127.0.0.1",
+        f"--PlatformApp.db_url={conninfo}",
+        f"--PlatformApp.data_dir={data_dir}",
+        "--Accounts.bcrypt_cost=4",
+        *options,
+    ]
+    try:
+        with server(args, port, "/api/health") as process:
+            yield process, port
+    finally:
+        await stop_all(data_dir)
+
+
+async def stop_all(data_dir: Path) -> None:
+    """Stop every sandbox started with this data folder (they outlive the platform)."""
+    spawner = LocalSpawner(data_dir=str(data_dir))
+    handles = await spawner.find_running()
+    stopped = await asyncio.gather(*map(spawner.stop, handles), return_exceptions=True)
+    for outcome in stopped:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+async def sandbox_pids(data_dir: Path) -> list[int]:
+    """The init process of every sandbox started with this data folder."""
+    handles = await LocalSpawner(data_dir=str(data_dir)).find_running()
+    return [int(handle.state["pid"]) for handle in handles]
+
+
+@contextlib.contextmanager
 def temp_dir() -> Iterator[Path]:
     """A temporary folder, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="bench-") as path:
@@ -131,6 +189,35 @@ def p95(samples: list[float]) -> float:
     """The 95th percentile (the largest sample for small sets)."""
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def p99(samples: list[float]) -> float:
+    """The 99th percentile (nearest rank: the largest sample in sets of 50 or fewer)."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+def rss_kib(pids: list[int]) -> int:
+    """Resident memory of these processes, in KiB (0 for one that has exited)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (those still running)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    found = [pid]
+    for child in children:
+        found += tree(int(child))
+    return found
 
 
 def report(results: list[Result]) -> None:

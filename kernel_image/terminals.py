@@ -1,12 +1,13 @@
-"""Terminals: terminado's named PTYs, each read by its own task, with scrollback and backpressure.
+"""Terminals: terminado's named PTYs, each read as it becomes readable, with scrollback and
+backpressure.
 
 terminado reads a PTY in an IOLoop callback and writes to every client without waiting, so a
-client that reads slowly makes the server buffer without bound. Here each terminal has one
-reader task that reads a frame (up to 64 KB), stores it in the scrollback ring, writes it to
-every client and *waits* until each has taken it before reading again. A slow client therefore
-stops the reader, the PTY fills up and the program writing to it blocks: memory stays bounded.
-Keyboard input is written to the PTY as it arrives, independently of the reader, so Ctrl-C
-still interrupts a flood at once.
+client that reads slowly makes the server buffer without bound. Here a terminal's PTY is read
+(a frame of up to 64 KB) when it becomes readable, the frame is stored in the scrollback ring and
+written to every client, and if a client's socket could not take it at once, the terminal stops
+reading until that client has taken it. A slow client therefore stops the reading, the PTY fills
+up and the program writing to it blocks: memory stays bounded. Keyboard input is written to the
+PTY as it arrives, independently of the reading, so Ctrl-C still interrupts a flood at once.
 """
 
 from __future__ import annotations
@@ -63,10 +64,8 @@ class TerminalClient(Protocol):
     """Rows and columns the client last asked for (None before it asked)."""
 
     def send_output(self, message: str) -> asyncio.Future[None] | None:
-        """Queue a JSON message; the future resolves when the client has taken it.
-
-        None when the client is already gone.
-        """
+        """Send a JSON message; a future that resolves when the client has taken it, or None
+        when it took it at once (or is already gone)."""
 
     def drop(self, code: int, reason: str) -> None:
         """Disconnect the client (it fell too far behind)."""
@@ -109,13 +108,8 @@ def session_pids(sid: int) -> list[int]:
     return pids or [sid]
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 class Terminal(PtyWithClients):
-    """A PTY running a shell, its scrollback, its clients and the task that reads it."""
+    """A PTY running a shell, its scrollback and its clients."""
 
     clients: list[TerminalClient]
 
@@ -142,7 +136,8 @@ class Terminal(PtyWithClients):
         self._on_input = on_input
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stdin = bytearray()
-        self._reader: asyncio.Task[None] | None = None
+        self._on_exit: Callable[[Terminal], None] | None = None
+        self._paused: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -162,34 +157,48 @@ class Terminal(PtyWithClients):
     # -- output -------------------------------------------------------------------------------
 
     def start(self, on_exit: Callable[[Terminal], None]) -> None:
-        """Start the reader task; ``on_exit`` runs once the PTY has closed."""
-        self._reader = asyncio.get_running_loop().create_task(self._read_loop(on_exit))
+        """Start reading the PTY; ``on_exit`` runs once it has closed."""
+        self._on_exit = on_exit
+        asyncio.get_running_loop().add_reader(self.fd, self._read_available)
 
-    async def _read_loop(self, on_exit: Callable[[Terminal], None]) -> None:
+    def _read_available(self) -> None:
+        """Publish a frame of what the PTY has; stop reading until every client has it."""
         try:
-            while (data := await self._read_frame()) is not None:
-                await self._wait_for_clients(self._publish(self._decoder.decode(data)))
+            data = self._read_frame()
+            if data is None:
+                self._stop_reading()
+                return
+            in_flight = self._publish(self._decoder.decode(data))
         except Exception:
             log.exception("terminal %s | reader failed", self.name)
-        finally:
-            self._publish(self._decoder.decode(b"", final=True))
-            self.exited.set()
-            for client in list(self.clients):
-                client.terminal_exited()
-            self.clients.clear()
-            on_exit(self)
+            self._stop_reading()
+            return
+        if in_flight:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self.fd)
+            self._paused = loop.create_task(self._read_when_taken(in_flight))
 
-    async def _read_frame(self) -> bytes | None:
-        """Read what the PTY has, up to one frame; None at end of file."""
+    async def _read_when_taken(
+        self, in_flight: list[tuple[TerminalClient, asyncio.Future[None]]]
+    ) -> None:
+        """Read on once the clients have taken the last frame (or were dropped)."""
+        try:
+            await self._wait_for_clients(in_flight)
+        except Exception:
+            log.exception("terminal %s | reader failed", self.name)
+            self._stop_reading()
+            return
+        if not self.exited.is_set():
+            asyncio.get_running_loop().add_reader(self.fd, self._read_available)
+
+    def _read_frame(self) -> bytes | None:
+        """What the PTY has now, up to one frame; None at end of file."""
         frame = bytearray()
         while len(frame) < FRAME_BYTES:
             try:
                 chunk = os.read(self.fd, FRAME_BYTES - len(frame))
             except BlockingIOError:
-                if frame:
-                    break
-                await self._readable()
-                continue
+                break
             except OSError as e:
                 # EIO is how Linux says every process closed the terminal's other side.
                 if e.errno != errno.EIO:
@@ -200,16 +209,20 @@ class Terminal(PtyWithClients):
             frame += chunk
         return bytes(frame)
 
-    async def _readable(self) -> None:
-        # Registered only while waiting: a reader left registered while we wait for a slow
-        # client would fire on every loop iteration.
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(self.fd, _resolve, future)
-        try:
-            await future
-        finally:
-            loop.remove_reader(self.fd)
+    def _stop_reading(self) -> None:
+        """The PTY closed (or is abandoned): flush, tell the clients, run ``on_exit``. Once."""
+        if self.exited.is_set():
+            return
+        asyncio.get_running_loop().remove_reader(self.fd)
+        if self._paused is not None:
+            self._paused.cancel()
+        self._publish(self._decoder.decode(b"", final=True))
+        self.exited.set()
+        for client in list(self.clients):
+            client.terminal_exited()
+        self.clients.clear()
+        if self._on_exit is not None:
+            self._on_exit(self)
 
     def _publish(self, text: str) -> list[tuple[TerminalClient, asyncio.Future[None]]]:
         """Store output and queue it to every client; return the writes still in flight."""
@@ -229,10 +242,6 @@ class Terminal(PtyWithClients):
         self, in_flight: list[tuple[TerminalClient, asyncio.Future[None]]]
     ) -> None:
         """Wait until every client has taken the last frame; drop one stuck for too long."""
-        if not in_flight:
-            # Let everything else run even while a flood fills only the scrollback.
-            await asyncio.sleep(0)
-            return
         _, stuck = await asyncio.wait(
             [future for _, future in in_flight], timeout=self.stalled_client_timeout
         )
@@ -324,10 +333,9 @@ class Terminal(PtyWithClients):
         self.signal_session(signal.SIGCONT)
         if not await self._wait_exited(grace):
             self.signal_session(signal.SIGKILL)
-            if not await self._wait_exited(1.0) and self._reader is not None:
+            if not await self._wait_exited(1.0):
                 # A process outside the session (it called setsid) holds the PTY open.
-                self._reader.cancel()
-                await self._wait_exited(1.0)
+                self._stop_reading()
         await self.close()
         return True
 
@@ -339,6 +347,7 @@ class Terminal(PtyWithClients):
 
     async def _close(self, patience: float = 4.0) -> None:
         self._closed = True
+        self._stop_reading()
         if self._stdin:
             self._stdin.clear()
             asyncio.get_running_loop().remove_writer(self.fd)

@@ -91,6 +91,9 @@ class TerminalSocket(AgentBase, WebSocketHandler):
         if terminal is None or terminal.exited.is_set():
             self.close(1011, "the terminal has ended")
             return
+        # Keystroke echoes are tiny: over TCP (a Kubernetes sandbox), Nagle's algorithm would
+        # hold one back until the previous one is acknowledged.
+        self.set_nodelay(True)
         replay = terminal.attach(self, self.since)
         self.write_json(["setup", {}])
         for start in range(0, len(replay), FRAME_BYTES):
@@ -142,13 +145,19 @@ class TerminalSocket(AgentBase, WebSocketHandler):
         return self.send_output(json.dumps(content, ensure_ascii=False))
 
     def send_output(self, message: str) -> asyncio.Future[None] | None:
-        """Queue a message; the future resolves once it is written to the socket."""
+        """Send a message; None if the socket took it at once (or is closed), else a future
+        that resolves once it is written."""
         try:
             future = self.write_message(message)
         except WebSocketClosedError:
             return None
         future.add_done_callback(_consume)
-        return future
+        return future if self._backlogged() else None
+
+    def _backlogged(self) -> bool:
+        """Whether output waits in this socket's buffer (the client reads slower than it comes)."""
+        connection = self.ws_connection
+        return bool(connection and connection.stream and connection.stream.writing())
 
     def drop(self, code: int, reason: str) -> None:
         """Detach from the terminal at once (later frames are ignored) and close."""

@@ -517,6 +517,22 @@ async def test_flood_with_a_slow_client_stays_bounded_and_ctrl_c_works(agent: Ag
     ws.close()
 
 
+async def test_output_held_back_by_a_slow_client_arrives_whole_and_in_order(agent: Agent) -> None:
+    name = await agent.new_terminal()
+    ws = await agent.ws(name)
+    count = 1_000_000  # about 7 MB: more than the socket buffers hold, so the agent pauses
+    await ws.stdin(f"seq 1 {count}; echo END''MARK\r")
+    await asyncio.sleep(1)  # read nothing meanwhile
+    output = ""
+    while "ENDMARK" not in output:
+        message = await ws.read(within=30)
+        assert message is not None, "closed before the end of the output"
+        if message[0] == "stdout":
+            output += message[1]
+    expected = "\r\n".join(map(str, range(1, count + 1))) + "\r\nENDMARK"
+    assert expected in output, "output was lost or repeated"
+
+
 @pytest.mark.parametrize("agent_args", [["--stalled-client-timeout", "1"]])
 async def test_a_stuck_client_is_dropped_and_others_go_on(agent: Agent) -> None:
     name = await agent.new_terminal()

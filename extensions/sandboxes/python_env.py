@@ -26,6 +26,7 @@ SANDBOX_PACKAGES = (
     "tornado>=6.5",
     "terminado>=0.18",
     "ipykernel>=6.29",
+    "uvloop>=0.21",  # the agent's event loop, when it can be had
 )
 
 # Host folders every sandbox sees read-only: an interpreter under them needs no extra bind.

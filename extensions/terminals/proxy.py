@@ -80,6 +80,9 @@ class TerminalProxyHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
     def open(self, *args: Any, **kwargs: Any) -> None:
         """Start relaying the agent's output to the browser."""
         super().open(*args, **kwargs)
+        # Echoes and output frames are small and interactive: without this, Nagle's algorithm
+        # and the client's delayed ACK can hold a frame back for ~40 ms.
+        self.set_nodelay(True)
         self._pump = asyncio.create_task(self._relay_output())
 
     async def _relay_output(self) -> None:
