@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -130,7 +130,18 @@ async def platform(
     the server by design.
     """
     port = free_port()
-    args = [
+    try:
+        with server(
+            platform_args(port, data_dir, conninfo, *options), port, "/api/health"
+        ) as process:
+            yield process, port
+    finally:
+        await stop_all(data_dir)
+
+
+def platform_args(port: int, data_dir: Path, conninfo: str, *options: str) -> list[str]:
+    """The command line (after ``python -m``) of a platform server on ``port``."""
+    return [
         "platform_server",
         f"--port={port}",
         "--ip=127.0.0.1",
@@ -139,11 +150,6 @@ async def platform(
         "--Accounts.bcrypt_cost=4",
         *options,
     ]
-    try:
-        with server(args, port, "/api/health") as process:
-            yield process, port
-    finally:
-        await stop_all(data_dir)
 
 
 async def stop_all(data_dir: Path) -> None:
@@ -167,17 +173,6 @@ def temp_dir() -> Iterator[Path]:
     """A temporary folder, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="bench-") as path:
         yield Path(path)
-
-
-def timed(action: Callable[[], object], rounds: int) -> list[float]:
-    """Run ``action`` ``rounds`` times after one warm-up; return each duration in ms."""
-    action()
-    durations = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        action()
-        durations.append((time.perf_counter() - start) * 1000)
-    return durations
 
 
 def p50(samples: list[float]) -> float:

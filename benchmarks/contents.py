@@ -20,9 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from pgserver.postgres_server import get_server
 
-from benchmarks.common import HTTP, Result, free_port, p50, p95, report, server, temp_dir
+from benchmarks.common import (
+    HTTP,
+    Result,
+    embedded_postgres,
+    free_port,
+    p50,
+    p95,
+    platform_args,
+    report,
+    server,
+    temp_dir,
+)
 
 SIZES = {"1KB": 1024, "1MB": 1024**2, "10MB": 10 * 1024**2}
 ROUNDS = {"1KB": 50, "1MB": 20, "10MB": 8}
@@ -159,19 +169,11 @@ def stock_server(tmp: Path) -> tuple[list[str], int, str]:
 def run(tmp: Path) -> tuple[dict[str, list[float]], ...]:
     """Both servers at once: the platform on its own PostgreSQL server, and stock Jupyter."""
     stock_args, stock_port, stock_token = stock_server(tmp)
-    pg = get_server(tmp / "pgdata", cleanup_mode="delete")
-    try:
-        conninfo: str = pg.get_uri("postgres")
-        port = free_port()
-        args = [
-            "platform_server",
-            f"--port={port}",
-            "--ip=127.0.0.1",
-            f"--PlatformApp.db_url={conninfo}",
-            f"--PlatformApp.data_dir={tmp / 'data'}",
-            # No sandboxes: files need none, and pool sandboxes would outlive the server.
-            "--Spawner.warm_pool_size=0",
-        ]
+    port = free_port()
+    # No sandboxes: files need none, and pool sandboxes would outlive the server.
+    options = "--Spawner.warm_pool_size=0"
+    with embedded_postgres(tmp / "pgdata") as conninfo:
+        args = platform_args(port, tmp / "data", conninfo, options)
         with server(args, port, "/api/health"), server(stock_args, stock_port, "/api/status"):
             http = HTTP(port, {})
             user = {"username": "bench", "password": secrets.token_hex(12)}
@@ -182,8 +184,6 @@ def run(tmp: Path) -> tuple[dict[str, list[float]], ...]:
             fill_ours(conninfo, workspace)
             stock = HTTP(stock_port, {"Authorization": f"token {stock_token}"})
             return interleaved(Target(api, f"/w/{workspace}"), Target(stock, ""))
-    finally:
-        pg.cleanup()
 
 
 def login_token(port: int, user: dict[str, str]) -> str:

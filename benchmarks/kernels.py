@@ -27,13 +27,22 @@ from jupyter_server.services.kernels.connection.base import (
     deserialize_msg_from_ws_v1,
     serialize_msg_to_ws_v1,
 )
-from pgserver.postgres_server import get_server
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from benchmarks.common import HTTP, Result, free_port, p50, report, server, temp_dir
+from benchmarks.common import (
+    HTTP,
+    Result,
+    embedded_postgres,
+    free_port,
+    p50,
+    p99,
+    platform,
+    report,
+    server,
+    temp_dir,
+)
 from benchmarks.contents import login_token
-from benchmarks.terminals import p99, stop_all
 
 V1 = "v1.kernel.websocket.jupyter.org"
 START_ROUNDS = 8
@@ -198,24 +207,11 @@ async def ours(tmp: Path, cpu_limit: float | None = None) -> dict[str, Any]:
     """The platform with the local (bubblewrap) spawner, no warm pool; sandboxes get their
     default CPU limit (half a core) unless ``cpu_limit`` says otherwise (0: none)."""
     name = "default" if cpu_limit is None else f"cpu{cpu_limit:g}"
-    pg = get_server(tmp / f"pgdata-{name}", cleanup_mode="delete")
-    conninfo: str = pg.get_uri("postgres")
-    port = free_port()
-    data = tmp / f"data-{name}"
-    args = [
-        "platform_server",
-        f"--port={port}",
-        "--ip=127.0.0.1",
-        f"--PlatformApp.db_url={conninfo}",
-        f"--PlatformApp.data_dir={data}",
-        "--Spawner.warm_pool_size=0",
-        "--Workspaces.max_workspaces_per_user=1000",
-        "--Accounts.bcrypt_cost=4",
-    ]
+    options = ["--Spawner.warm_pool_size=0", "--Workspaces.max_workspaces_per_user=1000"]
     if cpu_limit is not None:
-        args.append(f"--LocalSpawner.cpu_limit={cpu_limit}")
-    try:
-        with server(args, port, "/api/health"):
+        options.append(f"--LocalSpawner.cpu_limit={cpu_limit}")
+    with embedded_postgres(tmp / f"pgdata-{name}") as conninfo:
+        async with platform(tmp / f"data-{name}", conninfo, *options) as (_, port):
             user = {"username": "bench", "password": secrets.token_hex(12)}
             HTTP(port, {}).json("POST", "/api/accounts/register", user, expect=201)
             target = Target(f"http://127.0.0.1:{port}", login_token(port, user))
@@ -227,16 +223,12 @@ async def ours(tmp: Path, cpu_limit: float | None = None) -> dict[str, Any]:
             ws = (await target.call("POST", "/api/workspaces", {"name": "bench"}))["uuid"]
             await target.call("POST", f"/api/workspaces/{ws}/sandbox")
             prefix = f"/w/{ws}"
-            results = {
+            return {
                 "cold": cold,
                 "start": await start_rounds(target, prefix),
                 "execute_v1": await execute_rounds(target, prefix, V1),
                 "execute_json": await execute_rounds(target, prefix, None),
             }
-            await stop_all(data)
-            return results
-    finally:
-        pg.cleanup()
 
 
 async def main_async() -> list[Result]:

@@ -38,7 +38,6 @@ from benchmarks.common import (
     temp_dir,
     tree,
 )
-from benchmarks.common import stop_all as stop_all  # where benchmarks.kernels imports it from
 from benchmarks.contents import login_token
 
 OPEN_ROUNDS = 8
