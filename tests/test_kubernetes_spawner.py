@@ -211,6 +211,8 @@ def test_pod_meets_the_restricted_standard() -> None:
     assert container["readinessProbe"]["tcpSocket"] == {"port": "agent"}
     host = "0.0.0.0"  # noqa: S104
     assert container["args"][-6:] == ["--port", "8800", "--host", host, "--root", "/workspace"]
+    # The workspace (its working folder) is not on the agent's import path.
+    assert container["args"][:5] == ["python", "-s", "-P", "-m", "kernel_image"]
     assert "command" not in container  # the image's entrypoint (tini) runs the args
     assert restricted_violations(pod) == []
     for version in ("1.29", "1.37"):

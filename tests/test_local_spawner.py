@@ -10,8 +10,10 @@ import os
 import pwd
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -719,6 +721,156 @@ async def test_a_start_given_up_by_its_caller_is_undone(
         await asyncio.wait_for(start(spawner), after)
     assert list_dir(data_dir / "sandboxes") == []
     assert await spawner.find_running() == []
+
+
+class PausingSpawner(LocalSpawner):
+    """Sets ``reached`` when a start gets where a subclass pauses it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reached = threading.Event()
+
+
+class SlowLaunchSpawner(PausingSpawner):
+    """The thread that starts bwrap takes half a second more once it has started it."""
+
+    def _launch(self, *args: Any) -> Any:
+        launch = super()._launch(*args)
+        self.reached.set()
+        time.sleep(0.5)
+        return launch
+
+
+class StalledSpawner(PausingSpawner):
+    """Its sandboxes start, but it never sees their agent come up."""
+
+    async def _wait_for_agent(self, launch: Any, folder: Path) -> tuple[int, int]:
+        self.reached.set()
+        await asyncio.sleep(3600)
+        raise AssertionError(folder)
+
+
+def state_of(data_dir: Path, sandbox_id: str) -> dict[str, Any]:
+    """A sandbox's state.json."""
+    state: dict[str, Any] = json.loads(
+        (data_dir / "sandboxes" / sandbox_id / "state.json").read_text()
+    )
+    return state
+
+
+@pytest.mark.parametrize("fake", [SlowLaunchSpawner, StalledSpawner])
+async def test_a_cancelled_start_is_undone_even_if_cancelled_again(
+    make_spawner: Callable[..., LocalSpawner], data_dir: Path, fake: type[PausingSpawner]
+) -> None:
+    spawner = make_spawner(fake)
+    assert isinstance(spawner, PausingSpawner)
+    sandbox_id = f"sbx-{uuid.uuid4().hex[:12]}"
+    starting = asyncio.create_task(spawner.start(sandbox_id, TOKEN, lambda *_: None))
+    assert await asyncio.to_thread(spawner.reached.wait, 20)
+    # Recorded before the agent runs: enough to find the sandbox and kill it.
+    state = state_of(data_dir, sandbox_id)
+    assert set(state) == {"pid", "start_time", "uid", "cgroups"}
+    assert processes.alive(state["pid"], state["start_time"])
+    ns = pid_namespace(state["pid"])
+    # A timeout, then a shutdown: while the thread runs, and while the start is undone.
+    for _ in range(3):
+        starting.cancel()
+        await asyncio.sleep(0.05)
+    await asyncio.wait([starting], timeout=30)
+    assert starting.cancelled()
+    assert pid_namespace_members(ns) == []
+    assert list_dir(data_dir / "sandboxes") == []
+    assert [p for p in map(Path, state["cgroups"]) if p.exists()] == []
+    assert await spawner.find_running() == []
+
+
+STALLED_STARTER = """
+import asyncio, json, sys
+from tests.test_local_spawner import StalledSpawner
+
+async def main():
+    spawner = StalledSpawner(**json.loads(sys.argv[1]))
+    asyncio.ensure_future(spawner.start(sys.argv[3], sys.argv[2], lambda *_: None))
+    await asyncio.to_thread(spawner.reached.wait)
+    print("waiting for the agent", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_sandbox_whose_start_was_interrupted_is_found_and_stopped(
+    config: dict[str, Any], make_spawner: Callable[..., LocalSpawner], data_dir: Path
+) -> None:
+    sandbox_id = f"detached-{uuid.uuid4().hex[:12]}"
+    starter = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        STALLED_STARTER,
+        json.dumps(config),
+        TOKEN,
+        sandbox_id,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert starter.stdout is not None
+    try:
+        line = await asyncio.wait_for(starter.stdout.readline(), 30)
+    finally:
+        starter.kill()  # the platform process dies while the sandbox is starting
+        await starter.wait()
+    assert line == b"waiting for the agent\n"
+    # Long after any start in progress would have recorded its state.
+    folder = data_dir / "sandboxes" / sandbox_id
+    an_hour_ago = time.time() - 3600
+    os.utime(folder, (an_hour_ago, an_hour_ago))
+    spawner = make_spawner()
+    await spawner.check()
+    [handle] = await spawner.find_running()
+    assert handle.sandbox_id == sandbox_id
+    assert "agent_pid" not in handle.state
+    assert folder.is_dir()
+    assert await spawner.poll(handle)
+    ns = pid_namespace(handle.state["pid"])
+    await spawner.stop(handle)
+    assert pid_namespace_members(ns) == []
+    assert leftovers(handle, data_dir) == []
+    assert await spawner.find_running() == []
+
+
+async def test_find_running_keeps_a_folder_without_state_whose_socket_is_in_use(
+    spawner: LocalSpawner, data_dir: Path
+) -> None:
+    folder = data_dir / "sandboxes" / f"sbx-{uuid.uuid4().hex[:12]}"
+    folder.mkdir(parents=True)
+    an_hour_ago = time.time() - 3600
+    with socket.socket(socket.AF_UNIX) as held:
+        held.bind(str(folder / "agent.sock"))
+        held.listen()
+        os.utime(folder, (an_hour_ago, an_hour_ago))
+        assert await spawner.find_running() == []
+        assert folder.is_dir()
+    assert await spawner.find_running() == []
+    assert not folder.exists()
+
+
+def test_the_workspace_is_not_on_the_agents_import_path(
+    spawner: LocalSpawner, tmp_path: Path
+) -> None:
+    # -m puts the working folder (the sandbox's /workspace) first on sys.path, unless -P.
+    for where, said in [(tmp_path / "agent", "agent"), (tmp_path / "workspace", "user file")]:
+        (where / "kernel_image").mkdir(parents=True)
+        (where / "kernel_image" / "__main__.py").write_text(f"print({said!r})")
+    result = subprocess.run(
+        spawner.agent_command(3),
+        cwd=tmp_path / "workspace",
+        env={"PYTHONPATH": str(tmp_path / "agent")},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert result.stdout == "agent\n"
 
 
 async def test_missing_python_env_is_a_clear_error(

@@ -159,10 +159,14 @@ def ephemeral_storage(options: PodOptions) -> str:
 
 
 def agent_args(port: int) -> list[str]:
-    """The agent's command line; the image's entrypoint (tini) runs it."""
+    """The agent's command line; the image's entrypoint (tini) runs it.
+
+    ``-P`` keeps the working folder (/workspace, the user's files) off the agent's import
+    path: the agent is found through ``PYTHONPATH`` (/opt/agent).
+    """
     # Every address of the pod: the platform reaches it at the pod IP.
     host = "0.0.0.0"  # noqa: S104
-    return ["python", "-s", "-m", "kernel_image", "--port", str(port), "--host", host,
+    return ["python", "-s", "-P", "-m", "kernel_image", "--port", str(port), "--host", host,
             "--root", WORKSPACE]  # fmt: skip
 
 

@@ -1,11 +1,12 @@
 """``LocalSpawner``: sandboxes on this machine, under bubblewrap, as an unprivileged user.
 
 One sandbox = one bwrap process tree in new user, PID, IPC, UTS, cgroup, mount and network
-namespaces, running the agent (``python -s -m kernel_image``). The platform binds and listens
+namespaces, running the agent (``python -s -P -m kernel_image``). The platform binds and listens
 the agent's Unix socket in ``<data_dir>/sandboxes/<id>/`` (0700, never visible inside) and
 passes the listening socket in. bwrap waits (``--block-fd``) until the platform has put the
 sandbox's init in its cgroups. The sandbox is found again after a restart through
-``state.json`` next to the socket: the init's pid and start time, and the agent's.
+``state.json`` next to the socket: the init's pid and start time, written before the sandbox
+runs anything, and the agent's, added once it runs.
 
 Stopping sends SIGTERM to the agent, which shuts its kernels and terminals down cleanly, and
 after ``stop_grace_period`` seconds SIGKILL to the init, which ends whatever is left.
@@ -30,10 +31,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict, TypeVar
 
 from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
 
@@ -59,6 +60,7 @@ MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the final NUL
 SANDBOX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 BYTE_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?", re.IGNORECASE)
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+T = TypeVar("T")
 
 
 def parse_bytes(value: str) -> int:
@@ -130,10 +132,14 @@ class _Launch:
     """What starting bwrap produced."""
 
     process: subprocess.Popen[bytes]
-    pid: int
-    start_time: int
+    state: LocalState  # without the agent, which does not run yet; already in state.json
     command: list[str]  # what bwrap runs
     wrapped: bool  # whether that is the rlimit wrapper, which then execs the agent
+
+    @property
+    def pid(self) -> int:
+        """The sandbox's init."""
+        return self.state["pid"]
 
 
 class LocalSpawner(Spawner):
@@ -404,7 +410,8 @@ class LocalSpawner(Spawner):
     ) -> SandboxHandle:
         """Start a sandbox running the agent; return once its init runs the agent.
 
-        ``labels`` are ignored: a local sandbox is found again by its folder.
+        A start that fails or is cancelled stops what it made. ``labels`` are ignored: a
+        local sandbox is found again by its folder.
         """
         folder = self.sandbox_dir(sandbox_id)
         binary, plan = await self._ensure_ready()
@@ -412,17 +419,15 @@ class LocalSpawner(Spawner):
         await _report(progress, 10, "Creating the sandbox")
         listener = self._make_folder(folder)
         self._starting.add(sandbox_id)
-        starting = asyncio.ensure_future(self._start(folder, listener, token, binary, plan))
         try:
-            handle = await asyncio.shield(starting)
-        except asyncio.CancelledError:
-            # The caller gave up (a timeout): let the start end, then undo it.
-            with contextlib.suppress(Exception):
-                await self.stop(await starting)
+            handle = await self._start(folder, listener, token, binary, plan)
+            await _report(progress, 40, "Sandbox created")
+        except BaseException:
+            # Failed, or given up by the caller (a timeout, a shutdown): undone either way.
+            await _uninterrupted(self._undo_start(sandbox_id))
             raise
         finally:
             self._starting.discard(sandbox_id)
-        await _report(progress, 40, "Sandbox created")
         return handle
 
     async def _start(
@@ -433,42 +438,46 @@ class LocalSpawner(Spawner):
         binary: str,
         plan: cgroups.CgroupPlan,
     ) -> SandboxHandle:
-        """Start in a made folder; on failure, undo everything and raise ``SpawnerError``."""
+        """Start in a made folder; ``SpawnerError`` if that fails (the caller undoes it).
+
+        The threads run to their end even if the start is cancelled, so that what they made
+        is known by then: the cgroups are named after the sandbox, and ``_launch`` records the
+        sandbox's processes in ``state.json`` before it lets the sandbox run.
+        """
         sandbox_id = folder.name
-        launch: _Launch | None = None
-        cgroup_paths: list[Path] = []
         try:
             with listener:
-                cgroup_paths = await asyncio.to_thread(
-                    cgroups.create, plan, sandbox_id, self.limits
-                )
-                launch = await asyncio.to_thread(
+                cgroup_paths = await _in_thread(cgroups.create, plan, sandbox_id, self.limits)
+                launch = await _in_thread(
                     self._launch, binary, plan, folder, listener, token, cgroup_paths
                 )
-            self._processes[sandbox_id] = launch.process
-            agent_pid, agent_start_time = await self._wait_for_agent(launch, folder)
-            state: LocalState = {
-                "pid": launch.pid,
-                "start_time": launch.start_time,
-                "uid": processes.process_uid(launch.pid),
-                "cgroups": [str(p) for p in cgroup_paths],
-                "agent_pid": agent_pid,
-                "agent_start_time": agent_start_time,
-            }
+            state = launch.state.copy()
+            state["agent_pid"], state["agent_start_time"] = await self._wait_for_agent(
+                launch, folder
+            )
             _write_json(folder / STATE_NAME, state)
+        except SpawnerError:
+            raise
         except Exception as e:
-            if launch is not None:
-                with contextlib.suppress(processes.ProcessError):
-                    await processes.kill(launch.pid, launch.start_time, grace=5)
-            await asyncio.to_thread(self._reap, sandbox_id, wait=True)
-            await asyncio.to_thread(self._cleanup, folder, cgroup_paths)
-            if isinstance(e, SpawnerError):
-                raise
             msg = f"Could not start sandbox {sandbox_id}: {e}"
             raise SpawnerError(msg) from e
         self.log.info("sandbox %s | started (pid %d)", sandbox_id, launch.pid)
+        return self._handle(folder, state)
+
+    async def _undo_start(self, sandbox_id: str) -> None:
+        """Stop what a failed or cancelled start made, as found in its folder.
+
+        If it cannot be killed, its folder (and ``state.json``) stays, for ``find_running``.
+        """
+        try:
+            await self.stop(self._handle(self.sandbox_dir(sandbox_id), None))
+        except SpawnerError:
+            self.log.exception("sandbox %s | could not undo its start", sandbox_id)
+
+    def _handle(self, folder: Path, state: LocalState | None) -> SandboxHandle:
+        """The handle of the sandbox in ``folder`` (an empty state: read it from there)."""
         endpoint = AgentEndpoint(unix_socket=str(folder / SOCKET_NAME))
-        return SandboxHandle(sandbox_id, endpoint, dict(state))
+        return SandboxHandle(folder.name, endpoint, dict(state or {}))
 
     def _make_folder(self, folder: Path) -> socket.socket:
         """Make the sandbox's 0700 folder and its listening socket."""
@@ -505,7 +514,8 @@ class LocalSpawner(Spawner):
         token: str,
         cgroup_paths: list[Path],
     ) -> _Launch:
-        """Start bwrap, put its sandbox init in the cgroups, then let it run (in a thread)."""
+        """Start bwrap, record its sandbox init, put it in the cgroups, then let it run (in a
+        thread)."""
         fds = _Fds()
         try:
             info_fd, info = fds.pipe(child_reads=False)
@@ -531,33 +541,54 @@ class LocalSpawner(Spawner):
                     **_user_kwargs(self._host_user()),
                 )
             fds.close_passed()
-            launch: _Launch | None = None
+            self._processes[folder.name] = process
+            state: LocalState | None = None
             try:
+                state = self._init_state(process, info, folder, cgroup_paths)
+                # Recorded while the init waits (--block-fd): from its first step on, the
+                # sandbox can be found and killed, even if this process dies before its agent
+                # is up.
+                _write_json(folder / STATE_NAME, state)
                 try:
-                    pid = _read_child_pid(info, process, self.start_timeout)
-                except SpawnerError as e:
-                    msg = f"{e}{self._why(folder)}"
-                    raise SpawnerError(msg) from e
-                start_time = processes.start_time_of(pid)
-                if start_time is None:
-                    msg = "The sandbox exited while it was being set up."
-                    raise SpawnerError(msg + self._why(folder))
-                wrapped = command != self.agent_command(listener.fileno())
-                launch = _Launch(process, pid, start_time, command, wrapped)
-                try:
-                    cgroups.attach(cgroup_paths, pid)
+                    cgroups.attach(cgroup_paths, state["pid"])
                 except ProcessLookupError as e:
                     msg = "The sandbox exited while it was being set up."
                     raise SpawnerError(msg + self._why(folder)) from e
                 os.write(block, b"1")
             except BaseException:
-                if launch is not None:
-                    processes.kill_now(launch.pid, launch.start_time)
+                if state is not None:
+                    processes.kill_now(state["pid"], state["start_time"])
                 processes.terminate(process)
                 raise
-            return launch
+            wrapped = command != self.agent_command(listener.fileno())
+            return _Launch(process, state, command, wrapped)
         finally:
             fds.close()
+
+    def _init_state(
+        self,
+        process: subprocess.Popen[bytes],
+        info: int,
+        folder: Path,
+        cgroup_paths: list[Path],
+    ) -> LocalState:
+        """The state of the sandbox's init, whose pid bwrap reports on ``--info-fd``."""
+        try:
+            pid = _read_child_pid(info, process, self.start_timeout)
+        except SpawnerError as e:
+            msg = f"{e}{self._why(folder)}"
+            raise SpawnerError(msg) from e
+        start_time = processes.start_time_of(pid)
+        if start_time is None:
+            msg = "The sandbox exited while it was being set up."
+            raise SpawnerError(msg + self._why(folder))
+        state: LocalState = {
+            "pid": pid,
+            "start_time": start_time,
+            "uid": processes.process_uid(pid),
+            "cgroups": [str(p) for p in cgroup_paths],
+        }
+        return state
 
     def _options(
         self, info_fd: int, block_fd: int, fds: _Fds, ro_binds: list[bwrap.Bind]
@@ -623,7 +654,9 @@ class LocalSpawner(Spawner):
         Override in a subclass to run something else.
         """
         python = str(Path(self.python_env).absolute() / "bin" / "python")
-        return [python, "-s", "-m", "kernel_image", "--fd", str(fd), "--root", WORKSPACE]
+        # -P: the cwd (/workspace, the user's files) is not on the agent's import path; the
+        # agent is found through PYTHONPATH.
+        return [python, "-s", "-P", "-m", "kernel_image", "--fd", str(fd), "--root", WORKSPACE]
 
     def agent_env(self, token: str) -> dict[str, str]:
         """The agent's whole environment (bwrap passes it on; it is never on a command line).
@@ -713,7 +746,13 @@ class LocalSpawner(Spawner):
         return state is not None and processes.alive(state["pid"], state["start_time"])
 
     async def find_running(self) -> list[SandboxHandle]:
-        """Sandboxes whose init still runs; folders (and cgroups) of dead ones are removed."""
+        """Sandboxes whose init still runs; folders (and cgroups) of dead ones are removed.
+
+        A start records the init in ``state.json`` before the sandbox runs anything, so a
+        folder without one is a start in progress (young) or one that ended before that. The
+        folder is removed unless its socket is still in use: then something runs that only
+        an operator can find (a start interrupted in the instant between the two).
+        """
         found = []
         try:
             folders = sorted(self.sandboxes_dir.iterdir())
@@ -726,20 +765,31 @@ class LocalSpawner(Spawner):
             self._reap(sandbox_id)
             state = _parse_state(_read_json(folder / STATE_NAME))
             if state is not None and processes.alive(state["pid"], state["start_time"]):
-                endpoint = AgentEndpoint(unix_socket=str(folder / SOCKET_NAME))
-                found.append(SandboxHandle(sandbox_id, endpoint, dict(state)))
+                found.append(self._handle(folder, state))
                 continue
             if state is None and _age(folder) < 2 * self.start_timeout + 5:
                 continue  # being started by another platform process
+            if state is None and _in_use(folder / SOCKET_NAME):
+                self.log.warning(
+                    "sandbox %s | no state.json, yet its socket is in use: left alone "
+                    "(`ss -xlp src %s` names the processes holding it)",
+                    sandbox_id,
+                    folder / SOCKET_NAME,
+                )
+                continue
             self.log.info("sandbox %s | gone; removing its folder", sandbox_id)
             paths = self._cgroup_paths(sandbox_id, state)
             await asyncio.to_thread(self._cleanup, folder, paths)
         return found
 
     def _cgroup_paths(self, sandbox_id: str, state: LocalState | None) -> list[Path]:
-        """The state's cgroups, if they are sandbox cgroups of that id (never anything else)."""
+        """The state's cgroups, if they are sandbox cgroups of that id (never anything else).
+
+        Without a state, those the plan names: a start makes them before it records them.
+        """
         if state is None:
-            return []
+            hierarchies = self._plan.hierarchies if self._plan else ()
+            return [h.parent / sandbox_id for h in hierarchies]
         return [
             Path(p)
             for p in state["cgroups"]
@@ -872,6 +922,19 @@ def _parse_state(value: Any) -> LocalState | None:
     return state
 
 
+def _in_use(socket_path: Path) -> bool:
+    """Whether a process (a sandbox, or the platform starting one) holds the listening socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)
+        try:
+            probe.connect(str(socket_path))
+        except BlockingIOError:
+            return True  # its backlog is full
+        except OSError:
+            return False  # refused, or no socket at all
+    return True
+
+
 def _age(path: Path) -> float:
     try:
         return time.time() - path.stat().st_mtime
@@ -904,6 +967,32 @@ def _no_sandbox_message(failures: list[str]) -> str:
         "for bwrap); in a container, run it with a seccomp profile that allows unshare/clone "
         "of namespaces (e.g. --security-opt seccomp=unconfined)."
     )
+
+
+# --- asyncio ---------------------------------------------------------------------------------
+
+
+async def _uninterrupted(awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` to its end even if the caller is cancelled meanwhile; then raise
+    that cancellation (and drop the result). For work that cannot stop halfway (a thread) or
+    must not (undoing a start). A task is still cancelled by its loop's shutdown."""
+    future = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait([future])
+        except asyncio.CancelledError:
+            cancelled = True
+    if not cancelled:
+        return future.result()
+    if not future.cancelled():
+        future.exception()  # retrieved: the caller undoes whatever it was
+    raise asyncio.CancelledError
+
+
+async def _in_thread(func: Callable[..., T], *args: Any) -> T:
+    """``func(*args)`` in the default executor, awaited to its end (``_uninterrupted``)."""
+    return await _uninterrupted(asyncio.get_running_loop().run_in_executor(None, func, *args))
 
 
 async def _report(progress: Progress, percent: int, message: str) -> None:
