@@ -362,8 +362,15 @@ class Sandboxes(LoggingConfigurable):
         self, workspace_id: uuid.UUID, under: str | None
     ) -> AsyncIterator[tuple[str, str, int, datetime, bytes | None]]:
         """``(path, type, size, last_modified, part)`` of every item, in path order, a row per
-        part of each file's content (one with ``None`` for a directory or an empty file)."""
-        async with self.db.transaction() as conn, conn.cursor(name="tree") as cursor:
+        part of each file's content (one with ``None`` for a directory or an empty file).
+
+        The cursor lives as long as the sandbox takes the stream: on a connection of its own,
+        so that many loads at once never leave requests without a pooled connection."""
+        async with (
+            self.db.dedicated_connection() as conn,
+            conn.transaction(),
+            conn.cursor(name="tree") as cursor,
+        ):
             cursor.itersize = 16  # parts are up to 1 MB: a few at a time in memory
             await cursor.execute(
                 """SELECT i.path, i.type, i.size, i.last_modified, p.data
