@@ -184,3 +184,33 @@ async def test_reconcile_leaves_a_warm_sandbox_being_claimed(
     assert row is not None
     assert (str(row["id"]), row["state"]) == (pooled, "running")
     assert await running_ids(sandboxes) == {pooled}
+
+
+async def test_a_claim_whose_files_do_not_load_in_time_falls_back_to_a_new_sandbox(
+    make_token_client: TokenClientFactory,
+    jp_serverapp: PlatformApp,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A claim is bounded by start_timeout like a start (reconcile discards what outlives
+    twice that): the stuck pooled sandbox is discarded and a fresh one takes its place."""
+    sandboxes = sandboxes_of(jp_serverapp)
+    pooled = await fill_warm_pool(sandboxes)
+    api = await make_token_client()
+    ws = (await api.post("/api/workspaces", {"name": "slow load"})).json["uuid"]
+    load_files = sandboxes.load_files
+
+    async def stuck_once(*args: Any, **kwargs: Any) -> int:
+        patched.setattr(sandboxes, "load_files", load_files)  # the fresh sandbox loads fine
+        await asyncio.sleep(3600)
+        return 0
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sandboxes, "start_timeout", 1.0)
+        patched.setattr(sandboxes, "load_files", stuck_once)
+        started = await api.post(f"/api/workspaces/{ws}/sandbox")
+    assert started.status == 200
+    row = await sandboxes.row(uuid.UUID(ws))
+    assert row is not None
+    assert row["state"] == "running"
+    assert str(row["id"]) != pooled
+    assert await running_ids(sandboxes) == {str(row["id"])}

@@ -614,7 +614,8 @@ class Sandboxes(LoggingConfigurable):
 
     async def _claim_warm(self, workspace_id: uuid.UUID) -> SandboxRow | None:
         """Give the workspace a started, unassigned sandbox, loaded with its files; None if
-        the pool is empty (or the claimed sandbox failed, which is then discarded)."""
+        the pool is empty (or the claimed sandbox failed, or did not take the files within
+        ``start_timeout``: it is then discarded)."""
         async with self.db.transaction() as conn:
             row = await store.claim_pooled(conn, workspace_id)
         if row is None:
@@ -625,9 +626,11 @@ class Sandboxes(LoggingConfigurable):
                 msg = "the pooled sandbox is gone"
                 raise AgentError(msg)
             load_began = datetime.now(UTC)
-            loaded = await self.load_files(workspace_id, self.client(row))
-        except AgentError as e:
-            self.log.warning("sandbox %s | pooled sandbox unusable (%s)", row["id"], e)
+            async with asyncio.timeout(self.start_timeout):
+                loaded = await self.load_files(workspace_id, self.client(row))
+        except (AgentError, TimeoutError) as e:
+            why = str(e) or f"no files loaded within {self.start_timeout:g} s"
+            self.log.warning("sandbox %s | pooled sandbox unusable (%s)", row["id"], why)
             await self._discard(row)
             return None
         row = await self._set_state(row["id"], "running") or row
