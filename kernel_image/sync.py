@@ -52,11 +52,16 @@ class Ignore:
         return not is_dir and any(fnmatch.fnmatchcase(parts[-1], p) for p in self.names)
 
 
+class SenderGone(Exception):
+    """The platform's connection closed while a change was being sent (it stays unacknowledged,
+    and is sent again on the next connection)."""
+
+
 class Sender(Protocol):
     """The platform's connection, as the sync channel uses it."""
 
     async def send(self, message: dict[str, Any]) -> None:
-        """Send one JSON message; raise if the connection is gone."""
+        """Send one JSON message; ``SenderGone`` if the connection is gone."""
 
 
 class Watcher:
@@ -236,6 +241,8 @@ class SyncChannel:
                 await self._send_pending()
             except asyncio.CancelledError:
                 raise
+            except SenderGone:
+                log.info("sync | the platform's connection closed; changes wait for the next")
             except Exception:
                 log.exception("sync | sending changes failed")
 

@@ -9,7 +9,7 @@ from typing import Any
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from kernel_image.auth import AgentBase, ApiError
-from kernel_image.sync import SyncChannel
+from kernel_image.sync import SenderGone, SyncChannel
 
 REPLACED = 4000
 
@@ -44,8 +44,12 @@ class SyncSocket(AgentBase, WebSocketHandler):
         self.channel.attach(self)
 
     async def send(self, message: dict[str, Any]) -> None:
-        """Send one change (awaiting the write: a slow platform slows the sender)."""
-        await self.write_message(json.dumps(message))
+        """Send one change (awaiting the write: a slow platform slows the sender);
+        ``SenderGone`` if the socket closed meanwhile."""
+        try:
+            await self.write_message(json.dumps(message))
+        except WebSocketClosedError as e:
+            raise SenderGone from e
 
     async def on_message(self, message: str | bytes) -> None:
         """``{"ack": n}`` or ``{"flush": id}``; anything else closes the socket."""

@@ -145,7 +145,31 @@ async def test_events_tell_editors_about_both_sides(make_user: Any, base_url: st
     )
     saved = await next_event(lambda e: e.get("path") == "api.txt")
     assert saved["type"] == "modified"
-    assert saved["last_modified"]
+    stored = (await api.get(contents(ws, "api.txt") + "?content=0")).json
+    assert saved["last_modified"] == stored["last_modified"]
+
+    # Every API change is published with its commit, and a refused one not at all.
+    def file_event(event: dict[str, Any]) -> bool:
+        return bool(event["type"] != "sandbox")
+
+    stale = {"If-Match": '"' + "0" * 64 + '"'}
+    body = {"type": "file", "format": "text", "content": "refused"}
+    refused = await api.request("PUT", contents(ws, "api.txt"), body, headers=stale)
+    assert refused.status == 409
+    await api.request("PATCH", contents(ws, "api.txt"), {"path": "renamed.txt"})
+    moved = await next_event(file_event)
+    assert (moved["type"], moved["path"], moved["old_path"]) == ("moved", "renamed.txt", "api.txt")
+    assert moved["last_modified"] == stored["last_modified"]
+    await api.request("POST", contents(ws, ""), {"copy_from": "renamed.txt"})
+    copied = await next_event(file_event)
+    assert (copied["type"], copied["path"]) == ("created", "renamed-Copy1.txt")
+    await api.request("DELETE", contents(ws, "renamed-Copy1.txt"))
+    assert await next_event(file_event) == {"type": "deleted", "path": "renamed-Copy1.txt"}
+    checkpoint = (await api.request("POST", contents(ws, "renamed.txt") + "/checkpoints")).json
+    restore = contents(ws, "renamed.txt") + f"/checkpoints/{checkpoint['id']}"
+    assert (await api.request("POST", restore)).status == 204
+    restored = await next_event(file_event)
+    assert (restored["type"], restored["path"]) == ("modified", "renamed.txt")
 
     _, terminal = await open_terminal(base_url, ws, token)
     running = await next_event(lambda e: e["type"] == "sandbox" and e["state"] == "running")

@@ -1,10 +1,10 @@
 """Workspace events across replicas: PostgreSQL NOTIFY in, WebSocket subscribers out.
 
-Every change to a workspace's files and every sandbox state change is published with
-``pg_notify``: in the transaction that made it (sync from a sandbox, state changes), or just
-after its commit (saves through the Contents API, see ``Sandboxes.contents_changed``). Each
-replica LISTENs on one connection and hands the events to its subscribers, so an editor
-connected to one replica hears changes that arrive through another.
+Every change to a workspace's files (through the Contents API or synced from its sandbox) and
+every sandbox state change is published with ``pg_notify`` in the transaction that made it
+(``extensions.workspaces.events.publish``). Each replica LISTENs on one connection and hands
+the events to its subscribers, so an editor connected to one replica hears changes that arrive
+through another.
 """
 
 from __future__ import annotations
@@ -18,18 +18,11 @@ from typing import Any
 
 import psycopg
 
-from platform_server.db import Connection
+from extensions.workspaces.events import CHANNEL
 
-CHANNEL = "platform_events"
 RETRY_SECONDS = 1.0
 
 Subscriber = Callable[[dict[str, Any]], None]
-
-
-async def publish(conn: Connection, workspace_id: uuid.UUID, event: dict[str, Any]) -> None:
-    """Publish ``event`` for the workspace when ``conn``'s transaction commits."""
-    payload = json.dumps({**event, "workspace": str(workspace_id)})
-    await conn.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload])
 
 
 class EventHub:

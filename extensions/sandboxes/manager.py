@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypedDict, cast
+from typing import Any, TypedDict
 from urllib.parse import quote
 
 from tornado.iostream import StreamClosedError
@@ -26,13 +26,14 @@ from traitlets.config import LoggingConfigurable
 from extensions.accounts.manager import isoformat
 from extensions.sandboxes import store, tarstream
 from extensions.sandboxes.agent_client import AgentClient, AgentError
-from extensions.sandboxes.events import EventHub, publish
+from extensions.sandboxes.events import EventHub
 from extensions.sandboxes.spawners.base import AgentEndpoint, SandboxHandle, Spawner, SpawnerError
 from extensions.sandboxes.store import SandboxRow
 from extensions.sandboxes.sync import SyncConsumer
 from extensions.workspaces import items
 from extensions.workspaces.contents import PostgresContentsManager
-from platform_server.db import Connection, Database
+from extensions.workspaces.events import publish
+from platform_server.db import Database
 from platform_server.errors import DomainError, NotFound
 
 # Keys of the advisory locks that let one replica at a time cull, fill the pool, reconcile.
@@ -389,19 +390,14 @@ class Sandboxes(LoggingConfigurable):
     # --- mirroring saves into running sandboxes ---------------------------------------------
 
     async def contents_changed(
-        self,
-        workspace_id: uuid.UUID,
-        action: str,
-        path: str,
-        source_path: str | None,
-        last_modified: datetime | None,
+        self, workspace_id: uuid.UUID, action: str, path: str, source_path: str | None
     ) -> None:
         """Push a change saved through the Contents API into the running sandbox, if any.
 
-        The change is already committed in PostgreSQL; a sandbox that cannot take it is
-        logged, never a failed save.
+        The change is already committed in PostgreSQL (and its event published with it); a
+        sandbox that cannot take it is logged, never a failed save.
         """
-        row = await self._publish_change(workspace_id, action, path, source_path, last_modified)
+        row = await self.row(workspace_id)
         if row is None or row["state"] != "running":
             return
         client = self.client(row)
@@ -457,29 +453,6 @@ class Sandboxes(LoggingConfigurable):
         row = await self.row(workspace_id)
         if row is not None:
             await self._discard(row)
-
-    async def _publish_change(
-        self,
-        workspace_id: uuid.UUID,
-        action: str,
-        path: str,
-        source_path: str | None,
-        last_modified: datetime | None,
-    ) -> SandboxRow | None:
-        """Tell editors of an API change; return the workspace's sandbox row (one round trip
-        to the database for both when ``last_modified`` is known: this runs on every save)."""
-        kind = {"delete": "deleted", "rename": "moved", "copy": "created"}.get(action, "modified")
-        event: dict[str, Any] = {"type": kind, "path": path}
-        if kind == "moved":
-            event["old_path"] = source_path
-        async with self.db.connection() as conn:
-            if kind != "deleted":
-                if last_modified is None:
-                    last_modified = await _last_modified(conn, workspace_id, path)
-                event["last_modified"] = isoformat(last_modified)
-            async with conn.pipeline():
-                await publish(conn, workspace_id, event)
-                return await store.get_for_workspace(conn, workspace_id)
 
     async def push_back(self, workspace_id: uuid.UUID, path: str) -> None:
         """Give the sandbox the stored version of ``path`` (its own change lost)."""
@@ -818,13 +791,3 @@ def start_failure_reason(error: BaseException, timeout: float) -> str:
     if isinstance(error, SpawnerError | AgentError):
         return str(error)
     return f"The sandbox failed to start ({type(error).__name__}); see the server log."
-
-
-async def _last_modified(conn: Connection, workspace_id: uuid.UUID, path: str) -> datetime | None:
-    """When the item at ``path`` last changed; None if there is none."""
-    cur = await conn.execute(
-        "SELECT last_modified FROM workspace_items WHERE workspace_id = %s AND path = %s",
-        [workspace_id, path],
-    )
-    found = await cur.fetchone()
-    return None if found is None else cast(datetime, found["last_modified"])

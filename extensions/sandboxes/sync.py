@@ -26,9 +26,9 @@ from typing import Any
 from tornado.websocket import WebSocketClientConnection
 
 from extensions.sandboxes.agent_client import AgentClient
-from extensions.sandboxes.events import publish
 from extensions.workspaces import items, paths
 from extensions.workspaces.contents import PostgresContentsManager
+from extensions.workspaces.events import publish
 from platform_server.db import Connection, Database
 from platform_server.errors import DomainError
 

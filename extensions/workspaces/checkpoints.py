@@ -113,13 +113,14 @@ class PostgresCheckpoints(AsyncCheckpoints):
         """Write checkpoint ``checkpoint_id`` back to the file at ``path``."""
         path = contents_mgr.writable_path(path, "restore")
         async with http_transaction(self.db) as conn:
-            await items.restore_checkpoint(
+            row = await items.restore_checkpoint(
                 conn,
                 self._workspace(),
                 path,
                 checkpoint_id,
                 quota=contents_mgr.workspace_quota,
             )
+            await contents_mgr.publish_change(conn, "restore", path, row=row)
 
     async def rename_checkpoint(self, checkpoint_id: str, old_path: str, new_path: str) -> None:
         """Move one checkpoint of ``old_path`` to ``new_path``."""

@@ -23,14 +23,14 @@ from tornado.web import RequestHandler
 from traitlets import Instance, Integer, List, TraitError, Unicode, default
 from traitlets.config import Configurable
 
-from extensions.workspaces import items, paths
+from extensions.workspaces import events, items, paths
 from extensions.workspaces.checkpoints import (
     PostgresCheckpoints,
     api_path,
     http_connection,
     http_transaction,
 )
-from platform_server.db import Database
+from platform_server.db import Connection, Database
 from platform_server.db.migrate import apply_migrations
 from platform_server.errors import DomainError, PlatformError, TooLarge
 
@@ -91,16 +91,10 @@ class ContentsListener(Protocol):
     """Told of every committed change to a workspace's files (a running sandbox mirrors them)."""
 
     async def contents_changed(
-        self,
-        workspace_id: uuid.UUID,
-        action: str,
-        path: str,
-        source_path: str | None,
-        last_modified: datetime | None,
+        self, workspace_id: uuid.UUID, action: str, path: str, source_path: str | None
     ) -> None:
         """``action`` is save, delete, rename, copy or restore; ``source_path`` for the two
-        that have one; ``last_modified`` of the item at ``path`` when the change knows it.
-        Must not raise: the change is already committed."""
+        that have one. Must not raise: the change is already committed."""
 
 
 class PostgresContentsManager(AsyncContentsManager):
@@ -247,22 +241,29 @@ class PostgresContentsManager(AsyncContentsManager):
         """Record a contents event, as Jupyter's managers do."""
         self.emit(data=data)  # type: ignore[no-untyped-call]
 
-    async def _changed(
+    async def publish_change(
         self,
+        conn: Connection,
         action: str,
         path: str,
         source_path: str | None = None,
         row: items.ItemRow | None = None,
     ) -> None:
-        """Record a committed change and tell the listeners before the request answers;
-        ``row``: the item as the change left it, when at hand."""
+        """Publish a change to editors in the change's transaction ``conn`` (so they hear it
+        exactly when it commits); ``row``: the item as the change left it."""
+        modified = None if row is None else row["last_modified"]
+        await events.publish_file_change(
+            conn, self._workspace, action, path, source_path=source_path, last_modified=modified
+        )
+
+    async def _changed(self, action: str, path: str, source_path: str | None = None) -> None:
+        """Record a committed change and tell the listeners before the request answers."""
         event = {"action": action, "path": path}
         if source_path is not None:
             event["source_path"] = source_path
         self._emit(event)
-        modified = None if row is None else row["last_modified"]
         for listener in cast(list[ContentsListener], self.listeners):
-            await listener.contents_changed(self._workspace, action, path, source_path, modified)
+            await listener.contents_changed(self._workspace, action, path, source_path)
 
     def _check_size(self, size: int, path: str) -> None:
         try:
@@ -483,6 +484,7 @@ class PostgresContentsManager(AsyncContentsManager):
         if kind == "directory":
             async with http_transaction(self.db) as conn:
                 row = await items.make_directory(conn, self._workspace, path)
+                await self.publish_change(conn, "save", path, row=row)
         elif kind in {"notebook", "file"}:
             if kind == "notebook":
                 data, message = await self._notebook_content(model["content"], path)
@@ -496,7 +498,7 @@ class PostgresContentsManager(AsyncContentsManager):
         saved = self._row_model(row)
         if message:
             saved["message"] = message
-        await self._changed("save", path, row=row)
+        await self._changed("save", path)
         return saved
 
     async def _write(self, path: str, data: bytes, *, checkpoint: bool) -> items.ItemRow:
@@ -515,6 +517,7 @@ class PostgresContentsManager(AsyncContentsManager):
                 if_match=self._if_match(),
                 checkpoint_if_none=in_tables,
             )
+            await self.publish_change(conn, "save", path, row=row)
         # Jupyter keeps one checkpoint per notebook at least; other checkpoint classes are
         # asked separately (ours did it in the save's transaction).
         if checkpoint and not in_tables and not await self.list_checkpoints(path):
@@ -586,6 +589,7 @@ class PostgresContentsManager(AsyncContentsManager):
                         if_match=self._if_match(),
                         digests=_UPLOAD_DIGESTS,
                     )
+                    await self.publish_change(conn, "save", path, row=row)
                 else:
                     content_id, writes, received = await items.append_chunk(
                         conn, workspace_id, path, chunk, data, **limits, if_match=self._if_match()
@@ -598,7 +602,7 @@ class PostgresContentsManager(AsyncContentsManager):
             raise
         if chunk == -1:
             saved = self._row_model(row)
-            await self._changed("save", path, row=row)
+            await self._changed("save", path)
             return saved
         _UPLOAD_DIGESTS.chunk_stored(content_id, chunk, writes, data)
         # The file itself changes only with the last chunk; until then, describe the upload.
@@ -614,6 +618,7 @@ class PostgresContentsManager(AsyncContentsManager):
             raise PlatformError(400, "Can't delete root")
         async with http_transaction(self.db) as conn:
             await items.delete_item(conn, self._workspace, path)
+            await self.publish_change(conn, "delete", path)
 
     async def delete(self, path: str) -> None:
         """Delete a file or directory and its checkpoints, in one transaction."""
@@ -632,6 +637,8 @@ class PostgresContentsManager(AsyncContentsManager):
             raise PlatformError(400, "The root cannot be renamed or replaced.")
         async with http_transaction(self.db) as conn:
             await items.rename_item(conn, self._workspace, old_path, new_path)
+            moved = await items.get_item(conn, self._workspace, new_path, content=False)
+            await self.publish_change(conn, "rename", new_path, old_path, row=moved)
 
     async def rename(self, old_path: str, new_path: str) -> None:
         """Rename a file or directory and its checkpoints, in one transaction."""
@@ -671,7 +678,8 @@ class PostgresContentsManager(AsyncContentsManager):
             row = await items.copy_item(
                 conn, self._workspace, path, target, quota=self.workspace_quota
             )
-        await self._changed("copy", target, path, row=row)
+            await self.publish_change(conn, "copy", target, path, row=row)
+        await self._changed("copy", target, path)
         return self._row_model(row)
 
     # --- checkpoints (typed; the work is the checkpoints class's) -------------------------
