@@ -250,18 +250,31 @@ async def test_buffers_travel_both_ways(agent: Agent, protocol: str | None) -> N
     assert echoed["buffers"] == [b"\x00\x01binary", b"two"]
 
 
+# An endless loop that says when it runs: a SIGINT that lands while ipykernel is still setting
+# the execution up (after its "busy" status) is not a KeyboardInterrupt in the user's code.
+LOOP = "print('looping', flush=True)\nwhile True: pass"
+
+
+def looping(message: dict[str, Any], loop_id: str) -> bool:
+    """Whether ``message`` is the loop of ``LOOP`` saying it runs."""
+    return bool(
+        message["header"]["msg_type"] == "stream"
+        and message["parent_header"].get("msg_id") == loop_id
+        and "looping" in message["content"]["text"]
+    )
+
+
 async def test_interrupt_and_restart(agent: Agent) -> None:
     kernel_id = (await start_kernel(agent))["id"]
     ws = await connect(agent, kernel_id)
     await ws.execute("x = 1")
-    loop_id = await ws.request(
-        "execute_request", {"code": "while True: pass", "stop_on_error": False}
-    )
+    loop_id = await ws.request("execute_request", {"code": LOOP, "stop_on_error": False})
 
     async def busy() -> bool:
         return bool((await agent.json(f"/api/kernels/{kernel_id}"))["execution_state"] == "busy")
 
     await eventually(busy)
+    await ws.until(lambda m: looping(m, loop_id))
     health = await agent.json("/api/health")
     assert health["kernels"] == 1
     assert health["last_kernel_activity"] is not None

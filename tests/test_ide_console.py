@@ -128,8 +128,10 @@ async def test_interrupt_restart_and_reattach_after_a_reload(
     # A loop that never ends: Interrupt stops it, and the console goes on.
     await type_in_console(page, "kept = 1")
     await expect(console_status(page)).to_have_attribute("data-state", "idle")
-    await type_in_console(page, "while True: pass")
+    # (It says when it runs: an interrupt while the kernel is still setting it up is lost.)
+    await type_in_console(page, 'print("looping", flush=True); exec("while True: pass")')
     await expect(console_status(page)).to_have_attribute("data-state", "busy")
+    await expect(cells(page).nth(1).locator(".output-stdout")).to_have_text("looping\n")
     await page.click("#console-interrupt")
     await expect(cells(page).nth(1).locator(".output-error")).to_contain_text("KeyboardInterrupt")
     await expect(console_status(page)).to_have_attribute("data-state", "idle")

@@ -19,6 +19,7 @@ from tornado.httpclient import HTTPClientError
 
 from tests.client import Client
 from tests.kernel_client import V1, KernelSocket, close_opened
+from tests.test_agent_kernels import LOOP, looping
 from tests.test_jupyterlab_client import run_node
 from tests.test_restart import Platform, data_dir  # noqa: F401  (fixture)
 
@@ -142,15 +143,14 @@ async def test_interrupt_restart_and_cookie_auth(make_user: Any, base_url: str) 
     api = Client(base_url, token=token)
     socket = await connect(base_url, api, ws, kernel["id"])
     await socket.execute("x = 1")
-    loop_id = await socket.request(
-        "execute_request", {"code": "while True: pass", "stop_on_error": False}
-    )
+    loop_id = await socket.request("execute_request", {"code": LOOP, "stop_on_error": False})
 
     async def busy() -> bool:
         model = (await browser.get(f"/w/{ws}/api/kernels/{kernel['id']}")).json
         return bool(model["execution_state"] == "busy")
 
     await eventually(busy)
+    await socket.until(lambda m: looping(m, loop_id))
     assert (await browser.post(f"/w/{ws}/api/kernels/{kernel['id']}/interrupt")).status == 204
     error = await socket.until(
         lambda m: m["header"]["msg_type"] == "error" and m["parent_header"]["msg_id"] == loop_id

@@ -76,10 +76,15 @@ seen.reusedSession = again.id === session.id;
 seen.reusedKernel = again.kernel.id === kernel.id;
 again.dispose();
 
-// Interrupt a busy kernel.
+// Interrupt a busy kernel, once its loop runs (a SIGINT that lands while ipykernel is still
+// setting the execution up is not a KeyboardInterrupt in the user's code).
 await run(kernel, 'x = 1');
-const loop = kernel.requestExecute({ code: 'while True: pass', stop_on_error: false });
-await waitFor(() => kernel.status === 'busy', 'the busy status');
+let looping = false;
+const loop = kernel.requestExecute({ code: "print('looping', flush=True)\nwhile True: pass", stop_on_error: false });
+loop.onIOPub = (msg) => {
+  if (msg.header.msg_type === 'stream' && msg.content.text.includes('looping')) looping = true;
+};
+await waitFor(() => looping, 'the loop to run');
 await kernel.interrupt();
 const interrupted = await loop.done;
 seen.interrupted = interrupted.content.ename;
