@@ -82,6 +82,7 @@ async def stop_all_sandboxes(app: PlatformApp) -> None:
     """Sandboxes outlive the platform by design; a test's must not outlive the test."""
     sandboxes = app.web_app.settings.get("sandboxes")
     if sandboxes is not None:
+        sandboxes.spawner.warm_pool_size = 0  # no refill of the pool while the test ends
         for handle in await sandboxes.spawner.find_running():
             await sandboxes.spawner.stop(handle)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from extensions.sandboxes.spawners.local import LocalSpawner
 from tests.client import Client
 
 COMMAND = [sys.executable, "-m", "platform_server"]
@@ -135,8 +137,16 @@ def test_command_starts_on_embedded_postgres_and_stops_it(tmp_path: Path) -> Non
     finally:
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)
+        # Its warm pool's sandboxes outlive it, by design; not this test.
+        asyncio.run(stop_sandboxes(data_dir))
     assert server.returncode is not None
     assert "password" not in output.lower().replace("password_hash", "")
     assert token["token"] not in output
     # The embedded server stopped with the platform.
     assert not (data_dir / "pgdata" / "postmaster.pid").exists(), output
+
+
+async def stop_sandboxes(data_dir: Path) -> None:
+    spawner = LocalSpawner(data_dir=str(data_dir))
+    for handle in await spawner.find_running():
+        await spawner.stop(handle)
