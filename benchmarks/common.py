@@ -139,6 +139,20 @@ async def platform(
         await stop_all(data_dir)
 
 
+def stock_args(port: int, root: Path, token: str, *options: str) -> list[str]:
+    """The command line (after ``python -m``) of stock jupyter_server serving ``root``."""
+    return [
+        "jupyter_server",
+        f"--port={port}",
+        "--ip=127.0.0.1",
+        "--allow-root",
+        "--ServerApp.open_browser=False",
+        f"--ServerApp.root_dir={root}",
+        f"--IdentityProvider.token={token}",
+        *options,
+    ]
+
+
 def platform_args(port: int, data_dir: Path, conninfo: str, *options: str) -> list[str]:
     """The command line (after ``python -m``) of a platform server on ``port``."""
     return [

@@ -31,6 +31,7 @@ from benchmarks.common import (
     platform_args,
     report,
     server,
+    stock_args,
     temp_dir,
 )
 
@@ -153,28 +154,21 @@ def stock_server(tmp: Path) -> tuple[list[str], int, str]:
     root.mkdir()
     fill_stock(root)
     port, token = free_port(), secrets.token_hex(16)
-    args = [
-        "jupyter_server",
-        f"--port={port}",
-        "--ip=127.0.0.1",
-        "--allow-root",
-        "--ServerApp.open_browser=False",
-        f"--ServerApp.root_dir={root}",
-        f"--IdentityProvider.token={token}",
-        "--ServerApp.jpserver_extensions={'jupyter_server_terminals': False}",
-    ]
+    args = stock_args(
+        port, root, token, "--ServerApp.jpserver_extensions={'jupyter_server_terminals': False}"
+    )
     return args, port, token
 
 
 def run(tmp: Path) -> tuple[dict[str, list[float]], ...]:
     """Both servers at once: the platform on its own PostgreSQL server, and stock Jupyter."""
-    stock_args, stock_port, stock_token = stock_server(tmp)
+    stock_command, stock_port, stock_token = stock_server(tmp)
     port = free_port()
     # No sandboxes: files need none, and pool sandboxes would outlive the server.
     options = "--Spawner.warm_pool_size=0"
     with embedded_postgres(tmp / "pgdata") as conninfo:
         args = platform_args(port, tmp / "data", conninfo, options)
-        with server(args, port, "/api/health"), server(stock_args, stock_port, "/api/status"):
+        with server(args, port, "/api/health"), server(stock_command, stock_port, "/api/status"):
             http = HTTP(port, {})
             user = {"username": "bench", "password": secrets.token_hex(12)}
             http.json("POST", "/api/accounts/register", user, expect=201)

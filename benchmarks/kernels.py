@@ -40,6 +40,7 @@ from benchmarks.common import (
     platform,
     report,
     server,
+    stock_args,
     temp_dir,
 )
 from benchmarks.contents import login_token
@@ -185,15 +186,7 @@ async def stock(tmp: Path) -> dict[str, Any]:
     port, token = free_port(), secrets.token_hex(16)
     root = tmp / "stock"
     root.mkdir()
-    args = [
-        "jupyter_server",
-        f"--port={port}",
-        "--ip=127.0.0.1",
-        "--allow-root",
-        "--ServerApp.open_browser=False",
-        f"--ServerApp.root_dir={root}",
-        f"--IdentityProvider.token={token}",
-    ]
+    args = stock_args(port, root, token)
     with server(args, port, "/api/status"):
         target = Target(f"http://127.0.0.1:{port}", token)
         return {

@@ -35,6 +35,7 @@ from benchmarks.common import (
     report,
     rss_kib,
     server,
+    stock_args,
     temp_dir,
     tree,
 )
@@ -238,15 +239,7 @@ def stock_server(root: Path) -> Iterator[tuple[Target, subprocess.Popen[bytes]]]
     """Stock jupyter_server with jupyter_server_terminals (terminado), files in ``root``."""
     root.mkdir()
     port, token = free_port(), secrets.token_hex(16)
-    args = [
-        "jupyter_server",
-        f"--port={port}",
-        "--ip=127.0.0.1",
-        "--allow-root",
-        "--ServerApp.open_browser=False",
-        f"--ServerApp.root_dir={root}",
-        f"--IdentityProvider.token={token}",
-    ]
+    args = stock_args(port, root, token)
     with server(args, port, "/api/status") as process:
         yield Target(f"http://127.0.0.1:{port}", token), process
 

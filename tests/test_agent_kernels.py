@@ -19,6 +19,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 from tests.kernel_client import V1, KernelSocket, close_opened
+from tests.missing import skip_or_fail
 from tests.test_agent import REPO, TOKEN, Agent, gone, vm_rss_kib, wait_listening
 
 SANDBOX_PYTHON = REPO / ".sandbox-venv" / "bin" / "python"
@@ -43,10 +44,7 @@ def start_agent(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Pa
     """The agent as a sandbox runs it: the sandbox venv's Python (numpy, ipykernel), the agent
     package on ``PYTHONPATH`` (which it removes before starting kernels)."""
     if not SANDBOX_PYTHON.exists():
-        missing = "the sandbox venv is missing: run `make install`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(missing)
-        pytest.skip(missing)
+        skip_or_fail("the sandbox venv is missing: run `make install`")
     root = tmp_path / "root"
     root.mkdir()
     log = tmp_path / "agent.log"

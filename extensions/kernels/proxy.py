@@ -23,8 +23,6 @@ from tornado import web
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import (
     WebSocketClientConnection,
-    WebSocketClosedError,
-    WebSocketHandler,
 )
 
 from extensions.accounts.identity import PlatformUser
@@ -32,6 +30,7 @@ from extensions.kernels.handlers import KERNEL_ID, WORKSPACE
 from extensions.sandboxes.agent_client import AgentError
 from extensions.sandboxes.handlers import running_sandbox
 from extensions.sandboxes.manager import Sandboxes
+from extensions.sandboxes.relay import AgentRelay
 from extensions.workspaces.manager import Workspaces
 
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
@@ -57,13 +56,11 @@ def offered_subprotocols(header: str | None) -> list[str]:
     return [p.strip() for p in (header or "").split(",") if p.strip()]
 
 
-class KernelProxyHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
+class KernelProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
     """Relays one kernel connection between a Jupyter client and the agent."""
 
     auth_resource = "kernels"
-    upstream: WebSocketClientConnection | None = None
     protocol: str | None = None
-    _pump: asyncio.Task[None] | None = None
     _touch: asyncio.Task[None] | None = None
     _touched = 0.0
 
@@ -124,40 +121,23 @@ class KernelProxyHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
     def open(self, *args: Any, **kwargs: Any) -> None:
         """Start relaying the agent's messages to the client."""
         super().open(*args, **kwargs)
-        # Kernel messages are small and interactive: without this, Nagle's algorithm and the
-        # client's delayed ACK hold a reply's later frames for ~40 ms.
-        self.set_nodelay(True)
-        self._pump = asyncio.create_task(self._relay_from_agent())
+        self.start_relay()
 
-    async def _relay_from_agent(self) -> None:
-        upstream = self.upstream
-        assert upstream is not None  # noqa: S101  (set in get before the upgrade)
-        while True:
-            message = await upstream.read_message()
-            if message is None:
-                code = upstream.close_code
-                if code in RELAYED_CLOSE_CODES:
-                    self.close(code, upstream.close_reason or "")
-                else:
-                    self.close(CONNECTION_LOST, "The connection to the kernel's sandbox was lost.")
-                return
-            try:
-                await self.write_message(message, binary=isinstance(message, bytes))
-            except WebSocketClosedError:
-                upstream.close()
-                return
+    def upstream_closed(self, upstream: WebSocketClientConnection) -> None:
+        """The agent's close code when the client knows it, else "connection lost"."""
+        if upstream.close_code in RELAYED_CLOSE_CODES:
+            self.close(upstream.close_code, upstream.close_reason or "")
+        else:
+            self.close(CONNECTION_LOST, "The connection to the kernel's sandbox was lost.")
 
     async def on_message(self, message: str | bytes) -> None:
         """Pass a client's frame to the agent (which checks it)."""
-        if self.upstream is None:
-            return
         if time.monotonic() - self._touched > TOUCH_INTERVAL and self._touch is None:
             self._touched = time.monotonic()
             self._touch = asyncio.create_task(self._note_activity())
-        try:
-            await self.upstream.write_message(message, binary=isinstance(message, bytes))
-        except WebSocketClosedError:
-            self.close(CONNECTION_LOST, "The connection to the kernel's sandbox was lost.")
+        await self.forward(
+            message, (CONNECTION_LOST, "The connection to the kernel's sandbox was lost.")
+        )
 
     async def _note_activity(self) -> None:
         """Record the workspace's activity (in the background: messages never wait for it)."""
@@ -170,13 +150,6 @@ class KernelProxyHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             self.log.warning("kernel socket | could not note activity: %s", e)
         finally:
             self._touch = None
-
-    def on_close(self) -> None:
-        """Close the agent side too (the agent keeps the session's messages for a reconnect)."""
-        if self.upstream is not None:
-            self.upstream.close()
-        if self._pump is not None and not self._pump.done():
-            self._pump.cancel()
 
 
 default_handlers = [

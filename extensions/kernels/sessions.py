@@ -121,7 +121,7 @@ class Sessions(LoggingConfigurable):
     kernels = Instance(Kernels)
 
     async def _rows(self, workspace_id: uuid.UUID) -> list[SessionRow]:
-        async with self.db.transaction() as conn:
+        async with self.db.connection() as conn:
             return await store.list_sessions(conn, workspace_id)
 
     async def _alive(

@@ -191,7 +191,7 @@ class Sandboxes(LoggingConfigurable):
 
     async def row(self, workspace_id: uuid.UUID) -> SandboxRow | None:
         """The workspace's sandbox row, if any."""
-        async with self.db.transaction() as conn:
+        async with self.db.connection() as conn:
             return await store.get_for_workspace(conn, workspace_id)
 
     async def current(self, workspace_id: uuid.UUID) -> SandboxRow | None:
@@ -209,7 +209,7 @@ class Sandboxes(LoggingConfigurable):
 
     async def get_row(self, sandbox_id: uuid.UUID) -> SandboxRow | None:
         """A sandbox row by id."""
-        async with self.db.transaction() as conn:
+        async with self.db.connection() as conn:
             return await store.get(conn, sandbox_id)
 
     async def _alive(self, row: SandboxRow) -> bool:
@@ -553,7 +553,7 @@ class Sandboxes(LoggingConfigurable):
 
     async def unsynced(self, workspace_id: uuid.UUID) -> list[dict[str, Any]]:
         """Files that stay in the sandbox only."""
-        async with self.db.transaction() as conn:
+        async with self.db.connection() as conn:
             return await store.unsynced_files(conn, workspace_id)
 
     # --- stopping ------------------------------------------------------------------------

@@ -1,13 +1,11 @@
 """``WS /w/<uuid>/terminals/websocket/<name>``: the browser's terminal, relayed to the agent.
 
-terminado's JSON protocol passes through unchanged. Each direction awaits the other side's
-write before reading more, so a slow browser slows the agent (which then stops reading the
-PTY) instead of filling this process's memory.
+terminado's JSON protocol passes through unchanged (``AgentRelay``); frames from the browser
+are checked first. A slow browser slows the agent, which then stops reading the PTY.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any, cast
 from urllib.parse import quote
@@ -15,11 +13,12 @@ from urllib.parse import quote
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
-from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketClientConnection
 
 from extensions.sandboxes.agent_client import AgentError
 from extensions.sandboxes.handlers import running_sandbox
 from extensions.sandboxes.manager import Sandboxes
+from extensions.sandboxes.relay import AgentRelay
 
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_TERMINAL_SIZE = 10_000
@@ -49,12 +48,10 @@ def invalid_frame(message: str | bytes) -> str | None:
     return f"unknown command {frame[0][:20]!r}"
 
 
-class TerminalProxyHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
+class TerminalProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
     """Relays one terminal between a browser (or any Jupyter client) and the agent."""
 
     auth_resource = "terminals"
-    upstream: WebSocketClientConnection | None = None
-    _pump: asyncio.Task[None] | None = None
 
     @property
     def max_message_size(self) -> int:
@@ -80,26 +77,12 @@ class TerminalProxyHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
     def open(self, *args: Any, **kwargs: Any) -> None:
         """Start relaying the agent's output to the browser."""
         super().open(*args, **kwargs)
-        # Echoes and output frames are small and interactive: without this, Nagle's algorithm
-        # and the client's delayed ACK can hold a frame back for ~40 ms.
-        self.set_nodelay(True)
-        self._pump = asyncio.create_task(self._relay_output())
+        self.start_relay()
 
-    async def _relay_output(self) -> None:
-        upstream = self.upstream
-        assert upstream is not None  # noqa: S101  (set in get before the upgrade)
-        while True:
-            message = await upstream.read_message()
-            if message is None:
-                # Not 1000/1001: @jupyterlab/services reconnects after any other code, which
-                # finds the terminal again after an agent or replica restart (404 otherwise).
-                self.close(SERVER_ERROR, "The terminal's connection to its sandbox was lost.")
-                return
-            try:
-                await self.write_message(message)
-            except WebSocketClosedError:
-                upstream.close()
-                return
+    def upstream_closed(self, upstream: WebSocketClientConnection) -> None:
+        """Not 1000/1001: @jupyterlab/services reconnects after any other code, which finds the
+        terminal again after an agent or replica restart (404 otherwise)."""
+        self.close(SERVER_ERROR, "The terminal's connection to its sandbox was lost.")
 
     async def on_message(self, message: str | bytes) -> None:
         """Forward a valid frame to the agent; close on anything else."""
@@ -107,19 +90,7 @@ class TerminalProxyHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         if problem is not None:
             self.close(BAD_DATA, f"Bad terminal message: {problem}.")
             return
-        if self.upstream is None:
-            return
-        try:
-            await self.upstream.write_message(message)
-        except WebSocketClosedError:
-            self.close(GOING_AWAY, "The terminal's sandbox stopped.")
-
-    def on_close(self) -> None:
-        """Close the agent side too."""
-        if self.upstream is not None:
-            self.upstream.close()
-        if self._pump is not None and not self._pump.done():
-            self._pump.cancel()
+        await self.forward(message, (GOING_AWAY, "The terminal's sandbox stopped."))
 
 
 default_handlers = [
