@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # The platform server image: the IDE's front end built by Node, the Python application, run as
 # an unprivileged user with a read-only root filesystem. Build from the repository root:
-#   docker build -t code-execution-platform/platform:0.1.0 .
+#   docker build --build-arg VERSION="$(cat kernel_image/VERSION)" \
+#     -t "code-execution-platform/platform:$(cat kernel_image/VERSION)" .
 
 # 1. The IDE: TypeScript bundled by esbuild into platform_server/static/.
 FROM node:20-bookworm-slim AS frontend
@@ -15,18 +16,23 @@ RUN npm run build
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
-COPY setup.cfg pyproject.toml README.md ./
+COPY setup.cfg pyproject.toml README.md constraints.txt ./
 COPY platform_server/ platform_server/
 COPY extensions/ extensions/
 COPY kernel_image/ kernel_image/
 COPY --from=frontend /src/platform_server/static/ platform_server/static/
 # Editable, so the package finds its static files and migrations where they are.
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --editable . \
+    && /opt/venv/bin/pip install --no-cache-dir --constraint constraints.txt --editable . \
     && /opt/venv/bin/python -m compileall -q /app
 
 # 3. The runtime.
 FROM python:3.11-slim-bookworm
+# The project's version (kernel_image/VERSION), as the image's label.
+ARG VERSION
+LABEL org.opencontainers.image.title="code-execution-platform" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="BSD-3-Clause"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \

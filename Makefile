@@ -14,11 +14,11 @@ ARGS ?=
 
 install: $(STAMP) $(NODE_STAMP) $(SANDBOX_STAMP) $(FRONTEND_STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml constraints.txt kernel_image/VERSION
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (PYTHON=... selects another).")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
 # JupyterLab's client library, which the compatibility tests drive from Node.js.
@@ -38,7 +38,7 @@ $(FRONTEND_STAMP): $(FRONTEND_DEPS) $(FRONTEND_SRC)
 	cd frontend && npm run build
 
 # The sandboxes' own Python (numpy, pandas, scipy, the agent's deps), never the platform's.
-$(SANDBOX_STAMP): $(STAMP) extensions/sandboxes/python_env.py
+$(SANDBOX_STAMP): $(STAMP) extensions/sandboxes/python_env.py kernel_image/requirements.txt
 	$(BIN)/python -m extensions.sandboxes.python_env .sandbox-venv
 	@touch $(SANDBOX_STAMP)
 

@@ -5,4 +5,8 @@ It imports nothing from the platform; the two share only the protocol in docs/ag
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from pathlib import Path
+
+# The project's one version: the package metadata (setup.cfg), the images' labels and the
+# manifests read this file too; it lives here because the sandbox image carries only this folder.
+__version__ = Path(__file__).with_name("VERSION").read_text().strip()

@@ -1,3 +1,5 @@
 """The code execution platform: a multi-user IDE and Jupyter-compatible gateway."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("code-execution-platform")

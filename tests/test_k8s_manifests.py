@@ -5,8 +5,10 @@ their security properties asserted on the rendered objects, and both Dockerfiles
 
 from __future__ import annotations
 
+import importlib.metadata
 import ipaddress
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -21,9 +23,11 @@ from dockerfile_parse import DockerfileParser
 from traitlets import Type
 from traitlets.config import Configurable
 
+import kernel_image
+import platform_server
 from extensions.sandboxes.app import SandboxesApp
 from extensions.sandboxes.manager import Sandboxes
-from extensions.sandboxes.python_env import SANDBOX_PACKAGES
+from extensions.sandboxes.python_env import REQUIREMENTS
 from extensions.sandboxes.spawners.k8s_objects import (
     AGENT_PORT,
     SANDBOX_GID,
@@ -460,10 +464,32 @@ def test_the_sandbox_image_runs_the_agent_as_the_pod_expects() -> None:
     assert "COPY" in steps
     assert steps["COPY"] == "kernel_image/ /opt/agent/kernel_image/"
     text = path.read_text()
-    for package in SANDBOX_PACKAGES:
-        assert package.split(">")[0] + "==" in text, package
+    # The same pinned list as the local sandboxes' venv, every line an exact pin.
+    assert "pip install --no-cache-dir --requirement /tmp/requirements.txt" in text
+    pins = [line for line in REQUIREMENTS.read_text().splitlines() if line and line[0] != "#"]
+    assert {"numpy", "pandas", "scipy", "ipykernel", "terminado"} <= {
+        pin.split("==")[0].lower() for pin in pins
+    }
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[A-Za-z0-9_.+-]+", pin) for pin in pins), pins
     for tool_name in ("bash", "git", "tini"):
         assert f" {tool_name}" in text
+
+
+def test_one_version_for_the_package_the_agent_the_images_and_the_manifests(
+    base: list[Obj],
+) -> None:
+    version = (REPO / "kernel_image" / "VERSION").read_text().strip()
+    assert importlib.metadata.version("code-execution-platform") == version
+    assert platform_server.__version__ == kernel_image.__version__ == version
+    for dockerfile in (REPO / "Dockerfile", REPO / "kernel_image" / "Dockerfile"):
+        parsed = DockerfileParser(path=str(dockerfile), build_args={"VERSION": version})
+        assert parsed.labels["org.opencontainers.image.version"] == version, dockerfile
+    deployment = one(base, "Deployment", "platform-server")
+    (image,) = [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]]
+    assert image.endswith(f":{version}"), image
+    config = one(base, "ConfigMap", "platform-config")["data"]["platform_server_config.json"]
+    sandbox_image = json.loads(config)["KubernetesSpawner"]["image"]
+    assert sandbox_image.endswith(f":{version}"), sandbox_image
 
 
 def test_the_platform_image_builds_the_front_end_and_runs_the_server() -> None:

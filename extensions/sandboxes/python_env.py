@@ -17,17 +17,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-# What users get (numpy, pandas, scipy), what the agent needs (tornado, terminado) and kernels.
-SANDBOX_PACKAGES = (
-    "numpy",
-    "pandas",
-    "scipy",
-    "matplotlib",
-    "tornado>=6.5",
-    "terminado>=0.18",
-    "ipykernel>=6.29",
-    "uvloop>=0.21",  # the agent's event loop, when it can be had
-)
+# The pinned list the sandbox image installs too (one list, so both spawners run the same
+# numpy, pandas, ipykernel, tornado...).
+REQUIREMENTS = Path(__file__).resolve().parents[2] / "kernel_image" / "requirements.txt"
 
 # Host folders every sandbox sees read-only: an interpreter under them needs no extra bind.
 SYSTEM_PREFIXES = ("/usr", "/bin", "/lib", "/lib64", "/sbin")
@@ -90,10 +82,11 @@ def read_home(env: Path) -> Path:
 
 def build(
     build_dir: Path,
-    packages: Sequence[str] = SANDBOX_PACKAGES,
+    packages: Sequence[str] = ("-r", str(REQUIREMENTS)),
     base_python: Path | None = None,
 ) -> None:
-    """Create (or update) the venv at ``build_dir`` and install ``packages`` into it.
+    """Create (or update) the venv at ``build_dir`` and install ``packages`` (pip arguments;
+    by default the pinned list) into it.
 
     With no packages, the venv is made without pip (fast; tests use that).
     """
