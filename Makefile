@@ -58,7 +58,11 @@ frontend-lint: $(FRONTEND_DEPS)
 pytest: install
 	$(BIN)/pytest $(ARGS)
 
-test: lint typecheck frontend-lint pytest
+# System packages first (installed as root, else named with the command to run), so that a
+# machine without them stops before anything is built or run.
+test:
+	@PYTHON=$(PYTHON) scripts/system-deps
+	@$(MAKE) --no-print-directory lint typecheck frontend-lint pytest
 
 # Performance against baselines measured in the same run; prints ratios, writes results.json.
 bench: install

@@ -142,9 +142,9 @@ def fill_ours(conninfo: str, workspace: str) -> None:
                        FROM (SELECT 'file' || lpad(i::text, 5, '0') || '.txt' AS n
                              FROM generate_series(0, %s - 1) i) names
                        RETURNING content_id)
-                   INSERT INTO content_parts (content_id, seq, data)
-                   SELECT content_id, 1, 'x' FROM files""",
-                [workspace, f"dir{count}", f"dir{count}", digest, count],
+                   INSERT INTO content_parts (content_id, seq, data, workspace_id)
+                   SELECT content_id, 1, 'x', %s FROM files""",
+                [workspace, f"dir{count}", f"dir{count}", digest, count, workspace],
             )
 
 

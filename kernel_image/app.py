@@ -1,7 +1,9 @@
 """Wiring and command line: ``python -s -m kernel_image (--socket P | --fd N | --port N) --root D``.
 
-The token comes from the environment variable ``AGENT_TOKEN`` (never argv, which ``ps`` shows);
-it is removed from the environment before any terminal starts.
+The token is read once from an inherited pipe (``--token-fd N``, then closed), or else taken out
+of the environment variable ``AGENT_TOKEN``; never from argv, which ``ps`` shows. With
+``--log-fd N`` the agent logs to that descriptor only, and its stdin, stdout and stderr (which
+kernels inherit) become ``/dev/null``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from kernel_image import __version__, file_handlers, files, handlers, kernel_han
 from kernel_image.auth import AgentHandler, ApiError
 from kernel_image.config import AgentConfig
 from kernel_image.kernels import Kernels, KernelsConfig
+from kernel_image.lifetime import Lifetime, Limits
 from kernel_image.sync import DEFAULT_IGNORE, Ignore, SyncChannel, Watcher
 from kernel_image.sync_socket import SyncSocket
 from kernel_image.terminals import TerminalManager
@@ -40,6 +43,7 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 PING_INTERVAL = 30.0
 """Seconds between WebSocket pings; a client that does not answer is disconnected."""
 PR_SET_DUMPABLE = 4
+LOG_FULL_NOTICE = b"[agent] log size limit reached: further lines are dropped\n"
 
 
 class NotFoundHandler(AgentHandler):
@@ -55,6 +59,7 @@ def make_app(
     terminals: TerminalManager,
     sync_channel: SyncChannel,
     kernels: Kernels | None = None,
+    lifetime: Lifetime | None = None,
 ) -> web.Application:
     """The Tornado application: every route, the settings handlers read."""
     return web.Application(
@@ -70,6 +75,7 @@ def make_app(
         terminal_manager=terminals,
         sync_channel=sync_channel,
         kernels=kernels or Kernels(KernelsConfig(root=config.root)),
+        lifetime=lifetime,
         started=time.time(),
         websocket_max_message_size=MAX_MESSAGE_BYTES,
         websocket_ping_interval=PING_INTERVAL,
@@ -91,7 +97,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -s -m kernel_image",
         description="The sandbox agent: terminals, files and health over HTTP + WebSocket. "
-        f"The token comes from ${TOKEN_ENV}.",
+        f"The token comes from --token-fd, else ${TOKEN_ENV}.",
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket", metavar="PATH", help="bind a Unix socket (mode 0600)")
@@ -149,6 +155,45 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=1800.0,
         help="seconds an idle kernel without clients lives on; 0 never culls (default 1800)",
     )
+    parser.add_argument(
+        "--token-fd",
+        type=int,
+        metavar="N",
+        help=f"read the token from this inherited descriptor, then close it (else ${TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--log-fd",
+        type=int,
+        metavar="N",
+        help="log to this inherited descriptor (not inherited further); stdin, stdout and "
+        "stderr become /dev/null. Default: log to stderr",
+    )
+    parser.add_argument(
+        "--log-max-bytes",
+        type=_size,
+        default=0,
+        help="stop logging to --log-fd once its file holds this many bytes; 0: no limit",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=0.0,
+        help="end the sandbox after this many seconds without activity once a workspace's "
+        "files are loaded (never while changes wait for the platform); 0: never (default)",
+    )
+    parser.add_argument(
+        "--max-age",
+        type=float,
+        default=0.0,
+        help="end the sandbox this many seconds after the agent started; 0: never (default)",
+    )
+    parser.add_argument(
+        "--unclaimed-timeout",
+        type=float,
+        default=0.0,
+        help="end the sandbox after this many seconds without any request while no "
+        "workspace's files are loaded (a warm-pool sandbox left alone); 0: never (default)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument("--version", action="version", version=__version__)
     return parser.parse_args(argv)
@@ -182,8 +227,8 @@ def listen(args: argparse.Namespace) -> tuple[list[socket.socket], str]:
 
 
 def forbid_inspection() -> None:
-    """Make the agent non-dumpable: user code (the same uid) cannot ptrace it nor read its
-    memory or ``/proc/<pid>/environ``, which still holds the token's original bytes.
+    """Make the agent non-dumpable: user code (the same uid) cannot ptrace it, read its memory
+    or ``/proc/<pid>/environ``, nor take its descriptors (``pidfd_getfd``).
     """
     try:
         import ctypes
@@ -215,22 +260,95 @@ async def serve(
     files.written_hook = watcher.note_written
     sync_channel = SyncChannel(watcher, args.max_sync_bytes)
     sync_channel.start()
+    lifetime = Lifetime(
+        Limits(args.idle_timeout, args.max_age, args.unclaimed_timeout),
+        activity=lambda: latest(terminals.last_input, kernels.last_activity),
+        unsynced=sync_channel.has_unsynced,
+    )
     server = HTTPServer(
-        make_app(config, terminals, sync_channel, kernels),
+        make_app(config, terminals, sync_channel, kernels, lifetime),
         max_body_size=file_handlers.MAX_SMALL_BODY,
     )
     server.add_sockets(sockets)
     stop = asyncio.Event()
+    watch = asyncio.create_task(lifetime.watch(stop))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("agent %s | listening on %s, root %s", __version__, where, config.root)
     await stop.wait()
     log.info("agent | stopping")
+    watch.cancel()
     server.stop()
     await asyncio.gather(terminals.shutdown(), kernels.shutdown())
     with contextlib.suppress(Exception):
         await asyncio.wait_for(server.close_all_connections(), 2)
+
+
+def latest(*times: float | None) -> float | None:
+    """The latest of some times, None if there is none."""
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
+class CappedLog:
+    """A text stream writing to a descriptor until its file holds ``limit`` bytes (0: no
+    limit); write errors (a closed pipe, a full disk) drop the line: the agent goes on."""
+
+    def __init__(self, fd: int, limit: int) -> None:
+        self.fd = fd
+        self.limit = limit
+        self.full = False
+
+    def write(self, text: str) -> int:
+        """Write ``text`` whole, or nothing."""
+        data = text.encode(errors="replace")
+        try:
+            if self.limit and os.fstat(self.fd).st_size + len(data) > self.limit:
+                if not self.full:
+                    self.full = True
+                    os.write(self.fd, LOG_FULL_NOTICE)
+                return len(text)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError:
+            pass
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+    def isatty(self) -> bool:
+        """Never a terminal."""
+        return False
+
+
+def redirect_output(fd: int, limit: int) -> None:
+    """Log to ``fd`` only (``CappedLog``): it is not inherited, and stdin, stdout and stderr
+    become /dev/null, so that no kernel or terminal inherits a descriptor of the host."""
+    try:
+        os.set_inheritable(fd, False)
+    except OSError as e:
+        sys.exit(f"kernel_image: --log-fd {fd}: {e.strerror}")
+    null = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(null, target)
+    os.close(null)
+    sys.stdout = sys.stderr = CappedLog(fd, limit)
+
+
+def read_token(token_fd: int | None) -> str:
+    """The token, from ``token_fd`` (read to its end, then closed) or ``$AGENT_TOKEN``; the
+    variable is removed from the environment either way."""
+    token = os.environ.pop(TOKEN_ENV, "")
+    if token_fd is None:
+        return token
+    try:
+        with os.fdopen(token_fd, "rb") as pipe:
+            return pipe.read().decode().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        sys.exit(f"kernel_image: cannot read the token from --token-fd {token_fd}: {e}")
 
 
 def configure_logging(level: str) -> None:
@@ -259,14 +377,20 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m kernel_image``."""
+    # First: nothing of the sandbox may read the token or take a descriptor from here on.
+    forbid_inspection()
     args = parse_args(argv)
-    token = os.environ.pop(TOKEN_ENV, "")
+    if args.log_fd is not None:
+        redirect_output(args.log_fd, args.log_max_bytes)
+    token = read_token(args.token_fd)
     # Only the agent needs its own import path; terminals and kernels get the user's Python.
     os.environ.pop("PYTHONPATH", None)
     configure_logging(args.log_level)
     if len(token) < MIN_TOKEN_LENGTH:
-        sys.exit(f"kernel_image: set {TOKEN_ENV} to a secret of {MIN_TOKEN_LENGTH}+ characters")
-    forbid_inspection()
+        sys.exit(
+            f"kernel_image: give a token of {MIN_TOKEN_LENGTH}+ characters "
+            f"(--token-fd or ${TOKEN_ENV})"
+        )
     root = os.path.realpath(args.root)
     if not Path(root).is_dir():
         sys.exit(f"kernel_image: --root {args.root!r} is not a folder")

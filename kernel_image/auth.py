@@ -48,6 +48,9 @@ class AgentBase(web.RequestHandler):
         """Raise 401 unless ``Authorization: token <t>`` matches the agent's token."""
         if not token_matches(self.request.headers.get("Authorization"), self.config.token):
             raise ApiError(401, "missing or invalid token")
+        lifetime = self.settings.get("lifetime")
+        if lifetime is not None:
+            lifetime.heard(changes=self.request.method not in {"GET", "HEAD"})
 
     def check_xsrf_cookie(self) -> None:
         """No cookies are ever accepted, so there is nothing to forge."""

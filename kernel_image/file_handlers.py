@@ -192,6 +192,9 @@ class TreeHandler(FilesBase):
     def prepare(self) -> None:
         super().prepare()
         self.limit_body(self.config.max_tree_bytes)
+        lifetime = self.settings.get("lifetime")
+        if lifetime is not None:
+            lifetime.claim()
         read_fd, write_fd = os.pipe()
         self._pipe = PipeIOStream(write_fd)
         reader = os.fdopen(read_fd, "rb", buffering=1024 * 1024)

@@ -219,6 +219,11 @@ class SyncChannel:
         if self.sender is sender:
             self.sender = None
 
+    def has_unsynced(self) -> bool:
+        """Whether changes have not reached the platform yet (sent or not)."""
+        watcher = self.watcher
+        return bool(self.unacked or watcher.dirty or watcher.moves)
+
     def ack(self, seq: int) -> None:
         """The platform has stored everything up to ``seq``."""
         for done in [s for s in self.unacked if s <= seq]:

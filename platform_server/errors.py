@@ -54,6 +54,12 @@ class InvalidInput(DomainError):
     reason = "invalid_input"
 
 
+class InvalidPath(InvalidInput):
+    """A file path that cannot name a workspace file; nothing was changed."""
+
+    reason = "invalid_path"
+
+
 class NotFound(DomainError):
     """The thing does not exist, or the caller may not know that it does."""
 

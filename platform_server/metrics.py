@@ -11,3 +11,7 @@ LOGIN_FAILURES = Counter(
     ["reason"],
 )
 REGISTRATIONS = Counter("platform_registrations_total", "Accounts created by registration.")
+DATABASE_RESTARTS = Counter(
+    "platform_database_restarts_total",
+    "Restarts of the embedded PostgreSQL after it was found gone.",
+)

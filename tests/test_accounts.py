@@ -624,7 +624,7 @@ async def test_password_change_revokes_other_logins(make_user: UserFactory, base
     body = {"old_password": PASSWORD, "new_password": NEW_PASSWORD}
     response = await browser.post("/api/accounts/password", body)
     assert response.status == 200, response.body
-    assert response.json == {"revoked_logins": 2}
+    assert response.json == {"revoked_logins": 2, "revoked_tokens": 0}
 
     assert await me_status(browser) == 200  # the login that changed it keeps working
     assert await me_status(other_browser) == 401
@@ -634,11 +634,14 @@ async def test_password_change_revokes_other_logins(make_user: UserFactory, base
     assert not await can_login(base_url, "alice", PASSWORD)
 
 
-async def test_password_change_keeps_api_tokens(make_user: UserFactory, base_url: str) -> None:
+async def test_password_change_keeps_api_tokens_when_asked(
+    make_user: UserFactory, base_url: str
+) -> None:
     browser = await make_user("alice")
     token = await create_token(browser)
-    body = {"old_password": PASSWORD, "new_password": NEW_PASSWORD}
-    assert (await browser.post("/api/accounts/password", body)).status == 200
+    body = {"old_password": PASSWORD, "new_password": NEW_PASSWORD, "revoke_tokens": False}
+    response = await browser.post("/api/accounts/password", body)
+    assert response.json == {"revoked_logins": 0, "revoked_tokens": 0}
     assert await me_status(Client(base_url, token=token["token"])) == 200
 
 

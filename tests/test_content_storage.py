@@ -238,3 +238,68 @@ def old_rows(conn: psycopg.Connection[Any]) -> None:
            VALUES (%s, 'main.py', 'file', 'print(0)\n', %s, now())""",
         [ws, hashlib.sha256(b"print(0)\n").digest()],
     )
+
+
+def test_migration_0008_counts_checkpoints_and_shared_contents_once(pg_admin_url: str) -> None:
+    url = postgres.create_database(pg_admin_url)
+    try:
+        with psycopg.connect(url) as conn:
+            conn.execute(
+                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for migration in load_migrations():
+                if migration.version < 8:
+                    conn.execute(migration.sql.encode())
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        [migration.version, migration.name],
+                    )
+            ws = rows_before_0008(conn)
+        assert apply_migrations(url, log)[0] == 8
+        with psycopg.connect(url) as conn:
+            # main.py (9) and its copy share a content; the checkpoint keeps 'print(0)\n' (9);
+            # the upload in progress has 4 bytes: 22, where file sizes summed to 18.
+            row = conn.execute("SELECT bytes_used FROM workspaces WHERE id = %s", [ws]).fetchone()
+            assert row == (22,)
+            conn.execute("DELETE FROM checkpoints")
+            row = conn.execute("SELECT bytes_used FROM workspaces WHERE id = %s", [ws]).fetchone()
+            assert row == (13,)
+        assert orphan_parts(url) == 0
+    finally:
+        postgres.drop_database(pg_admin_url, url)
+
+
+def rows_before_0008(conn: psycopg.Connection[Any]) -> Any:
+    """A file, its copy, a checkpoint and an upload as the schema before 0008 stored them."""
+    conn.execute("INSERT INTO users (username, password_hash) VALUES ('old', '!')")
+    row = conn.execute(
+        "INSERT INTO workspaces (owner_id, name, bytes_used) SELECT id, 'w', 18 FROM users "
+        "RETURNING id"
+    ).fetchone()
+    assert row is not None
+    ws = row[0]
+    for content_id, data in ((1, b"print(1)\n"), (2, b"print(0)\n"), (3, b"up")):
+        conn.execute(
+            "INSERT INTO content_parts (content_id, seq, data) VALUES (%s, 1, %s)",
+            [content_id, data],
+        )
+    conn.execute("INSERT INTO content_parts (content_id, seq, data) VALUES (3, 2, 'ld')")
+    digest = hashlib.sha256(b"print(1)\n").digest()
+    for path in ("main.py", "copy.py"):
+        conn.execute(
+            """INSERT INTO workspace_items (workspace_id, path, parent, name, type, content_id,
+                                            size, sha256)
+               VALUES (%s, %s, '', %s, 'file', 1, 9, %s)""",
+            [ws, path, path, digest],
+        )
+    conn.execute(
+        """INSERT INTO checkpoints (workspace_id, path, type, content_id, size, sha256,
+                                    last_modified)
+           VALUES (%s, 'main.py', 'file', 2, 9, %s, now())""",
+        [ws, hashlib.sha256(b"print(0)\n").digest()],
+    )
+    conn.execute(
+        "INSERT INTO uploads (workspace_id, path, content_id) VALUES (%s, 'big.bin', 3)", [ws]
+    )
+    return ws

@@ -484,6 +484,26 @@ async def test_copy_directory(cm: AsyncContentsManager) -> None:
     assert (await cm.get("d/sub/f.txt"))["content"] == "F"
 
 
+async def test_copy_directory_into_missing_folders(cm: AsyncContentsManager) -> None:
+    await mkdir(cm, "d")
+    await save_text(cm, "d/f.txt", "F")
+    await save_text(cm, "file.txt", "not a folder")
+    # A directory copied to a folder that does not exist yet: the folder is made, as
+    # jupyter_server's own test_copy_dir expects (copytree makes every missing folder).
+    copied = await cm.copy("d", "new")
+    assert (copied["path"], copied["type"]) == ("new/d", "directory")
+    assert (await cm.get("new/d/f.txt"))["content"] == "F"
+    deep = await cm.copy("d", "a/b")
+    assert deep["path"] == "a/b/d"
+    assert await names(cm) == {"a", "d", "file.txt", "new"}
+    assert (await cm.get("a"))["type"] == "directory"
+    assert (await cm.get("a/b/d/f.txt"))["content"] == "F"
+    # Into a file: refused, and nothing is made.
+    assert await status(cm.copy("d", "file.txt/inner")) == 400
+    assert (await cm.get("file.txt"))["content"] == "not a folder"
+    assert await names(cm) == {"a", "d", "file.txt", "new"}
+
+
 # --- rename and delete ---------------------------------------------------------------------
 
 
@@ -671,12 +691,16 @@ async def test_paths_outside_the_root_are_refused(cm: AsyncContentsManager) -> N
 
 
 def bytes_used(database_url: str, workspace_id: uuid.UUID) -> tuple[int, int]:
-    """``(workspaces.bytes_used, sum of the stored file sizes)``: they must agree."""
+    """``(workspaces.bytes_used, bytes stored)``: they must agree. Stored: the parts of every
+    content a file, checkpoint or upload of the workspace refers to, each content once."""
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
             """SELECT w.bytes_used,
-                      (SELECT coalesce(sum(size), 0) FROM workspace_items i
-                       WHERE i.workspace_id = w.id)
+                      (SELECT coalesce(sum(octet_length(p.data)), 0) FROM content_parts p
+                       WHERE p.content_id IN (
+                           SELECT content_id FROM workspace_items WHERE workspace_id = w.id
+                           UNION SELECT content_id FROM checkpoints WHERE workspace_id = w.id
+                           UNION SELECT content_id FROM uploads WHERE workspace_id = w.id))
                FROM workspaces w WHERE w.id = %s""",
             [workspace_id],
         ).fetchone()
@@ -728,24 +752,28 @@ async def test_postgres_only_workspace_quota(
     assert await status(save_bytes(pg, "a.bin", b"A" * 10_001)) == 413
     assert await read(pg, "a.bin") == b"A" * 9000
     assert await status(upload(pg, "c.bin", b"c" * 3000, chunk_size=1000)) == 413
-    assert await status(pg.copy("a.bin")) == 413
+    copy = await pg.copy("a.bin")  # a copy shares the stored content: nothing more is stored
     assert bytes_used(database_url, ws) == (9000, 9000)
+    await pg.delete(copy["path"])
 
     await pg.rename("a.bin", "moved.bin")
     await save_text(pg, "small.txt", "12345")
     await mkdir(pg, "d")
     await pg.copy("small.txt", "d")
-    assert bytes_used(database_url, ws) == (9010, 9010)
+    assert bytes_used(database_url, ws) == (9005, 9005)
     await pg.delete("moved.bin")
     await upload(pg, "up.bin", b"u" * 2500, chunk_size=1000)
-    assert bytes_used(database_url, ws) == (2510, 2510)
+    assert bytes_used(database_url, ws) == (2505, 2505)
     checkpoint = await pg.create_checkpoint("up.bin")
     await save_bytes(pg, "up.bin", b"")
     await pg.restore_checkpoint(checkpoint["id"], "up.bin")
     await pg.copy("d", "")
-    assert bytes_used(database_url, ws) == (2515, 2515)
+    assert bytes_used(database_url, ws) == (2505, 2505)
     await pg.delete("d")
-    assert bytes_used(database_url, ws) == (2510, 2510)
+    await pg.delete("small.txt")
+    assert bytes_used(database_url, ws) == (2505, 2505)  # d-Copy1/small.txt keeps the 5 bytes
+    await pg.delete("d-Copy1")
+    assert bytes_used(database_url, ws) == (2500, 2500)
 
 
 async def test_postgres_only_uploads_in_progress_count_against_the_quota(
@@ -995,8 +1023,8 @@ async def test_postgres_only_listing_of_10000_entries(
                           nextval('content_ids'), 1, sha256('\\x00'::bytea), 'text/x-python'
                    FROM generate_series(1, 10000) AS n
                    RETURNING content_id)
-               INSERT INTO content_parts (content_id, seq, data)
-               SELECT content_id, 1, '\\x00'::bytea FROM files""",
+               INSERT INTO content_parts (content_id, seq, data, workspace_id)
+               SELECT content_id, 1, '\\x00'::bytea, %(ws)s FROM files""",
             {"ws": pg.workspace_id},
         )
     model = await pg.get("many")

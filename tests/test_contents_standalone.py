@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import secrets
@@ -19,8 +20,10 @@ import psycopg
 import pytest
 
 from extensions.workspaces import items
+from extensions.workspaces.contents import PostgresContentsManager
 from platform_server.errors import NotFound
 from tests.client import Client
+from tests.workspace_fixtures import manager_config
 
 MANAGER = "extensions.workspaces.contents.PostgresContentsManager"
 
@@ -185,3 +188,50 @@ async def test_standalone_refuses_to_start_without_a_workspace(
     assert output != 0
     log = server.stop()
     assert "PostgresContentsManager.workspace is required" in log, json.dumps(log[-2000:])
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_servers_started_and_stopped_in_one_process_keep_connecting(database_url: str) -> None:
+    """A process that runs many stock servers one after another, each on its own event loop
+    (as a test suite does), never exhausts PostgreSQL's connections (100 by default)."""
+
+    async def serve_once() -> PostgresContentsManager:
+        manager = PostgresContentsManager(
+            db_url=database_url, workspace="notes", config=manager_config()
+        )
+        listing = await manager.get("")
+        assert [child["name"] for child in listing["content"]] == ["docs"]
+        return manager
+
+    def connections() -> int:
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    with psycopg.connect(database_url) as conn:
+        workspace_id = items.resolve_workspace(conn, "notes")
+        conn.execute(
+            "INSERT INTO workspace_items (workspace_id, path, parent, name, type) "
+            "VALUES (%s, 'docs', '', 'docs', 'directory')",
+            [workspace_id],
+        )
+    stopped = []  # what made the servers may keep them: their pools must not matter
+    for _ in range(150):
+        loop = asyncio.new_event_loop()
+        try:
+            stopped.append(loop.run_until_complete(serve_once()))
+        finally:
+            loop.close()
+    gc.collect()  # connections that were being opened as a loop closed are left to the GC
+    loop = asyncio.new_event_loop()
+    try:
+        # Servers on one loop share its pool; the stopped servers' pools hold nothing.
+        running = [loop.run_until_complete(serve_once()) for _ in range(20)]
+        assert len(stopped) + len(running) == 170
+        assert connections() <= 1 + running[0].db.max_size
+        loop.run_until_complete(running[0].db.close())
+    finally:
+        loop.close()

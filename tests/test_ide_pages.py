@@ -177,6 +177,17 @@ async def test_ide_page_names_its_workspace_and_workers(make_user: Any) -> None:
     assert response.headers["Location"] == f"/w/{workspace['uuid']}/"
 
 
+async def test_ide_page_redirect_of_any_workspace_id_is_a_redirect(make_user: Any) -> None:
+    browser = await make_user()
+    # A control character or non-ASCII in the id: redirected (then a 404 page), never a 500.
+    response = await browser.get("/w/%07%C3%A9x")
+    assert response.status == 302
+    assert response.headers["Location"] == "/w/%07%C3%A9x/"
+    page = await browser.get(response.headers["Location"])
+    assert page.status == 404
+    assert page.headers["Content-Type"] == "text/html; charset=UTF-8"
+
+
 async def test_ide_page_of_a_workspace_not_yours_is_a_404_page(make_user: Any) -> None:
     alice = await make_user()
     workspace = (await alice.post("/api/workspaces", {"name": "secret"})).json

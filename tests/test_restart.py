@@ -28,12 +28,20 @@ pytestmark = pytest.mark.slow
 class Platform:
     """The platform as a separate process, so it can be killed for real."""
 
-    def __init__(self, database_url: str, data_dir: Path) -> None:
+    def __init__(self, database_url: str | None, data_dir: Path, *args: str) -> None:
+        # No database_url: the platform runs its embedded PostgreSQL, as `make run` does.
         self.database_url = database_url
         self.data_dir = data_dir
+        self.args = args
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / "platform.log"
+
+    def defaults(self) -> list[str]:
+        """Options of every test platform, unless its ``args`` set them."""
+        defaults = {"--Spawner.warm_pool_size": "0"}
+        given = {arg.split("=", 1)[0] for arg in self.args}
+        return [f"{name}={value}" for name, value in defaults.items() if name not in given]
 
     @property
     def url(self) -> str:
@@ -49,11 +57,12 @@ class Platform:
                     "platform_server",
                     f"--port={self.port}",
                     "--ip=127.0.0.1",
-                    f"--PlatformApp.db_url={self.database_url}",
+                    *([f"--PlatformApp.db_url={self.database_url}"] if self.database_url else []),
                     f"--PlatformApp.data_dir={self.data_dir}",
                     "--Accounts.bcrypt_cost=4",
                     "--Sandboxes.sync_lease=2",
-                    "--Spawner.warm_pool_size=0",
+                    *self.defaults(),
+                    *self.args,
                 ],
                 env=env,
                 stdout=log,

@@ -70,6 +70,17 @@ class Terminal:
         await self.expect(marker)
         return self.output[start:]
 
+    async def run_until(self, command: str, needle: str, within: float = 20) -> str:
+        """Run ``command`` again until what it prints contains ``needle`` (a save reaches the
+        sandbox after it answers); return that output."""
+        deadline = time.monotonic() + within
+        attempt = 0
+        while needle not in (shown := await self.run(command, f"UNTIL{attempt}")):
+            assert time.monotonic() < deadline, f"{command!r} never printed {needle!r}: {shown!r}"
+            attempt += 1
+            await asyncio.sleep(0.1)
+        return shown
+
 
 async def workspace_with_token(make_user: Any) -> tuple[Client, str, str]:
     browser = await make_user()
@@ -105,7 +116,7 @@ async def test_terminal_runs_commands_on_the_workspace_files(make_user: Any, bas
         {"type": "file", "format": "text", "content": "saved through the API"},
     )
     assert saved.status == 201
-    assert "saved through the API" in await terminal.run("cat notes.txt", "DONE2")
+    await terminal.run_until("cat notes.txt", "saved through the API")
     big = os.urandom(2 * 1024 * 1024 + 5)  # stored in three parts, mirrored whole
     saved = await api.request(
         "PUT",
@@ -113,7 +124,7 @@ async def test_terminal_runs_commands_on_the_workspace_files(make_user: Any, bas
         {"type": "file", "format": "base64", "content": base64.b64encode(big).decode()},
     )
     assert saved.status == 201
-    assert hashlib.sha256(big).hexdigest() in await terminal.run("sha256sum big.bin", "DONE4")
+    await terminal.run_until("sha256sum big.bin", hashlib.sha256(big).hexdigest())
     out = await terminal.run(
         "python -c 'import numpy, pandas, scipy; print(numpy.arange(3).sum())'", "DONE3"
     )

@@ -63,12 +63,18 @@ class LoginHandler(UnauthenticatedFormHandler):
     async def post(self) -> None:
         """Check the password and start a login."""
         body = self.read_json(frozenset({"username", "password"}))
-        user, secret = await self.accounts.login(
-            body, self.request.remote_ip or "unknown", self.request.headers.get("User-Agent")
+        identity = self.platform_identity
+        login = await self.accounts.login(
+            body,
+            self.request.remote_ip or "unknown",
+            self.request.headers.get("User-Agent"),
+            identity.known_browser(self),
         )
-        self.platform_identity.set_login_secret(self, secret)
+        identity.set_login_secret(self, login.secret)
+        identity.remember_browser(self, login.user["id"])
+        identity.bind_xsrf(self, login.login_id)
         self.xsrf_token  # noqa: B018  (sets the _xsrf cookie the next writes must echo)
-        self.finish_json(self.accounts.user_model(user))
+        self.finish_json(self.accounts.user_model(login.user))
 
 
 class LogoutHandler(AccountsHandler):
@@ -100,14 +106,14 @@ class MeHandler(AccountsHandler):
 
 
 class PasswordHandler(AccountsHandler):
-    """``POST /api/accounts/password`` ``{old_password, new_password}``."""
+    """``POST /api/accounts/password`` ``{old_password, new_password, revoke_tokens?}``."""
 
     @web.authenticated
     async def post(self) -> None:
-        """Change the password; every other login of the user is revoked."""
-        body = self.read_json(frozenset({"old_password", "new_password"}))
-        revoked = await self.accounts.change_password(self.identity, body)
-        self.finish_json({"revoked_logins": revoked})
+        """Change the password; every other login of the user is revoked, and every API token
+        too (but the one making the request) unless ``revoke_tokens`` is false."""
+        body = self.read_json(frozenset({"old_password", "new_password", "revoke_tokens"}))
+        self.finish_json(await self.accounts.change_password(self.identity, body))
 
 
 class TokensHandler(AccountsHandler):

@@ -79,13 +79,38 @@ class NewTokenModel(TokenModel):
     token: str
 
 
+class PasswordChangeModel(TypedDict):
+    """What a password change revoked."""
+
+    revoked_logins: int
+    revoked_tokens: int
+
+
 @dataclass(frozen=True)
 class Identity:
-    """Who made a request, and through which login (None for API tokens)."""
+    """Who made a request, and through which login or API token (the other one is None)."""
 
     user: UserRow
     is_admin: bool
     login_id: int | None
+    token_id: int | None = None
+
+
+@dataclass(frozen=True)
+class KnownBrowser:
+    """A browser that logged in successfully as ``user_id`` before (its signed cookie)."""
+
+    user_id: int
+    browser_id: str
+
+
+@dataclass(frozen=True)
+class NewLogin:
+    """A successful password login: the user, and the login's id and cookie secret."""
+
+    user: UserRow
+    login_id: int
+    secret: str
 
 
 def isoformat(value: datetime | None) -> str | None:
@@ -147,6 +172,14 @@ class Accounts(LoggingConfigurable):
         900, help="Seconds a username or address stays refused once blocked."
     ).tag(config=True)
 
+    known_browser_ttl = Integer(
+        365 * 24 * 3600,
+        help="Seconds a browser stays known after a successful login (a signed cookie). A "
+        "known browser's logins are throttled by its own failures only, so failures for the "
+        "username or from its address (someone guessing) do not lock its user out. "
+        "0 disables: every login is throttled by username and address.",
+    ).tag(config=True)
+
     db = Instance(Database)
 
     _dummy_hash: str | None = None
@@ -204,23 +237,34 @@ class Accounts(LoggingConfigurable):
                 conn, user["id"], email=address, clear_email=address is None
             )
 
-    async def change_password(self, identity: Identity, body: dict[str, Any]) -> int:
-        """Change the password and revoke every other login; return how many were revoked."""
-        old = validation.required_string(body, "old_password")
+    async def change_password(
+        self, identity: Identity, body: dict[str, Any]
+    ) -> PasswordChangeModel:
+        """Change the password; revoke every other login and, unless ``revoke_tokens`` is
+        false, every API token but the one making the request. Say how many were revoked."""
+        old = validation.login_password(body.get("old_password"), "old_password")
         new = validation.password(body.get("new_password"), "new_password")
+        revoke_tokens = validation.boolean(body.get("revoke_tokens", True), "revoke_tokens")
         if not await check_password(old, identity.user["password_hash"]):
             msg = "old_password is wrong."
             raise InvalidInput(msg)
         password_hash = await hash_password(new, self.bcrypt_cost)
+        user_id = identity.user["id"]
         async with self.db.transaction() as conn:
-            await store.update_user(conn, identity.user["id"], password_hash=password_hash)
-            revoked = await store.delete_logins(conn, identity.user["id"], keep=identity.login_id)
+            await store.update_user(conn, user_id, password_hash=password_hash)
+            logins = await store.delete_logins(conn, user_id, keep=identity.login_id)
+            tokens = (
+                await store.delete_tokens(conn, user_id, keep=identity.token_id)
+                if revoke_tokens
+                else 0
+            )
         self.log.info(
-            "accounts | user %s changed password, %d other logins revoked",
+            "accounts | user %s changed password, %d other logins and %d tokens revoked",
             identity.user["username"],
-            revoked,
+            logins,
+            tokens,
         )
-        return revoked
+        return {"revoked_logins": logins, "revoked_tokens": tokens}
 
     async def list_users(self) -> list[UserRow]:
         """Every user (for administrators)."""
@@ -275,37 +319,56 @@ class Accounts(LoggingConfigurable):
             await asyncio.sleep(min(8.0, self.failure_delay * 2**excess))
 
     async def login(
-        self, body: dict[str, Any], remote_ip: str, user_agent: str | None
-    ) -> tuple[UserRow, str]:
-        """Check a password login; return the user and a new login secret for the cookie."""
+        self,
+        body: dict[str, Any],
+        remote_ip: str,
+        user_agent: str | None,
+        browser: KnownBrowser | None = None,
+    ) -> NewLogin:
+        """Check a password login; return the user and a new login (its secret for the cookie).
+
+        Attempts are counted, delayed and blocked per username and per client address; from a
+        browser that logged in as this user before (``browser``), only per browser, so that
+        someone guessing the password cannot lock the user out of their own browser.
+        """
         name = validation.required_string(body, "username").lower()
-        password = validation.required_string(body, "password")
-        user_key, address_key = f"user:{name[:64]}", f"addr:{remote_ip}"
-        await self._throttle([user_key, address_key])
+        password = validation.login_password(body.get("password"))
         async with self.db.transaction() as conn:
             user = await store.get_user_by_name(conn, name)
+        known = user is not None and browser is not None and browser.user_id == user["id"]
+        if known and browser is not None:
+            keys = {f"browser:{browser.browser_id}": self.block_after_user}
+        else:
+            keys = {
+                f"user:{name[:64]}": self.block_after_user,
+                f"addr:{remote_ip}": self.block_after_address,
+            }
+        await self._throttle(list(keys))
         password_hash = user["password_hash"] if user else await self._dummy_password_hash()
         valid = await check_password(password, password_hash)
         if user is None or not valid or user["disabled"]:
-            await self._record_failure(user_key, address_key, name)
+            await self._record_failure(keys, name, remote_ip)
             raise BadCredentials(BAD_CREDENTIALS)
         secret = secrets.token_urlsafe(32)
         async with self.db.transaction() as conn:
-            await store.clear_failures(conn, user_key)
-            await store.create_login(
+            # The address's count stays: it also counts guesses at other usernames.
+            await store.clear_failures(conn, next(iter(keys)))
+            login_id = await store.create_login(
                 conn, user["id"], secret_hash(secret), self.login_ttl, remote_ip, user_agent
             )
         metrics.LOGINS.inc()
-        self.log.info("accounts | user %s logged in from %s", name, remote_ip)
-        return user, secret
+        self.log.info(
+            "accounts | user %s logged in from %s%s",
+            name,
+            remote_ip,
+            " (known browser)" if known else "",
+        )
+        return NewLogin(user, login_id, secret)
 
-    async def _record_failure(self, user_key: str, address_key: str, name: str) -> None:
+    async def _record_failure(self, keys: dict[str, int], name: str, remote_ip: str) -> None:
         metrics.LOGIN_FAILURES.labels("bad_credentials").inc()
         async with self.db.transaction() as conn:
-            for key, block_after in (
-                (user_key, self.block_after_user),
-                (address_key, self.block_after_address),
-            ):
+            for key, block_after in keys.items():
                 await store.record_failure(
                     conn,
                     key,
@@ -313,7 +376,7 @@ class Accounts(LoggingConfigurable):
                     block_after=block_after,
                     block_seconds=self.block_seconds,
                 )
-        self.log.warning("accounts | failed login for %r from %s", name[:64], address_key[5:])
+        self.log.warning("accounts | failed login for %r from %s", name[:64], remote_ip)
 
     async def identity_for_login(self, secret: str) -> Identity | None:
         """Who holds this login cookie secret, if the login is still valid."""
@@ -370,7 +433,8 @@ class Accounts(LoggingConfigurable):
     async def identity_for_token(self, token: str) -> Identity | None:
         """Who holds this API token, if it is valid."""
         async with self.db.connection() as conn:
-            user = await store.user_for_token(conn, secret_hash(token))
-        if user is None:
+            found = await store.user_for_token(conn, secret_hash(token))
+        if found is None:
             return None
-        return Identity(user, self.is_admin(user), None)
+        user, token_id = found
+        return Identity(user, self.is_admin(user), None, token_id)

@@ -8,6 +8,9 @@ import bcrypt
 
 # bcrypt only reads the first 72 bytes; longer passwords are refused rather than truncated.
 MAX_PASSWORD_BYTES = 72
+# A password given to be checked (login, password change) is refused past this many bytes
+# before anything else happens to it; up to it, only its first 72 bytes are compared.
+MAX_LOGIN_PASSWORD_BYTES = 1024
 
 
 async def hash_password(password: str, cost: int) -> str:

@@ -238,8 +238,16 @@ async def delete_token(conn: Connection, user_id: int, token_id: int) -> None:
         raise NotFound(msg)
 
 
-async def user_for_token(conn: Connection, token_hash: bytes) -> UserRow | None:
-    """The enabled user of an unexpired token, or None.
+async def delete_tokens(conn: Connection, user_id: int, *, keep: int | None = None) -> int:
+    """Revoke every API token of a user except ``keep``; return how many were revoked."""
+    cur = await conn.execute(
+        "DELETE FROM api_tokens WHERE user_id = %s AND id IS DISTINCT FROM %s", [user_id, keep]
+    )
+    return cur.rowcount
+
+
+async def user_for_token(conn: Connection, token_hash: bytes) -> tuple[UserRow, int] | None:
+    """The enabled user of an unexpired token, with the token's id; None otherwise.
 
     One statement (it runs on every request): it also dates the token's use, at most once
     every ``TOUCH_INTERVAL`` seconds.
@@ -263,8 +271,9 @@ async def user_for_token(conn: Connection, token_hash: bytes) -> UserRow | None:
     row = await cur.fetchone()
     if row is None:
         return None
-    del row["token_id"], row["last_used_at"]
-    return cast(UserRow, row)
+    token_id = int(row.pop("token_id"))
+    del row["last_used_at"]
+    return cast(UserRow, row), token_id
 
 
 async def get_failures(conn: Connection, keys: list[str], window_seconds: int) -> list[FailureRow]:

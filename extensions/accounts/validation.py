@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from extensions.accounts.passwords import MAX_PASSWORD_BYTES
+from extensions.accounts.passwords import MAX_LOGIN_PASSWORD_BYTES, MAX_PASSWORD_BYTES
 from platform_server.errors import InvalidInput
 
 USERNAME = re.compile(r"[a-z0-9_.-]{3,32}")
@@ -32,8 +32,27 @@ def password(value: Any, field: str = "password") -> str:
     if not isinstance(value, str) or len(value) < MIN_PASSWORD_LENGTH:
         msg = f"{field} must be at least {MIN_PASSWORD_LENGTH} characters."
         raise _fail(msg)
-    if len(value.encode()) > MAX_PASSWORD_BYTES or "\x00" in value:
+    if _utf8_size(value, field) > MAX_PASSWORD_BYTES or "\x00" in value:
         msg = f"{field} must be at most {MAX_PASSWORD_BYTES} bytes and contain no NUL character."
+        raise _fail(msg)
+    return value
+
+
+def _utf8_size(value: str, field: str) -> int:
+    try:
+        return len(value.encode())
+    except UnicodeEncodeError as e:  # a lone surrogate, which JSON's \u escapes allow
+        msg = f"{field} must be valid Unicode text."
+        raise _fail(msg) from e
+
+
+def login_password(value: Any, field: str = "password") -> str:
+    """A password given to be checked: non-empty, at most 1024 bytes."""
+    if not isinstance(value, str) or not value:
+        msg = f"{field} is required."
+        raise _fail(msg)
+    if len(value) > MAX_LOGIN_PASSWORD_BYTES or _utf8_size(value, field) > MAX_LOGIN_PASSWORD_BYTES:
+        msg = f"{field} must be at most {MAX_LOGIN_PASSWORD_BYTES} bytes."
         raise _fail(msg)
     return value
 

@@ -8,6 +8,7 @@ from collections.abc import Awaitable
 from http.client import responses
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import quote, urljoin, urlsplit
 
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import JupyterHandler
@@ -23,12 +24,27 @@ from platform_server.errors import DatabaseUnavailable, NotFound
 ASSETS_SETTING = "ide_assets"
 # Which front-end bundle draws each page.
 BUNDLES = {"login": "auth", "register": "auth"}
-SAFE_NEXT = re.compile(r"/(?![/\\])[^\\\x00-\x1f\x7f]*")
+# Control characters (browsers drop tabs and newlines from URLs, so "/\t/evil.example" is
+# "//evil.example" to them) and backslashes (read as "/" in http URLs).
+UNSAFE_IN_NEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+# Any origin: a path resolved against it must stay on it.
+PROBE_ORIGIN = "http://platform.invalid"
 
 
 def safe_next(value: str | None) -> str | None:
-    """A same-site path to go to after logging in, or None (never another site)."""
-    if value is None or not SAFE_NEXT.fullmatch(value):
+    """A same-origin path to go to after logging in, or None (never another site).
+
+    The login page's script applies the same rule (``safeNext`` in
+    frontend/src/common/config.ts): a path that starts with "/", has no control character
+    and no backslash, and that the URL parser resolves to the page's own origin.
+    """
+    if value is None or not value.startswith("/") or UNSAFE_IN_NEXT.search(value):
+        return None
+    try:
+        resolved = urlsplit(urljoin(f"{PROBE_ORIGIN}/", value))
+    except ValueError:  # "//[" is an unfinished IPv6 host
+        return None
+    if f"{resolved.scheme}://{resolved.netloc}" != PROBE_ORIGIN:
         return None
     return value
 
@@ -73,6 +89,9 @@ class PageHandler(JupyterHandler):
             self.log.error("ide | %s", e)
             raise web.HTTPError(503, str(e)) from e
         data = {"page": page, "platformBaseUrl": self.base_url, "baseUrl": self.base_url, **config}
+        if self.platform_user is not None:
+            # Sets the _xsrf cookie again if it is missing or not this login's (planted).
+            self.xsrf_token  # noqa: B018
         if page == "ide":
             data["workers"] = {label: self.assets_url + name for label, name in workers.items()}
         self.set_header("Content-Type", "text/html; charset=UTF-8")
@@ -170,7 +189,8 @@ class IdePageHandler(PageHandler):
         user = self.platform_user
         assert user is not None  # noqa: S101  (web.authenticated)
         if not slash:
-            self.redirect(f"{self.base_url}w/{workspace_id}/")
+            # Quoted again: tornado decoded it, and a control character cannot be a header.
+            self.redirect(f"{self.base_url}w/{quote(workspace_id, safe='')}/")
             return
         workspaces = cast(Workspaces, self.settings["workspaces"])
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any, cast
 
@@ -14,6 +13,7 @@ from extensions.kernels.manager import Kernels
 from extensions.kernels.sessions import Sessions
 from extensions.workspaces.handlers import WorkspacesAPIHandler
 from platform_server.errors import PlatformError
+from platform_server.handlers import parse_json_object
 
 WORKSPACE = r"/w/(?P<workspace_id>[^/]+)"
 KERNEL_ID = r"(?P<kernel_id>\w+-\w+-\w+-\w+-\w+)"
@@ -43,15 +43,7 @@ class KernelsAPIHandler(WorkspacesAPIHandler):
     def json_body(self) -> dict[str, Any] | None:
         """The optional JSON object body (with or without a content type, as JupyterLab and
         jupyter_server treat it); None when empty."""
-        if not self.request.body.strip():
-            return None
-        try:
-            body = json.loads(self.request.body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise PlatformError(400, "Invalid JSON in body of request") from e
-        if not isinstance(body, dict):
-            raise PlatformError(400, "The request body must be a JSON object.")
-        return body
+        return parse_json_object(self.request.body)
 
 
 class KernelSpecsHandler(KernelsAPIHandler):

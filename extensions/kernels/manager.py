@@ -16,8 +16,8 @@ from tornado.httpclient import HTTPResponse
 from traitlets import Instance, Integer
 from traitlets.config import LoggingConfigurable
 
-from extensions.sandboxes.agent_client import AgentClient, AgentError
-from extensions.sandboxes.manager import Sandboxes
+from extensions.sandboxes.agent_client import AgentClient, AgentError, AgentUnresponsive
+from extensions.sandboxes.manager import Sandboxes, SandboxUnresponsive
 from platform_server.errors import Conflict, DomainError, InvalidInput, NotFound
 
 PYTHON3 = "python3"
@@ -135,9 +135,12 @@ class Kernels(LoggingConfigurable):
         return self.sandboxes
 
     async def client(self, workspace_id: uuid.UUID) -> AgentClient | None:
-        """The agent of the workspace's running sandbox; None when it has none."""
+        """The agent of the workspace's running sandbox; None when it has none,
+        ``SandboxUnresponsive`` (504, at once) when it does not answer."""
         sandboxes = self._sandboxes()
         row = await sandboxes.row(workspace_id)
+        if row is not None and row["state"] == "unresponsive":
+            raise SandboxUnresponsive
         if row is None or row["state"] != "running":
             return None
         return sandboxes.client(row)
@@ -166,6 +169,9 @@ class Kernels(LoggingConfigurable):
                 request_timeout=request_timeout,
                 expect=(200, 201, 204, 400, 404, 409, 500),
             )
+        except AgentUnresponsive as e:
+            self.log.warning("kernels | agent request %s %s unanswered: %s", method, path, e)
+            raise SandboxUnresponsive from e
         except AgentError as e:
             self.log.warning("kernels | agent request %s %s failed: %s", method, path, e)
             raise unavailable() from e
@@ -211,13 +217,16 @@ class Kernels(LoggingConfigurable):
         run the same image), else a built-in Python 3 spec: listing never starts a sandbox.
         """
         raw = None
-        client = await self.client(workspace_id)
+        try:
+            client = await self.client(workspace_id)
+        except SandboxUnresponsive:
+            client = None
         if client is not None:
             try:
                 response = await self._call(client, "GET", "/api/kernelspecs")
                 raw = json.loads(response.body)
                 self._kernelspecs = raw
-            except (SandboxUnavailable, ValueError):
+            except (SandboxUnavailable, SandboxUnresponsive, ValueError):
                 raw = None
         specs = copy.deepcopy(raw or self._kernelspecs or FALLBACK_KERNELSPECS)
         for name, spec in specs.get("kernelspecs", {}).items():

@@ -27,10 +27,10 @@ from tornado.websocket import (
 
 from extensions.accounts.identity import PlatformUser
 from extensions.kernels.handlers import KERNEL_ID, WORKSPACE
-from extensions.sandboxes.agent_client import AgentError
+from extensions.sandboxes.agent_client import AgentError, AgentUnresponsive
 from extensions.sandboxes.handlers import running_sandbox
-from extensions.sandboxes.manager import Sandboxes
-from extensions.sandboxes.relay import AgentRelay
+from extensions.sandboxes.manager import Sandboxes, SandboxUnresponsive
+from extensions.sandboxes.relay import UNRESPONSIVE_CLOSE, AgentRelay
 from extensions.workspaces.manager import Workspaces
 
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
@@ -79,7 +79,12 @@ class KernelProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
     async def get(self, workspace_id: str, kernel_id: str) -> None:
         """Check the owner, connect to the agent in the client's format, then accept."""
         sandboxes = cast(Sandboxes, self.settings["sandboxes"])
-        row = await running_sandbox(self, workspace_id, f"Kernel does not exist: {kernel_id}")
+        try:
+            row = await running_sandbox(self, workspace_id, f"Kernel does not exist: {kernel_id}")
+        except SandboxUnresponsive:
+            self.refusal = UNRESPONSIVE_CLOSE
+            await cast(Any, super().get(workspace_id, kernel_id))
+            return
         assert row["workspace_id"] is not None  # noqa: S101  (an assigned sandbox)
         ws = row["workspace_id"]
         self._touched = time.monotonic()
@@ -101,9 +106,12 @@ class KernelProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
             if e.code == 400:
                 raise web.HTTPError(400, "Bad session_id.") from e
             raise await self._unreachable(sandboxes, ws, kernel_id) from e
+        except AgentUnresponsive:
+            self.refusal = UNRESPONSIVE_CLOSE
         except (OSError, AgentError) as e:
             raise await self._unreachable(sandboxes, ws, kernel_id) from e
-        self.protocol = self.upstream.selected_subprotocol
+        if self.upstream is not None:
+            self.protocol = self.upstream.selected_subprotocol
         await cast(Any, super().get(workspace_id, kernel_id))
 
     @staticmethod

@@ -16,6 +16,7 @@ from extensions.sandboxes.spawners.base import Spawner
 from extensions.workspaces.manager import Workspaces
 from platform_server.app import PlatformApp
 from platform_server.db.secrets import load_or_create_secret
+from platform_server.errors import DatabaseUnavailable
 
 # Short names of the spawners, as JupyterHub names its spawners' entry points:
 # --SandboxesApp.spawner_class=kubernetes
@@ -82,7 +83,7 @@ class SandboxesApp(ExtensionApp):
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         """Check the host can run sandboxes, listen to file saves, then start culling."""
-        # Saves through the Contents API reach the running sandbox before they answer. (Here,
+        # Saves through the Contents API are mirrored into the running sandbox. (Here,
         # not in initialize_settings: extensions load in name order, workspaces after us.)
         workspaces = cast(Workspaces, serverapp.web_app.settings["workspaces"])
         workspaces.listeners.append(self.sandboxes)
@@ -93,10 +94,15 @@ class SandboxesApp(ExtensionApp):
             asyncio.create_task(self.sandboxes.cull_forever()),
             asyncio.create_task(self.sandboxes.sync_forever()),
             asyncio.create_task(self.sandboxes.pool_forever()),
+            asyncio.create_task(self.sandboxes.health_forever()),
         ]
 
     async def stop_extension(self) -> None:
         """Stop the background work; sandboxes keep running (a restart reattaches to them)."""
+        try:
+            await self.sandboxes.log_survivors()
+        except DatabaseUnavailable:
+            self.log.warning("sandboxes | cannot count the sandboxes left running: no database")
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

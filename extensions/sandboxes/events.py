@@ -14,7 +14,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 
@@ -75,12 +75,42 @@ class EventHub:
             await conn.execute(f"LISTEN {CHANNEL}")
             self.listening.set()
             async for notify in conn.notifies():
-                self._dispatch(notify.payload)
+                await self._dispatch(notify.payload)
 
-    def _dispatch(self, payload: str) -> None:
+    async def _dispatch(self, payload: str) -> None:
         try:
             event = json.loads(payload)
         except ValueError:
             return
-        for subscriber in list(self._subscribers.get(event.pop("workspace", ""), ())):
+        if not isinstance(event, dict):
+            return
+        workspace = event.pop("workspace", "")
+        if not self._subscribers.get(workspace):
+            return
+        large = event.pop("large_event", None)
+        if large is not None:
+            event = await self._read_large(large)
+            if event is None:
+                return
+            event.pop("workspace", None)
+        for subscriber in list(self._subscribers.get(workspace, ())):
             subscriber(event)
+
+    async def _read_large(self, event_id: Any) -> dict[str, Any] | None:
+        """A large event (``extensions.workspaces.events.publish``), read back by its id on a
+        connection of its own: the listening one is busy waiting for notifications."""
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self.conninfo, autocommit=True
+            ) as conn:
+                cur = await conn.execute(
+                    "SELECT payload FROM large_events WHERE id = %s", [int(event_id)]
+                )
+                row = await cur.fetchone()
+        except (psycopg.Error, OSError, TypeError, ValueError) as e:
+            self.log.warning("events | large event %s unread (%s)", event_id, type(e).__name__)
+            return None
+        if row is None:
+            self.log.warning("events | large event %s is gone", event_id)
+            return None
+        return cast(dict[str, Any], json.loads(row[0]))

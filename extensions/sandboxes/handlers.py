@@ -12,7 +12,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from extensions.accounts.identity import PlatformUser
-from extensions.sandboxes.manager import Sandboxes
+from extensions.sandboxes.manager import Sandboxes, SandboxUnresponsive
 from extensions.sandboxes.store import SandboxRow
 from extensions.workspaces.handlers import WorkspacesAPIHandler
 from extensions.workspaces.manager import Workspaces
@@ -40,9 +40,11 @@ async def running_sandbox(
     handler: web.RequestHandler, workspace_id: str, missing: str
 ) -> SandboxRow:
     """The running sandbox of the caller's workspace, for a relay to its agent; 404 with
-    ``missing`` when it is not running."""
+    ``missing`` when it is not running, ``SandboxUnresponsive`` when it does not answer."""
     ws = await socket_workspace(handler, workspace_id)
     row = await cast(Sandboxes, handler.settings["sandboxes"]).row(ws)
+    if row is not None and row["state"] == "unresponsive":
+        raise SandboxUnresponsive
     if row is None or row["state"] != "running":
         raise web.HTTPError(404, missing)
     return row
@@ -62,7 +64,8 @@ class SandboxHandler(SandboxAPIHandler):
 
     @web.authenticated
     async def get(self, workspace_id: str) -> None:
-        """The sandbox's state: stopped, starting (with progress), running, failed."""
+        """The sandbox's state: stopped, starting (with progress), running, unresponsive,
+        failed."""
         ws = await self.owned_workspace(workspace_id)
         model = self.sandboxes.model(await self.sandboxes.current(ws))
         self.finish_json({**model, "not_synced": await self.sandboxes.unsynced(ws)})

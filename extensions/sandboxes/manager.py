@@ -25,21 +25,30 @@ from traitlets.config import LoggingConfigurable
 
 from extensions.accounts.manager import isoformat
 from extensions.sandboxes import store, tarstream
-from extensions.sandboxes.agent_client import AgentClient, AgentError
+from extensions.sandboxes.agent_client import AgentClient, AgentError, AgentUnresponsive
 from extensions.sandboxes.events import EventHub
-from extensions.sandboxes.spawners.base import AgentEndpoint, SandboxHandle, Spawner, SpawnerError
+from extensions.sandboxes.spawners.base import (
+    AgentEndpoint,
+    AgentLifetime,
+    SandboxHandle,
+    Spawner,
+    SpawnerError,
+)
 from extensions.sandboxes.store import SandboxRow
 from extensions.sandboxes.sync import SyncConsumer
 from extensions.workspaces import items
 from extensions.workspaces.contents import PostgresContentsManager
 from extensions.workspaces.events import publish
-from platform_server.db import Database
+from platform_server.db import Connection, Database
 from platform_server.errors import DomainError, NotFound
 
 # Keys of the advisory locks that let one replica at a time cull, fill the pool, reconcile.
 CULL_LOCK_ID = 7_081_542_017
 POOL_LOCK_ID = 7_081_542_018
 RECONCILE_LOCK_ID = 7_081_542_019
+HEALTH_LOCK_ID = 7_081_542_020
+# States in which a sandbox's processes run (an unresponsive one's too: it may come back).
+ALIVE = frozenset({"running", "unresponsive"})
 POOL_INTERVAL = 5.0
 """Seconds between two checks that the warm pool is full."""
 
@@ -49,6 +58,27 @@ class SandboxFailed(DomainError):
 
     status_code = 503
     reason = "sandbox_failed"
+
+
+class TooManySandboxes(DomainError):
+    """The owner has ``max_sandboxes_per_user`` sandboxes running; the message says which."""
+
+    status_code = 409
+    reason = "too_many_sandboxes"
+
+
+class SandboxUnresponsive(DomainError):
+    """The sandbox's agent does not answer (it hangs, or is stopped); it may come back."""
+
+    status_code = 504
+    reason = "sandbox_unresponsive"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(
+            message
+            or "The sandbox is not responding. Your saved files are safe: wait a moment and "
+            "try again, or stop the sandbox to start a fresh one."
+        )
 
 
 class SandboxModel(TypedDict):
@@ -129,6 +159,55 @@ class Sandboxes(LoggingConfigurable):
         "another replica takes over after it (renewed every third of it).",
     ).tag(config=True)
 
+    agent_request_timeout = Float(
+        5.0,
+        help="Seconds a sandbox's agent has to answer a request before it fails with 504 "
+        "(reason sandbox_unresponsive). A request that may take longer (a kernel restart) "
+        "goes on as long as the agent answers a health check within this time meanwhile. "
+        "Must be more than 0.",
+    ).tag(config=True)
+
+    health_interval = Float(
+        5.0,
+        help="Seconds between two health checks of every running sandbox's agent (one "
+        "replica at a time). 0 disables the checks, and so the unresponsive state.",
+    ).tag(config=True)
+
+    health_misses = Integer(
+        3,
+        help="Health checks in a row that an agent leaves unanswered (each for "
+        "agent_request_timeout seconds) before its sandbox is marked unresponsive. 0 or 1: "
+        "the first miss marks it.",
+    ).tag(config=True)
+
+    max_sandboxes_per_user = Integer(
+        5,
+        help="Most sandboxes (starting, running or unresponsive) one user's workspaces may "
+        "have at once, warm-pool sandboxes not counted; starting one more answers 409 (reason "
+        "too_many_sandboxes). 0 disables the cap.",
+    ).tag(config=True)
+
+    unresponsive_timeout = Float(
+        60.0,
+        help="Seconds a sandbox may stay unresponsive before it is killed (its row then reads "
+        "failed, and the next use starts a fresh sandbox from the files in PostgreSQL). "
+        "0 never kills it.",
+    ).tag(config=True)
+
+    self_stop_margin = Integer(
+        300,
+        help="Seconds past idle_timeout and max_age after which a sandbox's agent ends the "
+        "sandbox by itself, so that sandboxes stop even with no platform running; a running "
+        "platform culls them first (with a final sync). Negative values count as 0.",
+    ).tag(config=True)
+
+    pool_alone_timeout = Integer(
+        300,
+        help="Seconds a warm-pool sandbox (no workspace loaded yet) waits without hearing from "
+        "any platform (the health checks reach it every health_interval) before it ends "
+        "itself. 0 disables; so does health_interval = 0.",
+    ).tag(config=True)
+
     db = Instance(Database)
     spawner = Instance(Spawner)
     events = Instance(EventHub)
@@ -142,8 +221,23 @@ class Sandboxes(LoggingConfigurable):
         self._clients = {}
         self._consumers = {}
         self._consumer_tasks: set[asyncio.Task[Any]] = set()
+        # Saves to mirror into sandboxes, one ordered queue (and one worker) per workspace.
+        self._mirror_queues: dict[uuid.UUID, asyncio.Queue[tuple[str, str, str | None]]] = {}
+        self._mirror_tasks: set[asyncio.Task[None]] = set()
+        # Health checks each sandbox has missed in a row (on the replica that checks).
+        self._misses: dict[uuid.UUID, int] = {}
         # Names this process in sync leases.
         self.replica = uuid.uuid4()
+        self.spawner.lifetime = self.agent_lifetime()
+
+    def agent_lifetime(self) -> AgentLifetime:
+        """The limits agents keep by themselves: culling's, ``self_stop_margin`` later."""
+        margin = max(self.self_stop_margin, 0)
+        return AgentLifetime(
+            idle_timeout=self.idle_timeout + margin if self.idle_timeout > 0 else 0,
+            max_age=self.max_age + margin if self.max_age > 0 else 0,
+            unclaimed_timeout=self.pool_alone_timeout if self.health_interval > 0 else 0,
+        )
 
     # --- reaching agents -----------------------------------------------------------------
 
@@ -159,7 +253,9 @@ class Sandboxes(LoggingConfigurable):
                 msg = "The sandbox has no agent address yet."
                 raise SandboxFailed(msg)
             endpoint = AgentEndpoint(**row["endpoint"])
-            client = AgentClient(endpoint, self.agent_token(row["id"]))
+            client = AgentClient(
+                endpoint, self.agent_token(row["id"]), timeout=self.agent_request_timeout
+            )
             self._clients[row["id"]] = client
         return client
 
@@ -197,7 +293,7 @@ class Sandboxes(LoggingConfigurable):
     async def current(self, workspace_id: uuid.UUID) -> SandboxRow | None:
         """The workspace's sandbox row, marked failed first if its sandbox died."""
         row = await self.row(workspace_id)
-        if row is not None and row["state"] == "running" and not await self._alive(row):
+        if row is not None and row["state"] in ALIVE and not await self._alive(row):
             row = await self.get_row(row["id"])
         return row
 
@@ -244,12 +340,16 @@ class Sandboxes(LoggingConfigurable):
         row = await self.current(workspace_id)
         if row is not None and row["state"] == "running":
             return row
+        if row is not None and row["state"] == "unresponsive":
+            raise SandboxUnresponsive
         # Held until this block ends: a concurrent request (on any replica) waits here, then
         # finds the sandbox this one started.
         async with advisory_lock(self.db, lock_key(workspace_id), wait=True):
             row = await self.current(workspace_id)
             if row is not None and row["state"] == "running":
                 return row
+            if row is not None and row["state"] == "unresponsive":
+                raise SandboxUnresponsive
             if row is not None:
                 await self._discard(row)
             warm = await self._claim_warm(workspace_id)
@@ -257,11 +357,31 @@ class Sandboxes(LoggingConfigurable):
                 return warm
             return await self._start(workspace_id)
 
+    async def _check_owner_cap(self, conn: Connection, workspace_id: uuid.UUID) -> None:
+        """``TooManySandboxes`` if the workspace's owner has ``max_sandboxes_per_user``
+        sandboxes in other workspaces. The owner's lock is held until ``conn``'s transaction,
+        which records the new sandbox, commits: starts at once, on any replica, count in turn.
+        """
+        if self.max_sandboxes_per_user <= 0:
+            return
+        await store.lock_owner_starts(conn, workspace_id)
+        live = await store.live_for_owner(conn, workspace_id)
+        if len(live) < self.max_sandboxes_per_user:
+            return
+        names = ", ".join(f"{name!r} ({ws})" for ws, name in live[:10])
+        msg = (
+            f"You have {len(live)} sandboxes running, the most allowed: {names}. Stop one of "
+            "them first (DELETE /api/workspaces/<uuid>/sandbox), then try again."
+        )
+        raise TooManySandboxes(msg)
+
     async def _start(self, workspace_id: uuid.UUID | None) -> SandboxRow:
         """Start a sandbox for the workspace, or for the warm pool (``None``)."""
         sandbox_id = uuid.uuid4()
         started = time.monotonic()
         async with self.db.transaction() as conn:
+            if workspace_id is not None:
+                await self._check_owner_cap(conn, workspace_id)
             await store.insert_starting(conn, sandbox_id, workspace_id, type(self.spawner).__name__)
         self.log.info("sandbox %s | starting for workspace %s", sandbox_id, workspace_id)
 
@@ -392,13 +512,46 @@ class Sandboxes(LoggingConfigurable):
     async def contents_changed(
         self, workspace_id: uuid.UUID, action: str, path: str, source_path: str | None
     ) -> None:
-        """Push a change saved through the Contents API into the running sandbox, if any.
+        """Queue a change saved through the Contents API for the workspace's sandbox.
 
-        The change is already committed in PostgreSQL (and its event published with it); a
-        sandbox that cannot take it is logged, never a failed save.
+        The change is already committed in PostgreSQL (and its event published with it), so
+        the save answers at once: the workspace's queue mirrors its changes in order, in the
+        background. A change the sandbox cannot take is noted as pending in PostgreSQL
+        (listed as not synced) and mirrored once the sandbox answers again.
         """
+        queue = self._mirror_queues.get(workspace_id)
+        if queue is None:
+            queue = self._mirror_queues[workspace_id] = asyncio.Queue()
+            task = asyncio.create_task(self._mirror_changes(workspace_id, queue))
+            self._mirror_tasks.add(task)
+            task.add_done_callback(self._mirror_tasks.discard)
+        queue.put_nowait((action, path, source_path))
+
+    async def _mirror_changes(
+        self, workspace_id: uuid.UUID, queue: asyncio.Queue[tuple[str, str, str | None]]
+    ) -> None:
+        """Mirror one workspace's queued changes in order; ends when the queue is empty."""
+        while True:
+            action, path, source_path = await queue.get()
+            try:
+                await self._mirror_change(workspace_id, action, path, source_path)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("workspace %s | mirroring %s failed", workspace_id, action)
+            if queue.empty():  # no await since: a change queued now finds no queue, makes one
+                del self._mirror_queues[workspace_id]
+                return
+
+    async def _mirror_change(
+        self, workspace_id: uuid.UUID, action: str, path: str, source_path: str | None
+    ) -> None:
         row = await self.row(workspace_id)
-        if row is None or row["state"] != "running":
+        if row is None or row["state"] not in ALIVE:
+            return  # nothing runs; a sandbox that is starting catches up when it runs
+        touched = [path] if source_path is None or action != "rename" else [source_path, path]
+        if row["state"] == "unresponsive":
+            await self._note_pending(workspace_id, touched)
             return
         client = self.client(row)
         try:
@@ -412,6 +565,32 @@ class Sandboxes(LoggingConfigurable):
             await self._mirror(workspace_id, path, client)
         except AgentError as e:
             self.log.warning("sandbox %s | could not mirror %s: %s", row["id"], action, e)
+            await self._note_pending(workspace_id, touched)
+
+    async def _note_pending(self, workspace_id: uuid.UUID, paths: list[str]) -> None:
+        """Note stored versions the sandbox lacks, for ``_mirror_pending``."""
+        async with self.db.transaction() as conn:
+            await store.note_pending(conn, workspace_id, paths)
+
+    async def _mirror_pending(self, row: SandboxRow) -> None:
+        """Mirror the changes noted as pending while the sandbox did not answer, in the
+        order they were noted; stop at the first the sandbox cannot take."""
+        workspace_id = row["workspace_id"]
+        if workspace_id is None:
+            return
+        async with self.db.connection() as conn:
+            pending = await store.pending(conn, workspace_id)
+        client = self.client(row)
+        for path, noted_at in pending:
+            try:
+                await self._mirror(workspace_id, path, client)
+            except AgentError as e:
+                self.log.warning("sandbox %s | could not catch up %s: %s", row["id"], path, e)
+                return
+            async with self.db.transaction() as conn:
+                await store.clear_pending(conn, workspace_id, path, noted_at)
+        if pending:
+            self.log.info("sandbox %s | caught up %d pending changes", row["id"], len(pending))
 
     async def _catch_up(
         self, workspace_id: uuid.UUID, client: AgentClient, load_began: datetime
@@ -426,6 +605,8 @@ class Sandboxes(LoggingConfigurable):
                 [workspace_id, load_began - timedelta(seconds=1)],
             )
             changed = [row["path"] for row in await cur.fetchall()]
+            # Noted for an earlier sandbox of the workspace: this one has loaded them.
+            await store.clear_pending(conn, workspace_id, None, load_began)
         for path in changed:
             try:
                 await self._mirror(workspace_id, path, client)
@@ -463,6 +644,7 @@ class Sandboxes(LoggingConfigurable):
             await self._mirror(workspace_id, path, self.client(row))
         except AgentError as e:
             self.log.warning("sandbox %s | could not push back %s: %s", row["id"], path, e)
+            await self._note_pending(workspace_id, [path])
 
     # --- file sync (sandbox → PostgreSQL) ------------------------------------------------------
 
@@ -542,19 +724,54 @@ class Sandboxes(LoggingConfigurable):
                 self.log.exception("sandboxes | claiming file sync failed")
             await asyncio.sleep(self.sync_lease / 3)
 
+    async def log_survivors(self) -> None:
+        """Say how many sandboxes outlive this process, and when they end by themselves."""
+        async with self.db.connection() as conn:
+            rows = await store.list_running(conn)
+        if not rows:
+            return
+        lifetime = self.spawner.lifetime
+        pooled = sum(1 for row in rows if row["workspace_id"] is None)
+        ends = []
+        if lifetime.idle_timeout:
+            ends.append(f"after {lifetime.idle_timeout:g} s without activity")
+        if pooled and lifetime.unclaimed_timeout:
+            ends.append(f"in the warm pool, after {lifetime.unclaimed_timeout:g} s alone")
+        if lifetime.max_age:
+            last = max(row["started_at"] or row["created_at"] for row in rows)
+            end = last + timedelta(seconds=lifetime.max_age)
+            ends.append(f"all by {end.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC at the latest")
+        self.log.info(
+            "sandboxes | %d keep running after this process (%d in the warm pool); each ends "
+            "itself %s, unless a platform uses or stops it first",
+            len(rows),
+            pooled,
+            "; ".join(ends) or "only when stopped (no limits are set)",
+        )
+
     async def close(self) -> None:
-        """Stop consuming (sandboxes go on running; another replica takes their sync over)."""
+        """Stop consuming (sandboxes go on running; another replica takes their sync over)
+        and mirroring (what is left is mirrored by the next catch-up or start)."""
         for sandbox_id in list(self._consumers):
             self._stop_consumer(sandbox_id)
+        for task in list(self._mirror_tasks):
+            task.cancel()
+        await asyncio.gather(*self._mirror_tasks, return_exceptions=True)
+        self._mirror_queues.clear()
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE sandboxes SET sync_owner = NULL WHERE sync_owner = %s", [self.replica]
             )
 
     async def unsynced(self, workspace_id: uuid.UUID) -> list[dict[str, Any]]:
-        """Files that stay in the sandbox only."""
+        """Files that stay in the sandbox only, and saved files the sandbox does not have yet
+        (while it runs, or does not answer)."""
         async with self.db.connection() as conn:
-            return await store.unsynced_files(conn, workspace_id)
+            files = await store.unsynced_files(conn, workspace_id)
+            sandbox = await store.get_for_workspace(conn, workspace_id)
+            if sandbox is not None and sandbox["state"] in ALIVE:
+                files.extend(await store.pending_files(conn, workspace_id))
+        return sorted(files, key=lambda file: str(file["path"]))
 
     # --- stopping ------------------------------------------------------------------------
 
@@ -565,13 +782,15 @@ class Sandboxes(LoggingConfigurable):
             await self._discard(row, keep_row=True)
 
     async def _discard(self, row: SandboxRow, *, keep_row: bool = False) -> None:
-        """Stop a sandbox's processes and forget (or mark stopped) its row."""
-        if row["state"] in {"starting", "running", "stopping"}:
+        """Stop a sandbox's processes and forget (or mark stopped) its row. An unresponsive
+        one is killed at once: it could neither flush its changes nor shut down cleanly."""
+        if row["state"] in {"starting", "running", "stopping", "unresponsive"}:
             if row["state"] == "running" and row["workspace_id"] is not None:
                 await self._final_sync(row)
+            hung = row["state"] == "unresponsive"
             await self._set_state(row["id"], "stopping")
             try:
-                await self.spawner.stop(self.handle(row))
+                await self.spawner.stop(self.handle(row), now=hung)
             except SpawnerError:
                 self.log.exception("sandbox %s | stop failed", row["id"])
             self.log.info("sandbox %s | stopped", row["id"])
@@ -590,6 +809,7 @@ class Sandboxes(LoggingConfigurable):
         the pool is empty (or the claimed sandbox failed, or did not take the files within
         ``start_timeout``: it is then discarded)."""
         async with self.db.transaction() as conn:
+            await self._check_owner_cap(conn, workspace_id)
             row = await store.claim_pooled(conn, workspace_id)
         if row is None:
             return None
@@ -683,8 +903,8 @@ class Sandboxes(LoggingConfigurable):
                 rows = await store.list_running(conn)
             left_before = datetime.now(UTC) - timedelta(seconds=self.start_timeout * 2)
             for row in rows:
-                if row["state"] == "running":
-                    await self._alive(row)
+                if row["state"] in ALIVE:
+                    await self._alive(row)  # an unresponsive one is the health checks' to end
                 elif row["state_since"] < left_before:
                     await self._discard(row)
             async with self.db.connection() as conn:
@@ -741,6 +961,9 @@ class Sandboxes(LoggingConfigurable):
         last = max(row["last_activity"], used or row["last_activity"])
         try:
             health = await self.client(row).health()
+        except AgentUnresponsive:
+            # The health checks mark it unresponsive, then replace it (unresponsive_timeout).
+            return None if self.health_interval > 0 else "its agent does not answer"
         except AgentError:
             return "its agent does not answer"
         # Terminal input, and kernels that are busy or receiving requests, are activity.
@@ -762,6 +985,131 @@ class Sandboxes(LoggingConfigurable):
                 raise
             except Exception:
                 self.log.exception("sandboxes | culling failed")
+
+    # --- health checks -----------------------------------------------------------------------
+
+    async def check_health_once(self) -> None:
+        """Ask every running (or unresponsive) sandbox's agent for its health, at once; one
+        replica at a time.
+
+        ``health_misses`` unanswered checks in a row mark a running sandbox unresponsive; an
+        answer brings it back to running and mirrors the changes saved meanwhile. A sandbox
+        unresponsive for ``unresponsive_timeout`` seconds is killed and marked failed: the
+        next use starts a fresh one from PostgreSQL.
+        """
+        async with advisory_lock(self.db, HEALTH_LOCK_ID, wait=False) as taken:
+            if not taken:
+                return
+            async with self.db.connection() as conn:
+                rows = [row for row in await store.list_running(conn) if row["state"] in ALIVE]
+                with_pending = await store.workspaces_with_pending(conn)
+            checked = {row["id"] for row in rows}
+            for sandbox_id in set(self._misses) - checked:
+                del self._misses[sandbox_id]
+            results = await asyncio.gather(
+                *(self._check_health(row, row["workspace_id"] in with_pending) for row in rows),
+                return_exceptions=True,
+            )
+            for row, result in zip(rows, results, strict=True):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if isinstance(result, Exception):
+                    self.log.error("sandbox %s | health check failed: %r", row["id"], result)
+
+    async def _check_health(self, row: SandboxRow, has_pending: bool) -> None:
+        sandbox_id = row["id"]
+        if row["endpoint"] is None:
+            return
+        try:
+            await self.client(row).health(request_timeout=self.agent_request_timeout)
+        except AgentError as e:
+            if not isinstance(e, AgentUnresponsive) and not await self._alive(row):
+                self._misses.pop(sandbox_id, None)
+                return  # it died: marked failed
+            await self._missed(row, e)
+            return
+        self._misses.pop(sandbox_id, None)
+        if row["state"] == "unresponsive":
+            if not await self._change_state(row, "unresponsive", "running"):
+                return
+            self.log.info("sandbox %s | answers again", sandbox_id)
+            has_pending = True
+        if has_pending:
+            await self._mirror_pending(row)
+
+    async def _missed(self, row: SandboxRow, error: AgentError) -> None:
+        sandbox_id = row["id"]
+        misses = self._misses[sandbox_id] = self._misses.get(sandbox_id, 0) + 1
+        if row["state"] == "running" and misses >= self.health_misses:
+            self.log.warning(
+                "sandbox %s | unresponsive: %d health checks unanswered (%s)",
+                sandbox_id,
+                misses,
+                error,
+            )
+            await self._change_state(
+                row,
+                "running",
+                "unresponsive",
+                "The sandbox is not responding. Your saved files are safe in the workspace; "
+                "changes made in the sandbox reach it if the sandbox recovers.",
+            )
+        elif row["state"] == "unresponsive" and self.unresponsive_timeout > 0:
+            hung_for = (datetime.now(UTC) - row["state_since"]).total_seconds()
+            if hung_for >= self.unresponsive_timeout:
+                await self._replace(row, hung_for)
+
+    async def _replace(self, row: SandboxRow, hung_for: float) -> None:
+        """Kill a sandbox unresponsive for too long; the next use starts a fresh one."""
+        if not await self._change_state(row, "unresponsive", "stopping"):
+            return
+        self.log.warning(
+            "sandbox %s | killed: unresponsive for %.0f s (unsynced changes in it are lost)",
+            row["id"],
+            hung_for,
+        )
+        self._misses.pop(row["id"], None)
+        self._stop_consumer(row["id"])
+        self._forget_client(row["id"])
+        try:
+            await self.spawner.stop(self.handle(row), now=True)
+        except SpawnerError:
+            self.log.exception("sandbox %s | stop failed", row["id"])
+        await self._set_state(
+            row["id"],
+            "failed",
+            f"The sandbox stopped responding and was stopped after {self.unresponsive_timeout:g}"
+            " s. Your saved files are safe; opening a terminal starts a new sandbox (changes "
+            "made in the old one that had not reached the workspace are lost).",
+        )
+
+    async def _change_state(
+        self, row: SandboxRow, old: str, new: str, reason: str | None = None
+    ) -> bool:
+        """Move a sandbox from ``old`` to ``new`` (keeping its start time) and tell the
+        workspace's editors; False if its state was no longer ``old``."""
+        async with self.db.transaction() as conn:
+            if not await store.change_state(conn, row["id"], old, new, reason):
+                return False
+            changed = await store.get(conn, row["id"])
+            if changed is not None and changed["workspace_id"] is not None:
+                await publish(
+                    conn, changed["workspace_id"], {"type": "sandbox", **self.model(changed)}
+                )
+        return True
+
+    async def health_forever(self) -> None:
+        """The background health-check loop: logs failures and goes on."""
+        if self.health_interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(self.health_interval)
+            try:
+                await self.check_health_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("sandboxes | health checks failed")
 
 
 def endpoint_json(endpoint: AgentEndpoint) -> dict[str, Any]:

@@ -8,8 +8,14 @@ so a slow client slows the agent instead of filling this process's memory.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketHandler
+
+from platform_server.handlers import write_json_error
+
+# The close of a client's socket whose sandbox does not answer (1013: try again later).
+UNRESPONSIVE_CLOSE = (1013, "The sandbox is not responding: try again in a moment.")
 
 
 class AgentRelay(WebSocketHandler):
@@ -18,9 +24,21 @@ class AgentRelay(WebSocketHandler):
 
     upstream: WebSocketClientConnection | None = None
     _pump: asyncio.Task[None] | None = None
+    refusal: tuple[int, str] | None = None
+    """Set before the upgrade when the agent cannot be reached: the client's socket is then
+    accepted and closed at once with this (code, reason), which a browser can read (it
+    cannot read an HTTP error answered to its upgrade)."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """A refused upgrade is answered as every API error: JSON ``{"message", "reason"}``."""
+        write_json_error(self, status_code, kwargs.get("exc_info"))
 
     def start_relay(self) -> None:
-        """Relay the agent's messages to the client from now on (call from ``open``)."""
+        """Relay the agent's messages to the client from now on (call from ``open``); close
+        at once with ``refusal`` if set."""
+        if self.refusal is not None:
+            self.close(*self.refusal)
+            return
         # Small, interactive frames: without this, Nagle's algorithm and the client's delayed
         # ACK can hold a frame back for ~40 ms.
         self.set_nodelay(True)

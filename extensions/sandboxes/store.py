@@ -99,6 +99,19 @@ async def set_state(
     )
 
 
+async def change_state(
+    conn: Connection, sandbox_id: uuid.UUID, old: str, new: str, reason: str | None = None
+) -> bool:
+    """Move a sandbox from ``old`` to ``new`` (start time, progress and message kept);
+    whether it was in ``old``."""
+    cur = await conn.execute(
+        """UPDATE sandboxes SET state = %s, reason = %s, state_since = now()
+           WHERE id = %s AND state = %s""",
+        [new, reason, sandbox_id, old],
+    )
+    return cur.rowcount == 1
+
+
 async def delete(conn: Connection, sandbox_id: uuid.UUID) -> None:
     """Forget a sandbox."""
     await conn.execute("DELETE FROM sandboxes WHERE id = %s", [sandbox_id])
@@ -116,7 +129,8 @@ async def list_running(conn: Connection) -> list[SandboxRow]:
     """Every sandbox that is (or is becoming) alive."""
     cur = await conn.execute(
         sql.SQL(
-            "SELECT {cols} FROM sandboxes WHERE state IN ('starting', 'running', 'stopping')"
+            """SELECT {cols} FROM sandboxes
+               WHERE state IN ('starting', 'running', 'unresponsive', 'stopping')"""
         ).format(cols=COLUMNS)
     )
     return cast(list[SandboxRow], await cur.fetchall())
@@ -141,6 +155,34 @@ async def for_owner(
         [running_only, owner_id],
     )
     return cast(list[SandboxRow], await cur.fetchall())
+
+
+# The advisory-lock class (first key of the two-integer form, a key space of its own) under
+# which one user's sandbox starts are serialised.
+OWNER_START_LOCK = 7_081_542
+
+
+async def lock_owner_starts(conn: Connection, workspace_id: uuid.UUID) -> None:
+    """Hold, until the transaction ends, the lock of the starts of the workspace owner's
+    sandboxes; a count made after it (``live_for_owner``) stays true until then."""
+    await conn.execute(
+        """SELECT pg_advisory_xact_lock(%s, (owner_id %% 2147483647)::integer)
+           FROM workspaces WHERE id = %s""",
+        [OWNER_START_LOCK, workspace_id],
+    )
+
+
+async def live_for_owner(conn: Connection, workspace_id: uuid.UUID) -> list[tuple[str, str]]:
+    """``(workspace id, name)`` of the other workspaces of the workspace's owner whose sandbox
+    is starting, running or unresponsive (its processes may run)."""
+    cur = await conn.execute(
+        """SELECT w.id, w.name FROM sandboxes s JOIN workspaces w ON w.id = s.workspace_id
+           WHERE s.state IN ('starting', 'running', 'unresponsive') AND w.id <> %(ws)s
+             AND w.owner_id = (SELECT owner_id FROM workspaces WHERE id = %(ws)s)
+           ORDER BY w.last_activity DESC, w.id""",
+        {"ws": workspace_id},
+    )
+    return [(str(row["id"]), str(row["name"])) for row in await cur.fetchall()]
 
 
 async def claim_sync(
@@ -181,6 +223,60 @@ async def unsynced_files(conn: Connection, workspace_id: uuid.UUID) -> list[dict
         [workspace_id],
     )
     return list(await cur.fetchall())
+
+
+PENDING_REASON = "saved, not yet copied into the sandbox (it is not responding)"
+
+
+async def note_pending(conn: Connection, workspace_id: uuid.UUID, paths: list[str]) -> None:
+    """Note that the sandbox lacks the stored version of ``paths`` (noted again: later)."""
+    for path in paths:
+        await conn.execute(
+            """INSERT INTO pending_mirrors (workspace_id, path, noted_at)
+               VALUES (%s, %s, clock_timestamp())
+               ON CONFLICT (workspace_id, path) DO UPDATE SET noted_at = clock_timestamp()""",
+            [workspace_id, path],
+        )
+
+
+async def pending(conn: Connection, workspace_id: uuid.UUID) -> list[tuple[str, datetime]]:
+    """``(path, noted_at)`` of the workspace's pending mirrors, oldest first."""
+    cur = await conn.execute(
+        """SELECT path, noted_at FROM pending_mirrors WHERE workspace_id = %s
+           ORDER BY noted_at, path""",
+        [workspace_id],
+    )
+    return [(row["path"], row["noted_at"]) for row in await cur.fetchall()]
+
+
+async def clear_pending(
+    conn: Connection, workspace_id: uuid.UUID, path: str | None, noted_until: datetime
+) -> None:
+    """Forget the pending mirrors of ``path`` (of every path if None) noted until
+    ``noted_until``: one noted again since stays."""
+    await conn.execute(
+        """DELETE FROM pending_mirrors WHERE workspace_id = %s
+           AND (%s::text IS NULL OR path = %s) AND noted_at <= %s""",
+        [workspace_id, path, path, noted_until],
+    )
+
+
+async def pending_files(conn: Connection, workspace_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The pending mirrors as ``unsynced_files`` lists files (size 0 for a deleted one)."""
+    cur = await conn.execute(
+        """SELECT p.path, coalesce(i.size, 0) AS size, %s AS reason
+           FROM pending_mirrors p
+           LEFT JOIN workspace_items i ON i.workspace_id = p.workspace_id AND i.path = p.path
+           WHERE p.workspace_id = %s ORDER BY p.path""",
+        [PENDING_REASON, workspace_id],
+    )
+    return list(await cur.fetchall())
+
+
+async def workspaces_with_pending(conn: Connection) -> set[uuid.UUID]:
+    """The workspaces with pending mirrors."""
+    cur = await conn.execute("SELECT DISTINCT workspace_id FROM pending_mirrors")
+    return {row["workspace_id"] for row in await cur.fetchall()}
 
 
 async def claim_pooled(conn: Connection, workspace_id: uuid.UUID) -> SandboxRow | None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, cast
 
 from tornado import web
 
 from extensions.terminals.manager import Terminals
 from extensions.workspaces.handlers import WorkspacesAPIHandler
-from platform_server.errors import PlatformError
+from platform_server.handlers import parse_json_object
 
 WORKSPACE = r"/w/(?P<workspace_id>[^/]+)"
 
@@ -26,15 +25,7 @@ class TerminalsAPIHandler(WorkspacesAPIHandler):
 
     def body_options(self) -> dict[str, Any]:
         """The optional JSON body, as JupyterLab sends it (with or without a content type)."""
-        if not self.request.body:
-            return {}
-        try:
-            body = json.loads(self.request.body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise PlatformError(400, "The request body is not valid JSON.") from e
-        if not isinstance(body, dict):
-            raise PlatformError(400, "The request body must be a JSON object.")
-        return body
+        return parse_json_object(self.request.body) or {}
 
 
 class TerminalRootHandler(TerminalsAPIHandler):

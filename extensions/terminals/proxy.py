@@ -13,12 +13,14 @@ from urllib.parse import quote
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
+from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketClientConnection
 
-from extensions.sandboxes.agent_client import AgentError
+from extensions.sandboxes.agent_client import AgentError, AgentUnresponsive
 from extensions.sandboxes.handlers import running_sandbox
-from extensions.sandboxes.manager import Sandboxes
-from extensions.sandboxes.relay import AgentRelay
+from extensions.sandboxes.manager import Sandboxes, SandboxUnresponsive
+from extensions.sandboxes.relay import UNRESPONSIVE_CLOSE, AgentRelay
+from extensions.terminals.manager import no_terminal
 
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_TERMINAL_SIZE = 10_000
@@ -32,7 +34,7 @@ def invalid_frame(message: str | bytes) -> str | None:
         return "binary frames are not terminal messages"
     try:
         frame = json.loads(message)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return "not JSON"
     if not isinstance(frame, list) or not frame or not isinstance(frame[0], str):
         return "not a [command, ...] list"
@@ -61,15 +63,22 @@ class TerminalProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
     async def get(self, workspace_id: str, name: str) -> None:
         """Check the owner, connect to the agent, then accept the browser's upgrade."""
         sandboxes = cast(Sandboxes, self.settings["sandboxes"])
-        row = await running_sandbox(
-            self, workspace_id, "No such terminal: the workspace's sandbox is not running."
-        )
         path = f"/terminals/websocket/{quote(name, safe='')}"
         since = self.get_argument("since", None)
         if since is not None and since.isdigit():
             path += f"?since={since}"
         try:
+            row = await running_sandbox(
+                self, workspace_id, "No such terminal: the workspace's sandbox is not running."
+            )
             self.upstream = await sandboxes.client(row).websocket(path)
+        except (SandboxUnresponsive, AgentUnresponsive):
+            self.refusal = UNRESPONSIVE_CLOSE
+        except HTTPClientError as e:
+            # The agent answered the upgrade with an HTTP status instead of accepting it.
+            if e.code == 404:
+                raise no_terminal(name).to_http() from e
+            raise web.HTTPError(503, "The workspace's sandbox is not answering.") from e
         except AgentError as e:
             raise web.HTTPError(503, "The workspace's sandbox is not answering.") from e
         await cast(Any, super().get(workspace_id, name))

@@ -34,6 +34,11 @@ from platform_server.db import Connection, Database
 from platform_server.db.migrate import apply_migrations
 from platform_server.errors import DomainError, PlatformError, TooLarge
 
+# The deepest nesting of lists and objects in a saved notebook: nbformat, the notary and
+# jsonschema recurse, and a RecursionError while signing empties jupyter's signature store.
+MAX_NOTEBOOK_DEPTH = 100
+# The largest chunk number of an upload (chunk numbers are PostgreSQL integers).
+MAX_CHUNK = 2**31 - 1
 # The running digests of chunked uploads received by this process.
 _UPLOAD_DIGESTS = items.UploadDigests()
 
@@ -73,6 +78,64 @@ def _read_notebook(data: bytes, path: str, validation_error: dict[str, Any]) -> 
     return nb
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON ``value`` nests lists and objects more than ``limit`` levels deep
+    (measured without recursion: that is what it protects against)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _notebook_shape_problem(content: Any) -> str | None:
+    """What keeps ``content`` from being signed and written as an nbformat 4 notebook, or None.
+
+    Checked before signing: the notary reads cells, metadata and outputs without checks, and
+    jupyter_server's ``check_and_sign`` takes any error there for a broken signature store
+    (which it then empties). The schema itself is checked later, as Jupyter does (a notebook
+    that fails it is saved, with a validation message).
+    """
+    if not isinstance(content, dict):
+        return "it must be a JSON object"
+    if _nested_deeper_than(content, MAX_NOTEBOOK_DEPTH):
+        return f"it is nested more than {MAX_NOTEBOOK_DEPTH} levels deep"
+    if content.get("nbformat") != 4 or not _is_int(content.get("nbformat")):
+        return "'nbformat' must be 4"
+    if not _is_int(content.get("nbformat_minor")):
+        return "'nbformat_minor' must be an integer"
+    if not isinstance(content.get("metadata"), dict):
+        return "'metadata' must be an object"
+    cells = content.get("cells")
+    if not isinstance(cells, list):
+        return "'cells' must be a list"
+    for cell in cells:
+        if not isinstance(cell, dict) or not isinstance(cell.get("cell_type"), str):
+            return "every cell must be an object with a 'cell_type'"
+        if not isinstance(cell.get("metadata"), dict):
+            return "every cell must have a 'metadata' object"
+        if cell["cell_type"] == "code":
+            outputs = cell.get("outputs")
+            if not isinstance(outputs, list) or not all(
+                isinstance(output, dict) and isinstance(output.get("output_type"), str)
+                for output in outputs
+            ):
+                return "a code cell's 'outputs' must be a list of objects with an 'output_type'"
+    return None
+
+
 @functools.cache
 def _fallback_event_logger() -> EventLogger:
     """One event logger for managers without a server above them (as Jupyter would make)."""
@@ -87,6 +150,33 @@ def _server_notary(root: Configurable) -> sign.NotebookNotary:
     return sign.NotebookNotary(parent=root)  # type: ignore[no-untyped-call]
 
 
+class _StandalonePools:
+    """The pools of standalone managers: one per database URL and event loop in a process.
+
+    Every server a process runs on one loop shares that loop's pool, however many start and
+    stop (a test suite starts hundreds). A stock server tells its contents manager nothing when
+    it stops, so a pool is released when its loop is found closed: the next pool made closes
+    the idle connections of those (their own tasks died with their loops).
+    """
+
+    def __init__(self) -> None:
+        self._pools: dict[tuple[str, asyncio.AbstractEventLoop | None], Database] = {}
+
+    def get(
+        self, url: str, loop: asyncio.AbstractEventLoop | None, log: logging.Logger
+    ) -> Database:
+        """The pool of ``url`` for servers on ``loop`` (None: whichever loop uses it first)."""
+        for key in [key for key in self._pools if key[1] is not None and key[1].is_closed()]:
+            self._pools.pop(key).close_abandoned()
+        database = self._pools.get((url, loop))
+        if database is None:
+            database = self._pools[(url, loop)] = Database(url, log=log)
+        return database
+
+
+_STANDALONE_POOLS = _StandalonePools()
+
+
 class ContentsListener(Protocol):
     """Told of every committed change to a workspace's files (a running sandbox mirrors them)."""
 
@@ -94,7 +184,8 @@ class ContentsListener(Protocol):
         self, workspace_id: uuid.UUID, action: str, path: str, source_path: str | None
     ) -> None:
         """``action`` is save, delete, rename, copy or restore; ``source_path`` for the two
-        that have one. Must not raise: the change is already committed."""
+        that have one. Must not raise, nor wait for a sandbox: the change is already
+        committed, and the request answers once every listener returns."""
 
 
 class PostgresContentsManager(AsyncContentsManager):
@@ -141,8 +232,10 @@ class PostgresContentsManager(AsyncContentsManager):
 
     workspace_quota = Integer(
         1024 * 1024 * 1024,
-        help="Most bytes of files one workspace may hold (checkpoints not counted); a write "
-        "that would go beyond is refused with 413. 0 disables the quota.",
+        help="Most bytes one workspace may store: its files, checkpoints and uploads in "
+        "progress, a content shared by several of them (a copy, a checkpoint of the current "
+        "version) counted once. A write that would go beyond is refused with 413 (reason "
+        "quota_exceeded). 0 disables the quota.",
     ).tag(config=True)
 
     @default("checkpoints_class")
@@ -189,8 +282,17 @@ class PostgresContentsManager(AsyncContentsManager):
         except DomainError as e:
             raise TraitError(e.message) from e
         self.workspace_id = workspace_id
-        self.db = Database(self.db_url, log=log)
+        self.db = _STANDALONE_POOLS.get(self.db_url, self._server_loop(), log)
         self.log.info("contents | serving workspace %s from PostgreSQL", workspace_id)
+
+    def _server_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the server runs on (its ``io_loop``, made before its managers)."""
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            io_loop = getattr(self.parent, "io_loop", None)
+            loop = getattr(io_loop, "asyncio_loop", None)
+            return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
 
     def info_string(self) -> str:
         """What the server logs at start."""
@@ -542,9 +644,10 @@ class PostgresContentsManager(AsyncContentsManager):
 
     async def _notebook_content(self, content: Any, path: str) -> tuple[bytes, str | None]:
         """A notebook's bytes (as Jupyter writes them) and its validation message, if any."""
-        if not isinstance(content, dict):
-            msg = f"The content of the notebook {path} must be a JSON object."
-            raise PlatformError(400, msg)
+        problem = _notebook_shape_problem(content)
+        if problem is not None:
+            msg = f"The content of the notebook {path} is not a notebook: {problem}."
+            raise PlatformError(400, msg, reason="invalid_notebook")
         nb = nbformat.from_dict(content)  # type: ignore[no-untyped-call]
         self.check_and_sign(nb, path)  # type: ignore[no-untyped-call]
         validation_error: dict[str, Any] = {}
@@ -559,9 +662,9 @@ class PostgresContentsManager(AsyncContentsManager):
 
     async def _save_chunk(self, model: dict[str, Any], path: str, chunk: Any) -> dict[str, Any]:
         """One chunk of an upload (JupyterLab: 1, 2, ..., then -1 for the last)."""
-        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk == 0 or chunk < -1:
+        if not _is_int(chunk) or chunk == 0 or chunk < -1 or chunk > MAX_CHUNK:
             msg = f"Invalid chunk number {chunk!r}: 1, 2, ... then -1 for the last."
-            raise PlatformError(400, msg)
+            raise PlatformError(400, msg, reason="invalid_chunk")
         path = self.writable_path(path, "create")
         if not path:
             raise PlatformError(400, "The root is a directory.")
@@ -675,6 +778,11 @@ class PostgresContentsManager(AsyncContentsManager):
                 raise PlatformError(404, msg)
         target = self.writable_path(target, "copy to")
         async with http_transaction(self.db) as conn:
+            if source["type"] == "directory":
+                # As Jupyter's copytree, make the folders the copy goes into.
+                to_parent = paths.split(target)[0]
+                for made in await items.make_directories(conn, self._workspace, to_parent):
+                    await self.publish_change(conn, "save", made["path"], row=made)
             row = await items.copy_item(
                 conn, self._workspace, path, target, quota=self.workspace_quota
             )

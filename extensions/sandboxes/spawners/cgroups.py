@@ -230,12 +230,16 @@ def fallback_rlimits(plan: CgroupPlan, limits: Limits) -> list[tuple[str, int]]:
 
 
 # Runs first inside the sandbox: lowering one's own limits needs no privilege, while the
-# platform may lack CAP_SYS_RESOURCE to prlimit() a process of another user.
+# platform may lack CAP_SYS_RESOURCE to prlimit() a process of another user. OUTPUT makes a
+# descriptor the command's stdout and stderr (bwrap's own go elsewhere).
 _RLIMIT_WRAPPER = """\
 import os, resource, sys
 end = sys.argv.index("--")
 for name, value in zip(sys.argv[1:end:2], sys.argv[2:end:2]):
-    if name == "NICE":
+    if name == "OUTPUT":
+        os.dup2(int(value), 1)
+        os.dup2(int(value), 2)
+    elif name == "NICE":
         os.nice(int(value))
     else:
         resource.setrlimit(getattr(resource, name), (int(value), int(value)))
@@ -246,12 +250,16 @@ except OSError as e:
 """
 
 
-def rlimit_prefix(python: str, rlimits: list[tuple[str, int]], nice: int = 0) -> list[str]:
-    """A command prefix that sets ``rlimits`` (and a nice value) then execs the rest.
+def rlimit_prefix(
+    python: str, rlimits: list[tuple[str, int]], nice: int = 0, output_fd: int | None = None
+) -> list[str]:
+    """A command prefix that sets ``rlimits`` (and a nice value, and ``output_fd`` as stdout
+    and stderr) then execs the rest.
 
     Empty when there is nothing to set. ``python`` must exist inside the sandbox.
     """
-    settings = [*rlimits, *([("NICE", nice)] if nice else [])]
+    output = [("OUTPUT", output_fd)] if output_fd is not None else []
+    settings = [*output, *rlimits, *([("NICE", nice)] if nice else [])]
     if not settings:
         return []
     flat = [str(x) for pair in settings for x in pair]

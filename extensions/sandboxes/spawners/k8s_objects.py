@@ -83,6 +83,8 @@ class PodOptions:
     tolerations: tuple[Mapping[str, Any], ...] = ()
     user_namespaces: bool = False
     termination_grace_period: int = 5
+    agent_options: tuple[str, ...] = ()
+    """Added to the agent's command line (``agent_args``): the limits it keeps by itself."""
 
     @property
     def name(self) -> str:
@@ -188,7 +190,7 @@ def make_sandbox_pod(options: PodOptions) -> client.V1Pod:
         name=AGENT_CONTAINER,
         image=options.image,
         image_pull_policy=options.image_pull_policy,
-        args=agent_args(options.agent_port),
+        args=[*agent_args(options.agent_port), *options.agent_options],
         ports=[
             client.V1ContainerPort(
                 name=AGENT_PORT_NAME, container_port=options.agent_port, protocol="TCP"

@@ -240,6 +240,7 @@ class KubernetesSpawner(Spawner):
             image_pull_policy=self.image_pull_policy,
             image_pull_secrets=tuple(self.image_pull_secrets),
             agent_port=self.agent_port,
+            agent_options=tuple(self.lifetime.args()),
             cpu_request=self.cpu_request,
             cpu_limit=self.cpu_limit,
             memory_request=self.memory_request,
@@ -476,16 +477,19 @@ class KubernetesSpawner(Spawner):
 
     # --- stop, poll, find, reap ------------------------------------------------------------
 
-    async def stop(self, handle: SandboxHandle) -> None:
-        """Delete the pod (its agent gets ``stop_grace_period`` s) and its Secret."""
+    async def stop(self, handle: SandboxHandle, *, now: bool = False) -> None:
+        """Delete the pod (its agent gets ``stop_grace_period`` s, none with ``now``) and its
+        Secret."""
         kube = await self._client()
-        await self._remove(kube, handle.sandbox_id, ["pods", "secrets"])
+        await self._remove(kube, handle.sandbox_id, ["pods", "secrets"], now=now)
 
-    async def _remove(self, kube: KubeClient, sandbox_id: str, kinds: list[Kind]) -> None:
+    async def _remove(
+        self, kube: KubeClient, sandbox_id: str, kinds: list[Kind], *, now: bool = False
+    ) -> None:
         name = pod_name(sandbox_id)
         try:
             for kind in sorted(kinds):  # the pod first: it still uses its Secret
-                grace = self.stop_grace_period if kind == "pods" else None
+                grace = (0 if now else self.stop_grace_period) if kind == "pods" else None
                 if await kube.delete(kind, name, grace_period=grace):
                     self.log.info("sandbox %s | deleted %s %s", sandbox_id, kind[:-1], name)
         except KubeError as e:

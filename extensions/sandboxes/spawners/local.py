@@ -135,6 +135,7 @@ class _Launch:
     state: LocalState  # without the agent, which does not run yet; already in state.json
     command: list[str]  # what bwrap runs
     wrapped: bool  # whether that is the rlimit wrapper, which then execs the agent
+    output: int  # the platform's end of bwrap's stdout and stderr, closed once the agent runs
 
     @property
     def pid(self) -> int:
@@ -181,9 +182,10 @@ class LocalSpawner(Spawner):
     ).tag(config=True)
 
     memory_limit = Unicode(
-        "512M",
-        help="Memory of a sandbox, files in its tmpfs folders included: bytes, or a number "
-        "with K, M, G or T (binary multiples). 0 disables.",
+        "1G",
+        help="Memory of a sandbox, files in its tmpfs folders (/workspace, /tmp, /dev/shm) "
+        "included: bytes, or a number with K, M, G or T (binary multiples). It must hold "
+        "disk_limit + 2 x tmp_limit + memory_reserve (checked at start-up). 0 disables.",
     ).tag(config=True)
 
     cpu_limit = Float(
@@ -195,14 +197,31 @@ class LocalSpawner(Spawner):
     ).tag(config=True)
 
     disk_limit = Unicode(
-        "1G",
-        help="Size of /workspace, a tmpfs (bytes, or with K, M, G or T). Its pages also count "
-        "as the sandbox's memory. 0: the kernel's default, half of RAM.",
+        "512M",
+        help="Size of /workspace, a tmpfs (bytes, or with K, M, G or T). Its pages count as "
+        "the sandbox's memory, so it must fit in memory_limit (see memory_reserve): a full "
+        "/workspace then fails writes with 'No space left on device' instead of getting the "
+        "sandbox's processes OOM-killed. 0: the kernel's default, half of RAM.",
     ).tag(config=True)
 
     tmp_limit = Unicode(
+        "128M",
+        help="Size of /tmp and of /dev/shm (each), tmpfs like /workspace, counted in "
+        "memory_limit too. 0: half of RAM.",
+    ).tag(config=True)
+
+    memory_reserve = Unicode(
         "256M",
-        help="Size of /tmp and of /dev/shm (each), tmpfs like /workspace. 0: half of RAM.",
+        help="Memory of a sandbox that its tmpfs folders can never take, for its processes "
+        "(the agent, kernels, terminals): the platform refuses to start sandboxes unless "
+        "disk_limit + 2 x tmp_limit + memory_reserve <= memory_limit (bytes, or with K, M, G "
+        "or T). 0: files may take all of memory_limit. Unused when memory_limit is 0.",
+    ).tag(config=True)
+
+    log_limit = Unicode(
+        "10M",
+        help="Largest size of a sandbox's log, <run_dir>/<id>/sandbox.log (bytes, or with K, "
+        "M, G or T); later lines are dropped. 0: no limit.",
     ).tag(config=True)
 
     cgroup_parent = Unicode(
@@ -235,7 +254,7 @@ class LocalSpawner(Spawner):
     def _default_agent_package(self) -> str:
         return str(REPO / "kernel_image")
 
-    @validate("memory_limit", "disk_limit", "tmp_limit")
+    @validate("memory_limit", "disk_limit", "tmp_limit", "memory_reserve", "log_limit")
     def _valid_size(self, proposal: dict[str, Any]) -> str:
         try:
             parse_bytes(proposal["value"])
@@ -257,6 +276,27 @@ class LocalSpawner(Spawner):
     def limits(self) -> cgroups.Limits:
         """The limits every sandbox gets."""
         return cgroups.Limits(parse_bytes(self.memory_limit), self.cpu_limit, self.pids_limit)
+
+    def check_sizes(self) -> None:
+        """``SpawnerError`` unless the tmpfs folders fit in ``memory_limit`` beside
+        ``memory_reserve``: tmpfs pages count as the sandbox's memory and cannot be reclaimed
+        (no swap), so a /workspace bigger than that fills memory, and the OOM killer ends the
+        sandbox's processes, before a write fails with ENOSPC."""
+        memory = parse_bytes(self.memory_limit)
+        if not memory:
+            return
+        disk, tmp = parse_bytes(self.disk_limit), parse_bytes(self.tmp_limit)
+        reserve = parse_bytes(self.memory_reserve)
+        if disk and tmp and disk + 2 * tmp + reserve <= memory:
+            return
+        msg = (
+            f"LocalSpawner.disk_limit ({self.disk_limit}) + 2 x tmp_limit ({self.tmp_limit}) + "
+            f"memory_reserve ({self.memory_reserve}) must be at most memory_limit "
+            f"({self.memory_limit}), and neither size 0 (half of RAM): files in a sandbox's "
+            "tmpfs folders count as its memory. Lower disk_limit or tmp_limit, or raise "
+            "memory_limit."
+        )
+        raise SpawnerError(msg)
 
     run_dir = Unicode(
         help="Folder of the sandboxes' sockets, state and logs, one 0700 folder each. Default: "
@@ -335,6 +375,7 @@ class LocalSpawner(Spawner):
         return self._bwrap, self._plan
 
     def _check(self) -> None:
+        self.check_sizes()
         host_user = self._host_user()
         candidates = [self.bwrap_path] if self.bwrap_path else bwrap.find_bwrap_candidates()
         failures = []
@@ -452,9 +493,15 @@ class LocalSpawner(Spawner):
                     self._launch, binary, plan, folder, listener, token, cgroup_paths
                 )
             state = launch.state.copy()
-            state["agent_pid"], state["agent_start_time"] = await self._wait_for_agent(
-                launch, folder
-            )
+            try:
+                state["agent_pid"], state["agent_start_time"] = await self._wait_for_agent(
+                    launch, folder
+                )
+            finally:
+                # From now on nothing reads bwrap's output: the init holds a pipe without a
+                # reader, never a file of the host.
+                _copy_output(launch.output, folder / LOG_NAME, parse_bytes(self.log_limit))
+                os.close(launch.output)
             _write_json(folder / STATE_NAME, state)
         except SpawnerError:
             raise
@@ -522,29 +569,42 @@ class LocalSpawner(Spawner):
             block_fd, block = fds.pipe(child_reads=True)
             options = self._options(info_fd, block_fd, fds, self._python_binds())
             args_fd = fds.data(_nul_join(bwrap.build_args(options)))
-            command = self._command(plan, listener.fileno())
-            fd = os.open(folder / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            # The token reaches the agent only, on a pipe it reads once: bwrap's init (pid 1,
+            # the user's uid, open to ptrace) closes every inherited descriptor but 0-2.
+            token_fd = fds.data(token.encode())
+            # The agent's log, for the agent only (it is non-dumpable, and its stdio and its
+            # children's are /dev/null); the init never holds a host file.
+            log_fd = os.open(folder / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fds.passed.append(log_fd)
+            command = self._command(plan, listener.fileno(), token_fd, log_fd)
+            # bwrap's own output (its errors while it sets up), read only during the start:
+            # a pipe whose reader is gone afterwards, not a file of the host.
+            output, output_fd = os.pipe()
+            os.set_blocking(output, False)
+            fds.kept.append(output)
             # argv[0] is just "bwrap" (``executable`` is the absolute path), so that the host's
             # paths stay out of the sandbox's `ps`.
             argv = ["bwrap", "--args", str(args_fd), "--", *command]
-            with os.fdopen(fd, "ab") as log:
+            try:
                 process = subprocess.Popen(  # noqa: S603 - our bwrap, our arguments
                     argv,
                     executable=binary,
                     pass_fds=[*fds.passed, listener.fileno()],
                     stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    env=self.agent_env(token),
+                    stdout=output_fd,
+                    stderr=output_fd,
+                    env=self.agent_env(),
                     cwd="/",
                     start_new_session=True,
                     **_user_kwargs(self._host_user()),
                 )
+            finally:
+                os.close(output_fd)
             fds.close_passed()
             self._processes[folder.name] = process
             state: LocalState | None = None
             try:
-                state = self._init_state(process, info, folder, cgroup_paths)
+                state = self._init_state(process, info, folder, cgroup_paths, output)
                 # Recorded while the init waits (--block-fd): from its first step on, the
                 # sandbox can be found and killed, even if this process dies before its agent
                 # is up.
@@ -553,15 +613,16 @@ class LocalSpawner(Spawner):
                     cgroups.attach(cgroup_paths, state["pid"])
                 except ProcessLookupError as e:
                     msg = "The sandbox exited while it was being set up."
-                    raise SpawnerError(msg + self._why(folder)) from e
+                    raise SpawnerError(msg + self._why(folder, output)) from e
                 os.write(block, b"1")
             except BaseException:
                 if state is not None:
                     processes.kill_now(state["pid"], state["start_time"])
                 processes.terminate(process)
                 raise
+            fds.kept.remove(output)  # the caller reads it until the agent runs
             wrapped = command != self.agent_command(listener.fileno())
-            return _Launch(process, state, command, wrapped)
+            return _Launch(process, state, command, wrapped, output)
         finally:
             fds.close()
 
@@ -571,17 +632,18 @@ class LocalSpawner(Spawner):
         info: int,
         folder: Path,
         cgroup_paths: list[Path],
+        output: int,
     ) -> LocalState:
         """The state of the sandbox's init, whose pid bwrap reports on ``--info-fd``."""
         try:
             pid = _read_child_pid(info, process, self.start_timeout)
         except SpawnerError as e:
-            msg = f"{e}{self._why(folder)}"
+            msg = f"{e}{self._why(folder, output)}"
             raise SpawnerError(msg) from e
         start_time = processes.start_time_of(pid)
         if start_time is None:
             msg = "The sandbox exited while it was being set up."
-            raise SpawnerError(msg + self._why(folder))
+            raise SpawnerError(msg + self._why(folder, output))
         state: LocalState = {
             "pid": pid,
             "start_time": start_time,
@@ -598,10 +660,10 @@ class LocalSpawner(Spawner):
         etc_files = [
             bwrap.DataFile(fds.data(passwd), "/etc/passwd"),
             bwrap.DataFile(fds.data(bwrap.group(SANDBOX_GID)), "/etc/group"),
-            *(bwrap.DataFile(fds.data(b""), path, 0) for path in bwrap.hidden_etc_files()),
+            bwrap.DataFile(fds.data(bwrap.HOSTS), "/etc/hosts"),
         ]
         return bwrap.BwrapOptions(
-            system=bwrap.system_layout(),
+            system=bwrap.system_layout(network=self.allow_network),
             info_fd=info_fd,
             block_fd=block_fd,
             workspace=WORKSPACE,
@@ -634,8 +696,11 @@ class LocalSpawner(Spawner):
         binds.append(bwrap.Bind(str(agent), f"{AGENT_DIR}/kernel_image"))
         return binds
 
-    def _why(self, folder: Path) -> str:
-        """The end of a failed sandbox's log, with a hint for permission problems."""
+    def _why(self, folder: Path, output: int | None = None) -> str:
+        """The end of a failed sandbox's log (bwrap's ``output`` copied in first), with a hint
+        for permission problems."""
+        if output is not None:
+            _copy_output(output, folder / LOG_NAME, parse_bytes(self.log_limit))
         tail = _log_tail(folder / LOG_NAME)
         return tail + (self._reach_hint() if "Permission denied" in tail else "")
 
@@ -649,7 +714,10 @@ class LocalSpawner(Spawner):
         )
 
     def agent_command(self, fd: int) -> list[str]:
-        """The command bwrap runs in the sandbox, given the listening socket's fd.
+        """The command bwrap runs in the sandbox, given the listening socket's fd. The
+        platform appends the limits the agent keeps by itself (``Spawner.lifetime``),
+        ``--token-fd N --log-fd N --log-max-bytes N``, and runs it with the log as stdout and
+        stderr.
 
         Override in a subclass to run something else.
         """
@@ -658,10 +726,11 @@ class LocalSpawner(Spawner):
         # agent is found through PYTHONPATH.
         return [python, "-s", "-P", "-m", "kernel_image", "--fd", str(fd), "--root", WORKSPACE]
 
-    def agent_env(self, token: str) -> dict[str, str]:
-        """The agent's whole environment (bwrap passes it on; it is never on a command line).
+    def agent_env(self) -> dict[str, str]:
+        """The environment of bwrap, its init and the agent: no secret (the token is on a
+        pipe, ``--token-fd``), since the init's ``/proc/1/environ`` is readable inside.
 
-        The agent must not pass ``AGENT_TOKEN`` and ``PYTHONPATH`` on to user processes.
+        The agent must not pass ``PYTHONPATH`` on to user processes.
         """
         env = str(Path(self.python_env).absolute())
         return {
@@ -673,19 +742,28 @@ class LocalSpawner(Spawner):
             "LANG": "C.UTF-8",
             "VIRTUAL_ENV": env,
             "PYTHONPATH": AGENT_DIR,
-            "AGENT_TOKEN": token,
         }
 
-    def _command(self, plan: cgroups.CgroupPlan, fd: int) -> list[str]:
-        """The agent command, behind the rlimits that stand in for missing cgroups."""
+    def _command(self, plan: cgroups.CgroupPlan, fd: int, token_fd: int, log_fd: int) -> list[str]:
+        """The agent command, behind the rlimits that stand in for missing cgroups, with the
+        log as stdout and stderr until the agent takes it over (``--log-fd``)."""
         rlimits = cgroups.fallback_rlimits(plan, self.limits)
-        # The inherited log file (stdout) must not fill the host's disk either.
+        # No file a sandbox writes, the log on the host included, outgrows its biggest tmpfs.
         biggest = max(parse_bytes(self.disk_limit), parse_bytes(self.tmp_limit))
         if biggest:
             rlimits.append(("RLIMIT_FSIZE", biggest))
         nice = 10 if "cpu" in plan.unavailable else 0
         python = str(Path(self.python_env).absolute() / "bin" / "python")
-        return [*cgroups.rlimit_prefix(python, rlimits, nice), *self.agent_command(fd)]
+        prefix = cgroups.rlimit_prefix(python, rlimits, nice, output_fd=log_fd)
+        log_args = ["--log-fd", str(log_fd), "--log-max-bytes", str(parse_bytes(self.log_limit))]
+        return [
+            *prefix,
+            *self.agent_command(fd),
+            *self.lifetime.args(),
+            "--token-fd",
+            str(token_fd),
+            *log_args,
+        ]
 
     async def _wait_for_agent(self, launch: _Launch, folder: Path) -> tuple[int, int]:
         """Wait until the sandbox's init runs the agent; its (pid, start time). Fails with
@@ -694,24 +772,25 @@ class LocalSpawner(Spawner):
         while (agent := _agent_process(launch)) is None:
             if launch.process.poll() is not None or processes.start_time_of(launch.pid) is None:
                 msg = "The sandbox exited while it was being set up."
-                raise SpawnerError(msg + self._why(folder))
+                raise SpawnerError(msg + self._why(folder, launch.output))
             if time.monotonic() > deadline:
                 msg = f"The sandbox did not start its command within {self.start_timeout} s."
-                raise SpawnerError(msg + self._why(folder))
+                raise SpawnerError(msg + self._why(folder, launch.output))
             await asyncio.sleep(0.005)
         return agent
 
     # --- stop, poll, find ------------------------------------------------------------------
 
-    async def stop(self, handle: SandboxHandle) -> None:
-        """Let the agent exit (SIGTERM, ``stop_grace_period``), SIGKILL the sandbox's init (so
-        everything left in it), then remove its folder and cgroups."""
+    async def stop(self, handle: SandboxHandle, *, now: bool = False) -> None:
+        """Let the agent exit (SIGTERM, ``stop_grace_period``; not with ``now``), SIGKILL the
+        sandbox's init (so everything left in it), then remove its folder and cgroups."""
         folder = self.sandbox_dir(handle.sandbox_id)
         # The folder's copy, if the caller has none (e.g. it gave up while it was starting).
         state = _parse_state(handle.state) or _parse_state(_read_json(folder / STATE_NAME))
         if state is not None:
             try:
-                await self._terminate_agent(handle.sandbox_id, state)
+                if not now:
+                    await self._terminate_agent(handle.sandbox_id, state)
                 await processes.kill(state["pid"], state["start_time"], grace=10, uid=state["uid"])
             except processes.ProcessError as e:
                 raise SpawnerError(str(e)) from e
@@ -892,8 +971,25 @@ def _private_dir(path: Path, *, parents: bool = False) -> None:
 
 def _write_json(path: Path, value: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(value))
     tmp.replace(path)
+
+
+def _copy_output(output: int, log: Path, limit: int) -> None:
+    """Append what bwrap wrote so far on the (non-blocking) ``output`` pipe to ``log``, which
+    stays below ``limit`` bytes (0: no limit)."""
+    data = b""
+    with contextlib.suppress(BlockingIOError, OSError):
+        while chunk := os.read(output, 65536):
+            data += chunk
+    if not data:
+        return
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as f:
+        room = limit - f.seek(0, os.SEEK_END) if limit else len(data)
+        f.write(data[: max(0, room)])
 
 
 def _read_json(path: Path) -> Any:

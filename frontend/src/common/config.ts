@@ -48,10 +48,26 @@ export function platformUrl(path = ''): string {
   return pageData().platformBaseUrl + path.replace(/^\//, '');
 }
 
-/** Only a same-site path is a safe place to go after logging in. */
+/** Control characters (browsers drop tabs and newlines from URLs, so "/\t/evil.example" is
+ * "//evil.example" to them) and backslashes (read as "/" in http URLs). */
+function hasUnsafeCharacter(text: string): boolean {
+  for (let i = 0; i < text.length; i += 1) {
+    const code = text.charCodeAt(i);
+    if (code < 0x20 || (code >= 0x7f && code <= 0x9f) || code === 0x5c) return true;
+  }
+  return false;
+}
+
+/** Only a same-origin path is a safe place to go after logging in. The server applies the
+ * same rule (safe_next in extensions/ide/handlers.py): a path that starts with "/", has no
+ * control character and no backslash, and that the URL parser resolves to this origin. */
 export function safeNext(next: string | null): string | null {
-  if (next === null || !next.startsWith('/') || next.startsWith('//') || next.includes('\\')) {
+  if (next === null || !next.startsWith('/') || hasUnsafeCharacter(next)) return null;
+  let url: URL;
+  try {
+    url = new URL(next, location.origin);
+  } catch {
     return null;
   }
-  return next;
+  return url.origin === location.origin ? next : null;
 }

@@ -5,7 +5,7 @@ import { platformUrl } from '../common/config';
 import { h } from '../common/dom';
 import { toastError } from '../common/toast';
 
-export type SandboxState = 'stopped' | 'starting' | 'running' | 'stopping' | 'failed';
+export type SandboxState = 'stopped' | 'starting' | 'running' | 'unresponsive' | 'stopping' | 'failed';
 
 export interface SandboxModel {
   state: SandboxState;
@@ -26,6 +26,7 @@ const WORDS: Record<SandboxState, string> = {
   stopped: 'Sandbox stopped',
   starting: 'Sandbox starting',
   running: 'Sandbox running',
+  unresponsive: 'Sandbox not responding',
   stopping: 'Sandbox stopping',
   failed: 'Sandbox failed',
 };
@@ -64,7 +65,7 @@ export class SandboxStatus {
     this.badge.className = `badge state-${state}`;
     this.badge.dataset.state = state;
     this.badge.textContent = WORDS[state];
-    this.badge.title = state === 'failed' && this.model.reason ? this.model.reason : '';
+    this.badge.title = (state === 'failed' || state === 'unresponsive') && this.model.reason ? this.model.reason : '';
     const starting = state === 'starting';
     this.progressBox.hidden = !starting;
     if (starting) {
@@ -77,9 +78,12 @@ export class SandboxStatus {
     if (state === 'starting' && before !== 'starting') this.watchProgress();
   }
 
-  /** A start was requested (a terminal is being opened): show it at once. */
+  /** A start was requested (a terminal is being opened): show it at once. (An unresponsive
+   * sandbox is not replaced by a request: the server answers 504 until it recovers or is
+   * stopped.) */
   expectStart(): void {
-    if (this.model.state === 'running' || this.model.state === 'starting') return;
+    const { state } = this.model;
+    if (state === 'running' || state === 'starting' || state === 'unresponsive') return;
     this.apply({ state: 'starting', progress: 0, message: 'Starting the sandbox…', reason: null });
   }
 

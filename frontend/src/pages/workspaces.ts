@@ -10,7 +10,7 @@ import { exactTime, timeAgo } from '../common/time';
 import { toastError } from '../common/toast';
 
 interface SandboxModel {
-  state: 'stopped' | 'starting' | 'running' | 'stopping' | 'failed';
+  state: 'stopped' | 'starting' | 'running' | 'unresponsive' | 'stopping' | 'failed';
   reason: string | null;
   progress: number | null;
   message: string | null;
@@ -27,6 +27,7 @@ const STATE_WORDS: Record<SandboxModel['state'], string> = {
   stopped: 'Stopped',
   starting: 'Starting',
   running: 'Running',
+  unresponsive: 'Not responding',
   stopping: 'Stopping',
   failed: 'Failed',
 };
@@ -48,7 +49,7 @@ function workspaceUrl(ws: WorkspaceModel): string {
 function stateBadge(model: SandboxModel | null): HTMLElement {
   if (model === null) return h('span', { class: 'muted' }, 'unknown');
   const badge = h('span', { class: `badge state-${model.state}` }, STATE_WORDS[model.state]);
-  if (model.state === 'failed' && model.reason) badge.title = model.reason;
+  if ((model.state === 'failed' || model.state === 'unresponsive') && model.reason) badge.title = model.reason;
   if (model.state === 'starting' && model.message) badge.title = model.message;
   return badge;
 }

@@ -2,12 +2,15 @@
 
 Serves, over the inherited listening Unix socket, ``GET /api/health`` and, for tests only,
 ``POST /api/exec`` (``{"argv": [...], "timeout": s}`` → ``{"returncode", "stdout", "stderr"}``),
-both requiring ``Authorization: token $AGENT_TOKEN``.
+both requiring ``Authorization: token <t>``, the token read from ``--token-fd`` (else
+``$AGENT_TOKEN``). Like the agent, it is non-dumpable, and with ``--log-fd`` its stdin, stdout and
+stderr become /dev/null (it logs nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import socket
@@ -15,6 +18,8 @@ import socketserver
 import subprocess
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+PR_SET_DUMPABLE = 4
+ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
 TOKEN = os.environ.pop("AGENT_TOKEN", "")
 # What user processes get: no token, no agent on their path.
 CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -98,7 +103,22 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--root", required=True)
+    parser.add_argument("--token-fd", type=int)
+    parser.add_argument("--log-fd", type=int)
+    parser.add_argument("--log-max-bytes", type=int)
+    for limit in ("--idle-timeout", "--max-age", "--unclaimed-timeout"):
+        parser.add_argument(limit, type=float)  # the real agent's own limits: ignored here
     options = parser.parse_args()
+    global TOKEN
+    if options.token_fd is not None:
+        with os.fdopen(options.token_fd, "rb") as pipe:
+            TOKEN = pipe.read().decode().strip()
+    if options.log_fd is not None:
+        os.close(options.log_fd)
+        null = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(null, target)
+        os.close(null)
     Handler.root = options.root
     listener = socket.socket(fileno=options.fd)
     Server(listener).serve_forever()
