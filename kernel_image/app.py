@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tornado import web
 from tornado.httpserver import HTTPServer
@@ -42,6 +44,8 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 """The largest WebSocket message a client may send (bigger ones close the socket, 1009)."""
 PING_INTERVAL = 30.0
 """Seconds between WebSocket pings; a client that does not answer is disconnected."""
+MAX_SYNC_BYTES = 10 * 1024**2
+"""The largest file file sync sends to the platform, unless ``--max-sync-bytes`` says."""
 PR_SET_DUMPABLE = 4
 LOG_FULL_NOTICE = b"[agent] log size limit reached: further lines are dropped\n"
 
@@ -84,6 +88,20 @@ def make_app(
     )
 
 
+def defaults(settings: type[Any]) -> dict[str, Any]:
+    """The defaults of a settings dataclass's fields: the command line's defaults are read from
+    there, so each is written once."""
+    return {field.name: field.default for field in dataclasses.fields(settings)}
+
+
+def in_bytes(size: int) -> str:
+    """A size in bytes as its help text says it (``256 KiB``)."""
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} bytes"
+
+
 def _size(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -94,6 +112,7 @@ def _size(text: str) -> int:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (see docs/agent-protocol.md)."""
+    agent, kernels, limits = defaults(AgentConfig), defaults(KernelsConfig), defaults(Limits)
     parser = argparse.ArgumentParser(
         prog="python -s -m kernel_image",
         description="The sandbox agent: terminals, files and health over HTTP + WebSocket. "
@@ -108,37 +127,44 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
     parser.add_argument("--root", required=True, help="the folder files and terminals use")
     parser.add_argument(
-        "--max-terminals", type=_size, default=16, help="terminals at once (default 16)"
+        "--max-terminals",
+        type=_size,
+        default=agent["max_terminals"],
+        help=f"terminals at once (default {agent['max_terminals']})",
     )
     parser.add_argument(
         "--scrollback-bytes",
         type=_size,
-        default=256 * 1024,
-        help="output kept per terminal for reconnecting clients, in bytes (default 256 KiB)",
+        default=agent["scrollback_bytes"],
+        help="output kept per terminal for reconnecting clients, in bytes "
+        f"(default {in_bytes(agent['scrollback_bytes'])})",
     )
     parser.add_argument(
         "--max-file-bytes",
         type=_size,
-        default=1024**3,
-        help="largest PUT /api/files body, in bytes (default 1 GiB)",
+        default=agent["max_file_bytes"],
+        help=f"largest PUT /api/files body, in bytes (default {in_bytes(agent['max_file_bytes'])})",
     )
     parser.add_argument(
         "--max-tree-bytes",
         type=_size,
-        default=2 * 1024**3,
-        help="largest PUT /api/tree body and total of its files, in bytes (default 2 GiB)",
+        default=agent["max_tree_bytes"],
+        help="largest PUT /api/tree body and total of its files, in bytes "
+        f"(default {in_bytes(agent['max_tree_bytes'])})",
     )
     parser.add_argument(
         "--stalled-client-timeout",
         type=float,
-        default=30.0,
-        help="seconds a terminal waits for a client to take output before dropping it; default 30",
+        default=agent["stalled_client_timeout"],
+        help="seconds a terminal waits for a client to take output before dropping it; "
+        f"default {agent['stalled_client_timeout']:g}",
     )
     parser.add_argument(
         "--max-sync-bytes",
         type=_size,
-        default=10 * 1024**2,
-        help="largest file sent to the platform by file sync, in bytes (default 10 MiB)",
+        default=MAX_SYNC_BYTES,
+        help="largest file sent to the platform by file sync, in bytes "
+        f"(default {in_bytes(MAX_SYNC_BYTES)})",
     )
     parser.add_argument(
         "--sync-ignore",
@@ -147,13 +173,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         f"file name pattern (default {','.join(DEFAULT_IGNORE)})",
     )
     parser.add_argument(
-        "--max-kernels", type=_size, default=4, help="Jupyter kernels at once (default 4)"
+        "--max-kernels",
+        type=_size,
+        default=kernels["max_kernels"],
+        help=f"Jupyter kernels at once (default {kernels['max_kernels']})",
     )
     parser.add_argument(
         "--kernel-idle-timeout",
         type=float,
-        default=1800.0,
-        help="seconds an idle kernel without clients lives on; 0 never culls (default 1800)",
+        default=kernels["idle_timeout"],
+        help="seconds an idle kernel without clients lives on; 0 never culls "
+        f"(default {kernels['idle_timeout']:g})",
     )
     parser.add_argument(
         "--token-fd",
@@ -177,20 +207,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--idle-timeout",
         type=float,
-        default=0.0,
+        default=limits["idle_timeout"],
         help="end the sandbox after this many seconds without activity once a workspace's "
         "files are loaded (never while changes wait for the platform); 0: never (default)",
     )
     parser.add_argument(
         "--max-age",
         type=float,
-        default=0.0,
+        default=limits["max_age"],
         help="end the sandbox this many seconds after the agent started; 0: never (default)",
     )
     parser.add_argument(
         "--unclaimed-timeout",
         type=float,
-        default=0.0,
+        default=limits["unclaimed_timeout"],
         help="end the sandbox after this many seconds without any request while no "
         "workspace's files are loaded (a warm-pool sandbox left alone); 0: never (default)",
     )

@@ -12,8 +12,8 @@ from kernel_image.terminals import (
     MaxTerminalsReached,
     TerminalExistsError,
     TerminalManager,
-    isoformat,
 )
+from kernel_image.timefmt import isoformat
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 STARTED = time.time()

@@ -34,11 +34,11 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict, cast
 
 from kernel_image import files
+from kernel_image.config import AgentConfig
 from kernel_image.kernels_spec import PYTHON3
 from kernel_image.kernels_wire import (
     V1_PROTOCOL,
@@ -49,6 +49,7 @@ from kernel_image.kernels_wire import (
     serialize_legacy,
     serialize_v1,
 )
+from kernel_image.timefmt import isoformat
 
 if TYPE_CHECKING:
     import zmq
@@ -109,7 +110,7 @@ class KernelsConfig:
     max_kernels: int = 4
     idle_timeout: float = 1800.0
     """Seconds an idle, unconnected kernel lives on; 0 never culls."""
-    stalled_client_timeout: float = 30.0
+    stalled_client_timeout: float = AgentConfig.stalled_client_timeout
     ready_timeout: float = 60.0
     """Seconds a new or restarted kernel may take to answer before clients are let in anyway."""
     shutdown_wait: float = 3.0
@@ -159,11 +160,6 @@ class ClientSocket(Protocol):
 
     def drop(self, code: int, reason: str) -> None:
         """Close the WebSocket."""
-
-
-def isoformat(timestamp: float) -> str:
-    """A Unix time as Jupyter writes it: ISO 8601, UTC, with a ``Z``."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def zmq_parts(frames: Sequence[zmq.Frame]) -> list[Buffer] | None:

@@ -19,10 +19,12 @@ from __future__ import annotations
 import itertools
 import json
 import struct
+import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
+
+from kernel_image.timefmt import isoformat
 
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
 CLIENT_CHANNELS = frozenset({"shell", "control", "stdin"})
@@ -197,7 +199,7 @@ def make_parts(
         "msg_type": msg_type,
         "username": "kernel",
         "session": session,
-        "date": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "date": isoformat(time.time()),
         "version": PROTOCOL_VERSION,
     }
     parent_part = bytes(parent) if parent is not None else b"{}"

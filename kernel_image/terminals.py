@@ -22,7 +22,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
@@ -30,6 +29,7 @@ from terminado.management import MaxTerminalsReached, NamedTermManager, PtyWithC
 
 from kernel_image.config import AgentConfig
 from kernel_image.scrollback import Scrollback
+from kernel_image.timefmt import isoformat
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,6 @@ class TerminalExistsError(Exception):
 
 class InputBacklogFullError(Exception):
     """The program is not reading its input and the backlog is full."""
-
-
-def isoformat(timestamp: float) -> str:
-    """A Unix time as Jupyter writes it: ISO 8601, UTC, with a ``Z``."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def session_pids(sid: int) -> list[int]:

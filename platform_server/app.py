@@ -226,6 +226,26 @@ class PlatformApp(ServerApp):
         )
         super().init_configurables()
 
+    def load_server_extensions(self) -> None:
+        """Load the extensions (each makes its own service), then wire the services together."""
+        super().load_server_extensions()
+        self.wire_services()
+
+    def wire_services(self) -> None:
+        """Hand each service the services it uses: the one place where services meet.
+
+        Runs once every extension has made its service (in whatever order jupyter_server
+        loaded them), before any extension's start hook and before the first request. The
+        services are found by their names in the web application's settings, so this module
+        imports none of the extensions (they depend on it, not the other way round).
+        """
+        services = self.web_app.settings
+        sandboxes = services["sandboxes"]
+        # Saves through the Contents API are mirrored into the workspace's running sandbox.
+        services["workspaces"].listeners.append(sandboxes)
+        services["terminals"].sandboxes = sandboxes
+        services["kernels"].sandboxes = sandboxes
+
     def init_webapp(self) -> None:
         """Make the pool reachable from every handler; narrow jupyter_server's URL table."""
         super().init_webapp()

@@ -31,6 +31,8 @@ DEFAULT_REASONS = {
     415: "unsupported_media_type",
 }
 EMBEDDED_DB_SETTING = "platform_embedded_db"
+# The start of every per-workspace URL, /w/<uuid>: the id is the ``workspace_id`` argument.
+WORKSPACE_ROUTE = r"/w/(?P<workspace_id>[^/]+)"
 # The OpenAPI document of the platform's own API, served at /api/openapi.json.
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 # The methods that change something: XSRF-checked for cookie logins.

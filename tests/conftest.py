@@ -116,9 +116,11 @@ def jp_serverapp(
 
     jp_asyncio_loop.run_until_complete(initialize())
     app.start_app()
-    jp_asyncio_loop.run_until_complete(app._post_start())
+    # What ServerApp.start_ioloop schedules, minus the IOLoop (the test's loop runs it).
+    jp_asyncio_loop.run_until_complete(app.extension_manager.start_all_extensions())
     yield app
     jp_asyncio_loop.run_until_complete(stop_all_sandboxes(app))
+    # Private, as in pytest-jupyter's jp_server_cleanup: the public stop() also stops the IOLoop.
     jp_asyncio_loop.run_until_complete(app._cleanup())
     PlatformApp.clear_instance()
     ServerApp.clear_instance()

@@ -17,7 +17,7 @@ from extensions.sandboxes.spawners.base import AgentLifetime, Spawner
 from extensions.sandboxes.spawners.k8s_objects import PodOptions, make_sandbox_pod
 from extensions.sandboxes.spawners.local import LocalSpawner
 from kernel_image.lifetime import Lifetime, Limits
-from tests.test_agent import Agent, eventually, gone, start, wait_listening
+from tests.test_agent import Agent, gone, start, wait_listening
 from tests.test_restart import Platform
 from tests.test_restart import data_dir as data_dir  # the fixture
 from tests.waiting import until
@@ -105,7 +105,7 @@ def empty_tar() -> bytes:
 
 
 async def ended(agent: Agent, why: str) -> None:
-    await eventually(lambda: gone(agent.pid), within=30)
+    await until(lambda: gone(agent.pid), f"the agent ends by itself ({why})", within=30)
     assert f"ending the sandbox: {why}" in agent.log.read_text()
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from http.cookiejar import CookieJar
@@ -20,6 +18,7 @@ import pytest
 
 from extensions.sandboxes.spawners.local import LocalSpawner
 from tests.client import Client
+from tests.waiting import until
 
 COMMAND = [sys.executable, "-m", "platform_server"]
 
@@ -99,12 +98,12 @@ class Browserless:
 
 
 @pytest.mark.slow
-def test_command_starts_on_embedded_postgres_and_stops_it(tmp_path: Path) -> None:
+async def test_command_starts_on_embedded_postgres_and_stops_it(tmp_path: Path) -> None:
     """What `make run` does on a fresh machine: no DATABASE_URL, PostgreSQL embedded."""
     port = free_port()
     data_dir = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    server = subprocess.Popen(
+    server = subprocess.Popen(  # noqa: ASYNC220  (a server to test; polled, never awaited)
         [*COMMAND, f"--port={port}", f"--PlatformApp.data_dir={data_dir}", "--ip=127.0.0.1"],
         env=env,
         stdout=subprocess.PIPE,
@@ -113,14 +112,15 @@ def test_command_starts_on_embedded_postgres_and_stops_it(tmp_path: Path) -> Non
     )
     try:
         http = Browserless(f"http://127.0.0.1:{port}")
-        for _ in range(300):
-            try:
-                if http.call("GET", "/api/health")[0] == 200:
-                    break
-            except OSError:
-                pass
+
+        def healthy() -> bool:
             assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            time.sleep(0.1)
+            try:
+                return http.call("GET", "/api/health")[0] == 200
+            except OSError:
+                return False
+
+        await until(healthy, "the platform answers", interval=0.1)
         assert (data_dir / "pgdata" / "PG_VERSION").exists()
 
         user = {"username": "dana", "password": "long enough"}
@@ -138,7 +138,7 @@ def test_command_starts_on_embedded_postgres_and_stops_it(tmp_path: Path) -> Non
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)
         # Its warm pool's sandboxes outlive it, by design; not this test.
-        asyncio.run(stop_sandboxes(data_dir))
+        await stop_sandboxes(data_dir)
     assert server.returncode is not None
     assert "password" not in output.lower().replace("password_hash", "")
     assert token["token"] not in output

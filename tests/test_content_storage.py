@@ -169,21 +169,26 @@ async def test_deleting_a_workspace_deletes_its_content(
     assert part_count(database_url) == 0
 
 
+def schema_before(conn: psycopg.Connection[Any], version: int) -> None:
+    """Apply (and record) the migrations older than ``version``, as a database of then had."""
+    conn.execute(
+        "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for migration in load_migrations():
+        if migration.version < version:
+            conn.execute(migration.sql.encode())
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                [migration.version, migration.name],
+            )
+
+
 def test_migration_0006_moves_stored_content_into_parts(pg_admin_url: str) -> None:
     url = postgres.create_database(pg_admin_url)
     try:
         with psycopg.connect(url) as conn:
-            conn.execute(
-                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for migration in load_migrations():
-                if migration.version < 6:
-                    conn.execute(migration.sql.encode())
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                        [migration.version, migration.name],
-                    )
+            schema_before(conn, 6)
             old_rows(conn)
         assert apply_migrations(url, log)[0] == 6
         with psycopg.connect(url) as conn:
@@ -244,17 +249,7 @@ def test_migration_0008_counts_checkpoints_and_shared_contents_once(pg_admin_url
     url = postgres.create_database(pg_admin_url)
     try:
         with psycopg.connect(url) as conn:
-            conn.execute(
-                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for migration in load_migrations():
-                if migration.version < 8:
-                    conn.execute(migration.sql.encode())
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                        [migration.version, migration.name],
-                    )
+            schema_before(conn, 8)
             ws = rows_before_0008(conn)
         assert apply_migrations(url, log)[0] == 8
         with psycopg.connect(url) as conn:

@@ -16,7 +16,7 @@ import unicodedata
 import uuid
 from base64 import decodebytes, encodebytes
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -35,6 +35,7 @@ from tornado.web import Application, HTTPError, RequestHandler
 
 from extensions.workspaces.contents import PostgresContentsManager
 from platform_server.db import Database
+from tests.waiting import until
 from tests.workspace_fixtures import create_workspace, manager_config
 
 pytestmark = pytest.mark.usefixtures("jp_environ")
@@ -207,7 +208,7 @@ async def test_hash_on_request(cm: AsyncContentsManager) -> None:
 
 async def test_save_replaces_and_keeps_created(cm: AsyncContentsManager) -> None:
     first = await save_text(cm, "a.txt", "one")
-    await asyncio.sleep(0.01)
+    await until(lambda: datetime.now(UTC) > first["last_modified"], "the clock moves on")
     second = await save_text(cm, "a.txt", "two, longer")
     assert second["size"] == len("two, longer")
     assert second["last_modified"] > first["last_modified"]

@@ -19,10 +19,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from extensions.workspaces import items
 from extensions.workspaces.contents import PostgresContentsManager
+from extensions.workspaces.standalone import resolve_workspace
 from platform_server.errors import NotFound
 from tests.client import Client
+from tests.waiting import until
 from tests.workspace_fixtures import manager_config
 
 MANAGER = "extensions.workspaces.contents.PostgresContentsManager"
@@ -77,19 +78,17 @@ class StockServer:
         self.client = Client(self.base_url, token=self.token)
 
     async def wait_ready(self) -> None:
-        for _ in range(300):
+        async def ready() -> bool:
             if self.process.poll() is not None:
                 output = self.process.stdout.read() if self.process.stdout else ""
                 msg = f"jupyter server exited:\n{output}"
                 raise AssertionError(msg)
             try:
-                if (await self.client.get("/api/status")).status == 200:
-                    return
+                return (await self.client.get("/api/status")).status == 200
             except OSError:
-                pass
-            await asyncio.sleep(0.1)
-        msg = "jupyter server did not answer in 30 s"
-        raise AssertionError(msg)
+                return False
+
+        await until(ready, "jupyter server answers", interval=0.1)
 
     def stop(self) -> str:
         if self.process.poll() is None:
@@ -169,13 +168,13 @@ async def test_a_stock_jupyter_server_serves_a_workspace(
 
 def test_standalone_workspace_resolution(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
-        first = items.resolve_workspace(conn, "notes")
-        assert items.resolve_workspace(conn, "notes") == first
-        assert items.resolve_workspace(conn, str(first)) == first
-        other = items.resolve_workspace(conn, "other")
+        first = resolve_workspace(conn, "notes")
+        assert resolve_workspace(conn, "notes") == first
+        assert resolve_workspace(conn, str(first)) == first
+        other = resolve_workspace(conn, "other")
         assert other != first
         with pytest.raises(NotFound):
-            items.resolve_workspace(conn, "00000000-0000-0000-0000-000000000000")
+            resolve_workspace(conn, "00000000-0000-0000-0000-000000000000")
         owners = conn.execute("SELECT count(*) FROM users WHERE username = 'standalone'")
         assert owners.fetchone() == (1,)
 
@@ -212,7 +211,7 @@ def test_servers_started_and_stopped_in_one_process_keep_connecting(database_url
         return int(row[0])
 
     with psycopg.connect(database_url) as conn:
-        workspace_id = items.resolve_workspace(conn, "notes")
+        workspace_id = resolve_workspace(conn, "notes")
         conn.execute(
             "INSERT INTO workspace_items (workspace_id, path, parent, name, type) "
             "VALUES (%s, 'docs', '', 'docs', 'directory')",

@@ -17,6 +17,7 @@ from pgserver.postgres_server import get_server
 from platform_server.db.migrate import apply_migrations, load_migrations
 from tests import postgres
 from tests.client import Client
+from tests.waiting import until
 
 log = logging.getLogger("tests")
 
@@ -87,14 +88,12 @@ def database_url(outage: Outage) -> Iterator[str]:
 
 async def wait_for_status(api: Client, path: str, status: int) -> Any:
     """Poll until ``path`` answers ``status`` (recovery takes a moment); return the response."""
-    response = None
-    for _ in range(100):
+
+    async def answered() -> Any:
         response = await api.get(path)
-        if response.status == status:
-            return response
-        await asyncio.sleep(0.1)
-    msg = f"{path} never answered {status}; last: {response}"
-    raise AssertionError(msg)
+        return response if response.status == status else None
+
+    return await until(answered, f"{path} answers {status}", within=10, interval=0.1)
 
 
 async def test_outage_answers_503_and_recovers(

@@ -8,8 +8,7 @@ import os
 import signal
 import subprocess
 import tempfile
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -19,18 +18,11 @@ from pgserver.postgres_server import get_server
 from tests import postgres
 from tests.client import Client
 from tests.test_restart import Platform, data_dir  # noqa: F401  (fixture)
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
 SHUTDOWN_TIMEOUT = 3
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, within: float = 60) -> None:
-    """Poll ``check`` until it returns true."""
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.1)
 
 
 def postmaster(pgdata: Path) -> psutil.Process | None:
@@ -62,12 +54,7 @@ def terminate(platform: Platform) -> str:
 
 async def make_api(platform: Platform) -> tuple[Client, str]:
     """A user's token client and one workspace of theirs."""
-    browser = Client(platform.url)
-    user = {"username": "alice", "password": "correct horse"}
-    assert (await browser.post("/api/accounts/register", user)).status == 201
-    assert (await browser.post("/api/accounts/login", user)).status == 200
-    token = (await browser.post("/api/accounts/tokens", {"name": "t"})).json["token"]
-    api = Client(platform.url, token=token)
+    _, api = await platform.sign_up()
     created = await api.post("/api/workspaces", {"name": "faults"})
     assert created.status == 201, created.body
     return api, created.json["uuid"]
@@ -100,7 +87,7 @@ async def test_embedded_postgres_killed_mid_traffic_comes_back(data_dir: Path) -
             return len(saved) >= count
 
         saver = asyncio.create_task(save_forever())
-        await until(lambda: saves(10), "ten saves")
+        await until(lambda: saves(10), "ten saves", within=60)
         victim = postmaster(data_dir / "pgdata")
         assert victim is not None
         victim.kill()
@@ -115,9 +102,9 @@ async def test_embedded_postgres_killed_mid_traffic_comes_back(data_dir: Path) -
                 unhealthy.append(health.json)
             return health.status == 200 and health.json.get("database_restarts") == 1
 
-        await until(restarted, "the embedded PostgreSQL restarted")
+        await until(restarted, "the embedded PostgreSQL restarted", within=60)
         after_restart = len(saved)
-        await until(lambda: saves(after_restart + 10), "saves after the restart")
+        await until(lambda: saves(after_restart + 10), "saves after the restart", within=60)
         stop.set()
         await saver
 

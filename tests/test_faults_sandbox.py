@@ -16,10 +16,11 @@ import pytest
 from tornado.websocket import websocket_connect
 
 from extensions.sandboxes.manager import Sandboxes
-from extensions.sandboxes.spawners.local import STATE_NAME, LocalSpawner
+from extensions.sandboxes.spawners.local import LocalSpawner
+from extensions.sandboxes.spawners.local_state import STATE_NAME
 from platform_server.app import PlatformApp
 from tests.client import Client, Response
-from tests.test_sync import contents, eventually
+from tests.test_sync import contents, until_get
 from tests.test_terminals import (  # noqa: F401
     OPENED,
     Terminal,
@@ -113,9 +114,9 @@ async def test_a_stopped_agent_fails_no_save_and_catches_up_when_it_answers(
     assert_unresponsive(await api.post(f"/w/{ws}/api/terminals"))
     assert_unresponsive(await api.get(f"/w/{ws}/api/kernels"))
 
-    model = await eventually(api, sandbox_path(ws), lambda r: r.json["state"] == "unresponsive")
+    model = await until_get(api, sandbox_path(ws), lambda r: r.json["state"] == "unresponsive")
     assert "not responding" in model.json["reason"]
-    pending = await eventually(
+    pending = await until_get(
         api, sandbox_path(ws), lambda r: [f["path"] for f in r.json["not_synced"]] == ["notes.txt"]
     )
     assert "not yet copied into the sandbox" in pending.json["not_synced"][0]["reason"]
@@ -135,7 +136,7 @@ async def test_a_stopped_agent_fails_no_save_and_catches_up_when_it_answers(
         assert "not responding" in (socket.close_reason or "")
 
     resume_agent(pid)
-    await eventually(
+    await until_get(
         api,
         sandbox_path(ws),
         lambda r: r.json["state"] == "running" and r.json["not_synced"] == [],
@@ -166,7 +167,7 @@ async def test_a_sandbox_unresponsive_too_long_is_replaced(
         "PUT", contents(ws, "kept.txt"), {"type": "file", "format": "text", "content": "kept"}
     )
     assert saved.status == 201, saved.body
-    failed = await eventually(
+    failed = await until_get(
         api, sandbox_path(ws), lambda r: r.json["state"] == "failed", within=60
     )
     assert "stopped responding" in failed.json["reason"]

@@ -7,8 +7,7 @@ import asyncio
 import hashlib
 import os
 import re
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from playwright.async_api import (
 )
 
 from tests.client import Client
+from tests.waiting import until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -165,14 +165,6 @@ async def type_in_terminal(page: Page, command: str) -> None:
     await page.locator(".terminal-view.active .xterm-screen").click()
     await page.keyboard.type(command)
     await page.keyboard.press("Enter")
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 45) -> None:
-    """Poll ``check`` until it holds (the server side of a journey, not the page)."""
-    deadline = time.monotonic() + seconds
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 async def workspace_of(
@@ -549,7 +541,7 @@ async def test_second_tab_reloads_after_a_save_elsewhere(pages: Pages, make_user
     async def was_asked() -> bool:
         return bool(asked)
 
-    await wait_for(was_asked, "the unsaved-changes question")
+    await until(was_asked, "the unsaved-changes question", within=45, interval=0.2)
     assert asked == ["beforeunload"]
     assert not first.is_closed()
 
@@ -583,7 +575,9 @@ async def test_terminal_reconnects_and_shows_what_it_missed(pages: Pages, make_u
     async def printed() -> bool:
         return await file_text(user, ws, "printed.flag") is not None
 
-    await wait_for(printed, "the program to finish while the terminal was cut off")
+    await until(
+        printed, "the program to finish while the terminal was cut off", within=45, interval=0.2
+    )
     cut.clear()
     # Reconnected with back-off: the replayed scrollback shows what was printed meanwhile.
     await expect(terminal(page)).to_contain_text("missed-42")

@@ -201,7 +201,7 @@ def test_the_config_selects_the_kubernetes_spawner(base: list[Obj]) -> None:
     assert app.spawner_class is KubernetesSpawner
     assert config["KubernetesSpawner"]["namespace"] == SANDBOX_NS
     sandboxes_timeout = config["Sandboxes"]["start_timeout"]
-    assert config["KubernetesSpawner"]["start_timeout"] < sandboxes_timeout
+    assert config["KubernetesSpawner"]["launch_timeout"] < sandboxes_timeout
     # Every setting is a configurable trait of its class (a typo would be ignored silently).
     classes: dict[str, type[Configurable]] = {
         "PlatformApp": PlatformApp,

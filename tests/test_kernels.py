@@ -4,11 +4,9 @@ real sandboxes, real agents, real ipykernel kernels; JupyterLab's own client lib
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from tests.kernel_client import V1, KernelSocket, close_opened
 from tests.test_agent_kernels import LOOP, looping
 from tests.test_jupyterlab_client import run_node
 from tests.test_restart import Platform, data_dir  # noqa: F401  (fixture)
+from tests.waiting import until
 
 PROTOCOLS = [pytest.param(V1, id="v1"), pytest.param(None, id="json")]
 
@@ -54,14 +53,6 @@ async def connect(
 ) -> KernelSocket:
     url = base_url.replace("http", "ws", 1) + f"/w/{ws}/api/kernels/{kernel_id}/channels"
     return await KernelSocket.open(f"{url}?token={api.token}", protocol=protocol)
-
-
-async def eventually(condition: Any, within: float = 30) -> Any:
-    deadline = time.monotonic() + within
-    while not (result := await condition()):
-        assert time.monotonic() < deadline, f"{condition} never became true"
-        await asyncio.sleep(0.2)
-    return result
 
 
 async def test_jupyterlab_services_run_a_notebook_kernel(make_user: Any, base_url: str) -> None:
@@ -101,7 +92,7 @@ async def test_jupyterlab_services_run_a_notebook_kernel(make_user: Any, base_ur
         response = await api.get(f"/w/{ws}/api/contents/nb/from_kernel.txt")
         return response.json if response.status == 200 else None
 
-    model = await eventually(synced)
+    model = await until(synced, "the file the kernel wrote reaches storage", within=30)
     assert model["content"] == "written by the kernel"
 
 
@@ -149,7 +140,7 @@ async def test_interrupt_restart_and_cookie_auth(make_user: Any, base_url: str) 
         model = (await browser.get(f"/w/{ws}/api/kernels/{kernel['id']}")).json
         return bool(model["execution_state"] == "busy")
 
-    await eventually(busy)
+    await until(busy, "the loop keeps the kernel busy", within=30)
     await socket.until(lambda m: looping(m, loop_id))
     assert (await browser.post(f"/w/{ws}/api/kernels/{kernel['id']}/interrupt")).status == 204
     error = await socket.until(
@@ -426,7 +417,7 @@ async def test_a_killed_sandbox_closes_kernel_sockets_for_a_reconnect(
         assert refused.value.code in {404, 503}
         return refused.value.code == 404
 
-    await eventually(gone, within=10)
+    await until(gone, "the dead sandbox's kernel is gone", within=10)
     assert (await api.get(f"/w/{ws}/api/kernels")).json == []
 
 
@@ -439,12 +430,8 @@ async def test_kernels_survive_a_platform_restart(
     session and the output produced meanwhile are all there."""
     platform = Platform(database_url, data_dir)
     await platform.start()
-    browser = Client(platform.url)
-    user = {"username": "alice", "password": "correct horse"}
-    assert (await browser.post("/api/accounts/register", user)).status == 201
-    assert (await browser.post("/api/accounts/login", user)).status == 200
-    token = (await browser.post("/api/accounts/tokens", {"name": "t"})).json["token"]
-    api = Client(platform.url, token=token)
+    _, api = await platform.sign_up()
+    token = api.token
     ws = (await api.post("/api/workspaces", {"name": "kept"})).json["uuid"]
     session = (
         await api.post(f"/w/{ws}/api/sessions", {"path": "a.ipynb", "type": "notebook"})
@@ -453,10 +440,16 @@ async def test_kernels_survive_a_platform_restart(
     url = platform.url.replace("http", "ws", 1) + f"/w/{ws}/api/kernels/{kernel_id}/channels"
     socket = await KernelSocket.open(f"{url}?token={token}", session="lab-client-1")
     await socket.execute("x = 41; import time")
-    await socket.request(
+    msg_id = await socket.request(
         "execute_request", {"code": "time.sleep(2); print('while the platform was down')"}
     )
-    await asyncio.sleep(0.5)
+    await socket.until(
+        lambda m: (
+            m["header"]["msg_type"] == "status"
+            and m["content"]["execution_state"] == "busy"
+            and m["parent_header"]["msg_id"] == msg_id
+        )
+    )
 
     platform.kill()
     await platform.start()

@@ -16,7 +16,6 @@ import logging
 import os
 import secrets
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from traitlets import TraitError
 
 from extensions.sandboxes.agent_client import AgentClient
 from extensions.sandboxes.app import SandboxesApp
-from extensions.sandboxes.spawners import kubernetes as kubernetes_spawner
 from extensions.sandboxes.spawners.base import SandboxHandle, SpawnerError
 from extensions.sandboxes.spawners.k8s_client import KubeClient, KubeError
 from extensions.sandboxes.spawners.k8s_objects import (
@@ -48,6 +46,8 @@ from extensions.sandboxes.spawners.kubernetes import KubernetesSpawner
 from platform_server.app import PlatformApp
 from tests.client import Client
 from tests.fake_kube import FakeCluster, restricted_violations, role_rules
+from tests.test_restart import read_until
+from tests.waiting import until
 
 REPO = Path(__file__).resolve().parents[1]
 RBAC = REPO / "k8s" / "base" / "rbac.yaml"
@@ -146,14 +146,6 @@ class Progress:
         self.reports.append((percent, message))
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
-    """Wait until ``check()`` is true (bounded)."""
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "never became true"
-        await asyncio.sleep(0.05)
-
-
 async def gone(api: KubeClient, sandbox_id: str) -> bool:
     """Whether the sandbox's pod and Secret no longer exist."""
     name = pod_name(sandbox_id)
@@ -220,6 +212,13 @@ def test_pod_meets_the_restricted_standard() -> None:
     assert restricted_violations(pod) == []
     for version in ("1.29", "1.37"):
         kubernetes_validate.validate(pod, version, strict=True)
+
+
+def test_the_stop_grace_period_rounds_up_to_whole_seconds_in_the_pod() -> None:
+    spawner = KubernetesSpawner(image=IMAGE, stop_grace_period=2.5)
+    options = spawner.pod_options("abc", spawner.object_labels("abc", None))
+    assert to_dict(make_sandbox_pod(options))["spec"]["terminationGracePeriodSeconds"] == 3
+    assert KubernetesSpawner(image=IMAGE, start_timeout=7.0).launch_timeout == 7.0
 
 
 def test_pod_options_reach_the_pod() -> None:
@@ -417,8 +416,8 @@ async def test_start_reach_and_stop(
 
     assert await spawner.poll(handle)
     await spawner.stop(handle)
-    await eventually(lambda: gone(api, sandbox_id))
-    await eventually(lambda: _not(spawner.poll(handle)))
+    await until(lambda: gone(api, sandbox_id), "the pod and Secret are gone", within=20)
+    await until(lambda: _not(spawner.poll(handle)), "the sandbox has ended", within=20)
     await spawner.stop(handle)  # again: nothing left, no error
     assert TOKEN not in caplog.text
 
@@ -487,7 +486,7 @@ async def test_failed_starts_say_why_and_leave_nothing(
         words = words.split(":")[0].split(" (")[0]
     assert words in str(failed.value)
     assert TOKEN not in str(failed.value)
-    await eventually(lambda: gone(api, sandbox_id))
+    await until(lambda: gone(api, sandbox_id), "the pod and Secret are gone", within=20)
 
 
 async def test_cancelled_start_leaves_nothing(
@@ -498,7 +497,7 @@ async def test_cancelled_start_leaves_nothing(
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(1.0):
             await spawner.start(sandbox_id, TOKEN, Progress())
-    await eventually(lambda: gone(api, sandbox_id))
+    await until(lambda: gone(api, sandbox_id), "the pod and Secret are gone", within=20)
 
 
 async def test_a_taken_name_is_refused_and_kept(
@@ -550,7 +549,7 @@ async def test_reap_removes_what_the_platform_does_not_know(
 
     reaped = await spawner.reap(known([known_handle.sandbox_id]))
     assert reaped == sorted([unknown_handle.sandbox_id, lonely])
-    await eventually(lambda: gone(api, unknown_handle.sandbox_id))
+    await until(lambda: gone(api, unknown_handle.sandbox_id), "the unknown pod is gone", within=20)
     assert await gone(api, lonely)
     assert await spawner.poll(known_handle)
     assert [h.sandbox_id for h in await spawner.find_running()] == [known_handle.sandbox_id]
@@ -577,7 +576,7 @@ async def test_poll_sees_a_sandbox_die(make_spawner: SpawnerFactory, kube: Kube)
     handle = await spawner.start(new_id(), TOKEN, Progress())
     assert await spawner.poll(handle)
     await kube.fake.oom_kill(NAMESPACE, pod_name(handle.sandbox_id))
-    await eventually(lambda: _not(spawner.poll(handle)))
+    await until(lambda: _not(spawner.poll(handle)), "the sandbox has ended", within=20)
     assert handle.sandbox_id not in {h.sandbox_id for h in await spawner.find_running()}
 
 
@@ -591,11 +590,12 @@ async def test_the_watch_survives_an_expired_version(
     kube.fake.compact()  # the server forgets the history the watch would resume from...
     for watcher in list(kube.fake.watchers):
         watcher.queue.put_nowait(None)  # ...and ends the watches (as at their timeout)
-    await eventually(lambda: _true(_lists(kube) > lists_before))  # 410 Gone: listed again
+    # 410 Gone: listed again
+    await until(lambda: _lists(kube) > lists_before, "the watch lists again", within=20)
     second = await spawner.start(new_id(), TOKEN, Progress())
     assert await spawner.poll(first)
     await kube.fake.oom_kill(NAMESPACE, pod_name(first.sandbox_id))
-    await eventually(lambda: _not(spawner.poll(first)))
+    await until(lambda: _not(spawner.poll(first)), "the first sandbox has ended", within=20)
     await spawner.stop(second)
 
 
@@ -605,10 +605,6 @@ def _lists(kube: Kube) -> int:
         for method, path, query in kube.fake.requests
         if method == "GET" and path.endswith("/pods") and "watch" not in query
     )
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 @fake_only
@@ -633,7 +629,6 @@ async def test_missing_permissions_are_explained(
 async def test_a_start_does_not_depend_on_the_watch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kubernetes_spawner, "FALLBACK_POLL", 0.05)
     rules = [
         {**rule, "verbs": [v for v in rule["verbs"] if v != "watch"]}
         for rule in role_rules(RBAC, "sandbox-manager")
@@ -644,12 +639,13 @@ async def test_a_start_does_not_depend_on_the_watch(
         kubeconfig=str(cluster.write_kubeconfig(tmp_path / "config")),
         namespace=NAMESPACE,
         image=IMAGE,
+        watch_fallback_interval=0.05,
     )
     try:
         handle = await spawner.start(new_id(), TOKEN, Progress())  # watches answer 403
         assert await spawner.poll(handle)
         await spawner.stop(handle)
-        await eventually(lambda: _not(spawner.poll(handle)))
+        await until(lambda: _not(spawner.poll(handle)), "the sandbox has ended", within=20)
     finally:
         await spawner.close()
         await cluster.stop()
@@ -720,16 +716,7 @@ async def test_a_terminal_runs_in_a_kubernetes_sandbox(
     connection = await websocket_connect(url + created.json["name"] + f"?token={token}")
     try:
         await connection.write_message(json.dumps(["stdin", "echo $((6*7))\r"]))
-        output = ""
-        deadline = time.monotonic() + 20
-        while "42" not in output:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, output
-            message = await asyncio.wait_for(connection.read_message(), remaining)
-            assert message is not None, output
-            frame = json.loads(message)
-            if frame[0] == "stdout":
-                output += frame[1]
+        await read_until(connection, "42")
     finally:
         connection.close()
     assert (await api.delete(f"/api/workspaces/{workspace}/sandbox")).status == 204
@@ -753,7 +740,7 @@ async def test_reconcile_removes_what_no_row_knows(
 
     sandboxes = jp_serverapp.web_app.settings["sandboxes"]
     await sandboxes.reconcile()
-    await eventually(lambda: gone(api, stray.sandbox_id))
+    await until(lambda: gone(api, stray.sandbox_id), "the stray pod is gone", within=20)
     assert await gone(api, lonely)
     row = await sandboxes.row(uuid.UUID(workspace))
     assert [h.sandbox_id for h in await sandboxes.spawner.find_running()] == [str(row["id"])]

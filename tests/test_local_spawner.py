@@ -22,12 +22,15 @@ from typing import Any
 
 import pytest
 from traitlets import TraitError
+from traitlets.config import Config
 
 from extensions.sandboxes import python_env
 from extensions.sandboxes.spawners import bwrap, cgroups, processes
 from extensions.sandboxes.spawners.base import SandboxHandle, SpawnerError
-from extensions.sandboxes.spawners.local import LocalSpawner, parse_bytes
+from extensions.sandboxes.spawners.local import LocalSpawner
+from extensions.sandboxes.spawners.sizes import parse_bytes
 from tests.missing import skip_or_fail
+from tests.waiting import until
 
 REPO = Path(__file__).resolve().parents[1]
 STUB_AGENT = REPO / "tests" / "stub_agent" / "kernel_image"
@@ -141,17 +144,16 @@ def _request(path: str, method: str, url: str, body: Any = None, timeout: float 
 
 async def health(handle: SandboxHandle, wait: float = 10) -> Any:
     """The agent's /api/health, waiting for it to start answering."""
-    assert handle.endpoint.unix_socket is not None
-    deadline = asyncio.get_running_loop().time() + wait
-    while True:
+    path = handle.endpoint.unix_socket
+    assert path is not None
+
+    async def answered() -> Any:
         try:
-            return await asyncio.to_thread(
-                _request, handle.endpoint.unix_socket, "GET", "/api/health", timeout=2
-            )
+            return await asyncio.to_thread(_request, path, "GET", "/api/health", timeout=2)
         except OSError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.02)
+            return None
+
+    return await until(answered, "the agent answers /api/health", within=wait, interval=0.02)
 
 
 async def run(handle: SandboxHandle, *argv: str, seconds: float = 30) -> dict[str, Any]:
@@ -267,6 +269,15 @@ def test_parse_bytes() -> None:
     assert parse_bytes("0") == 0
     with pytest.raises(ValueError, match="not a size"):
         parse_bytes("lots")
+
+
+def test_the_former_start_timeout_still_sets_the_launch_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert LocalSpawner().launch_timeout == 10.0
+    spawner = LocalSpawner(config=Config({"LocalSpawner": {"start_timeout": 3.0}}))
+    assert spawner.launch_timeout == 3.0
+    assert "LocalSpawner.start_timeout is deprecated" in caplog.text
 
 
 def test_bad_sizes_are_refused(config: dict[str, Any]) -> None:
@@ -604,14 +615,18 @@ async def test_stop_sends_sigterm_and_kills_after_the_grace_period(
     ns = pid_namespace(handle.state["pid"])
     # Read through a descriptor opened before the stop, which removes the file.
     with sandbox_log(spawner, handle).open() as log:
-        said = ""
-        while "ready" not in said:
-            await asyncio.sleep(0.02)
-            said += log.read()
+        said: list[str] = []
+
+        def ready() -> bool:
+            said.append(log.read())
+            return "ready" in "".join(said)
+
+        await until(ready, "the stubborn agent is ready", interval=0.02)
         began = time.monotonic()
         await spawner.stop(handle)
         took = time.monotonic() - began
         assert "SIGTERM ignored" in log.read()
+    # The promise: SIGKILL once stop_grace_period has passed, not before, nor much later.
     assert 1.5 <= took < 5
     assert pid_namespace_members(ns) == []
     assert leftovers(handle, data_dir) == []
@@ -620,20 +635,22 @@ async def test_stop_sends_sigterm_and_kills_after_the_grace_period(
 async def test_stop_does_not_wait_for_an_agent_already_gone(
     make_spawner: Callable[..., LocalSpawner], data_dir: Path
 ) -> None:
-    spawner = make_spawner(stop_grace_period=30)
+    grace = 30
+    spawner = make_spawner(stop_grace_period=grace)
     handle = await start(spawner)
     # A process left behind keeps the sandbox's init running once the agent has gone.
     await run(handle, "sh", "-c", "setsid sleep 300 >/dev/null 2>&1 &")
     os.kill(handle.state["agent_pid"], signal.SIGKILL)
-    for _ in range(200):
-        if handle.state["agent_pid"] not in children(handle.state["pid"]):
-            break
-        await asyncio.sleep(0.01)
+    await until(
+        lambda: handle.state["agent_pid"] not in children(handle.state["pid"]),
+        "the killed agent is gone",
+        within=2,
+        interval=0.01,
+    )
     assert await spawner.poll(handle)
     ns = pid_namespace(handle.state["pid"])
-    began = time.monotonic()
-    await spawner.stop(handle)
-    assert time.monotonic() - began < 5
+    # Nothing waits for the grace period: the stop ends well inside it.
+    await asyncio.wait_for(spawner.stop(handle), grace / 2)
     assert pid_namespace_members(ns) == []
     assert leftovers(handle, data_dir) == []
 
@@ -682,10 +699,11 @@ async def test_sandbox_outlives_the_process_that_started_it(
 async def test_find_running_removes_dead_sandboxes(spawner: LocalSpawner, data_dir: Path) -> None:
     handle = await start(spawner)
     os.kill(handle.state["pid"], 9)
-    for _ in range(200):
-        if not await spawner.poll(handle):
-            break
-        await asyncio.sleep(0.01)
+
+    async def ended() -> bool:
+        return not await spawner.poll(handle)
+
+    await until(ended, "the killed sandbox ends", within=2, interval=0.01)
     assert await spawner.find_running() == []
     assert leftovers(handle, data_dir) == []
 
@@ -770,7 +788,7 @@ async def test_a_cancelled_start_is_undone_even_if_cancelled_again(
     # A timeout, then a shutdown: while the thread runs, and while the start is undone.
     for _ in range(3):
         starting.cancel()
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # let the undo get under way before the next cancel
     await asyncio.wait([starting], timeout=30)
     assert starting.cancelled()
     assert pid_namespace_members(ns) == []

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tornado.websocket import websocket_connect
@@ -14,18 +12,9 @@ from tornado.websocket import websocket_connect
 from extensions.sandboxes.spawners.local import LocalSpawner
 from tests.client import Client
 from tests.test_restart import Platform, data_dir, read_until  # noqa: F401  (fixture)
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
-
-
-async def until(check: Any, what: str, within: float = 20) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.2)
 
 
 async def test_two_replicas_serve_every_request_and_survive_each_other(
@@ -35,12 +24,9 @@ async def test_two_replicas_serve_every_request_and_survive_each_other(
     a, b = Platform(database_url, data_dir), Platform(database_url, data_dir)
     await asyncio.gather(a.start(), b.start())
 
-    browser = Client(a.url)
-    user = {"username": "alice", "password": "correct horse"}
-    assert (await browser.post("/api/accounts/register", user)).status == 201
-    assert (await browser.post("/api/accounts/login", user)).status == 200
-    token = (await browser.post("/api/accounts/tokens", {"name": "t"})).json["token"]
-    on_a, on_b = Client(a.url, token=token), Client(b.url, token=token)
+    browser, on_a = await a.sign_up()
+    token = on_a.token
+    on_b = Client(b.url, token=token)
 
     # A cookie signed by one replica is good on the other (the secret is in PostgreSQL).
     assert (
@@ -89,7 +75,7 @@ async def test_two_replicas_serve_every_request_and_survive_each_other(
         response = await on_b.get(f"/w/{ws}/api/contents/b.txt")
         return response.status == 200 and response.json["content"] == "from-b\n"
 
-    await until(synced, "B never took the sync over from the killed A")
+    await until(synced, "B never took the sync over from the killed A", within=20)
     terminal.close()
 
     # Rolling restart: A comes back, B goes; nothing is lost, the sandbox runs on.

@@ -21,6 +21,7 @@ from tornado.websocket import websocket_connect
 from extensions.sandboxes.spawners.local import LocalSpawner
 from tests.client import Client
 from tests.test_command import free_port
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -70,16 +71,26 @@ class Platform:
                 start_new_session=True,
             )
         client = AsyncHTTPClient()
-        for _ in range(300):
+        process = self.process
+
+        async def healthy() -> bool:
+            assert process.poll() is None, self.log.read_text()
             try:
                 response = await client.fetch(self.url + "/api/health", raise_error=False)
-                if response.code == 200:
-                    return
             except OSError:
-                pass
-            assert self.process.poll() is None, self.log.read_text()
-            await asyncio.sleep(0.1)
-        raise AssertionError(self.log.read_text())
+                return False
+            return response.code == 200
+
+        await until(healthy, f"the platform answers; its log: {self.log}", interval=0.1)
+
+    async def sign_up(self) -> tuple[Client, Client]:
+        """Register and log in alice: her browser (a cookie) and a client with an API token."""
+        browser = Client(self.url)
+        user = {"username": "alice", "password": "correct horse"}
+        assert (await browser.post("/api/accounts/register", user)).status == 201
+        assert (await browser.post("/api/accounts/login", user)).status == 200
+        token = (await browser.post("/api/accounts/tokens", {"name": "t"})).json["token"]
+        return browser, Client(self.url, token=token)
 
     def kill(self) -> None:
         assert self.process is not None
@@ -121,12 +132,8 @@ async def test_kill_9_and_restart_reattaches_terminals_and_reaps_orphans(
 ) -> None:
     platform = Platform(database_url, data_dir)
     await platform.start()
-    browser = Client(platform.url)
-    user = {"username": "alice", "password": "correct horse"}
-    assert (await browser.post("/api/accounts/register", user)).status == 201
-    assert (await browser.post("/api/accounts/login", user)).status == 200
-    token = (await browser.post("/api/accounts/tokens", {"name": "t"})).json["token"]
-    api = Client(platform.url, token=token)
+    _, api = await platform.sign_up()
+    token = api.token
     ws = (await api.post("/api/workspaces", {"name": "kept"})).json["uuid"]
     doomed = (await api.post("/api/workspaces", {"name": "doomed"})).json["uuid"]
     assert (await api.post(f"/w/{ws}/api/terminals")).json["name"] == "1"
@@ -156,11 +163,11 @@ async def test_kill_9_and_restart_reattaches_terminals_and_reaps_orphans(
     terminal.close()
 
     # The start-up reconcile reaps the orphan; the server may answer before it is done.
-    deadline = time.monotonic() + 20
-    while len(running := await spawner.find_running()) > 1:
-        assert time.monotonic() < deadline, "the orphan was never reaped"
-        await asyncio.sleep(0.1)
-    (survivor,) = running
+    async def reaped() -> list[Any] | None:
+        running = await spawner.find_running()
+        return running if len(running) <= 1 else None
+
+    (survivor,) = await until(reaped, "the orphan is reaped", within=20)
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
             "SELECT id, state FROM sandboxes WHERE workspace_id = %s", [ws]
@@ -169,8 +176,8 @@ async def test_kill_9_and_restart_reattaches_terminals_and_reaps_orphans(
     assert (str(row[0]), row[1]) == (survivor.sandbox_id, "running")
 
     # The restarted platform took over file sync from the dead one.
-    deadline = time.monotonic() + 20
-    while (await api.get(f"/w/{ws}/api/contents/after.txt")).status != 200:
-        assert time.monotonic() < deadline, "sync did not resume after the restart"
-        await asyncio.sleep(0.2)
+    async def synced() -> bool:
+        return (await api.get(f"/w/{ws}/api/contents/after.txt")).status == 200
+
+    await until(synced, "sync resumes after the restart", within=20, interval=0.2)
     platform.kill()

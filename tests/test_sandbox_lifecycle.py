@@ -4,7 +4,6 @@ the warm pool under culling, and reconciling while sandboxes start elsewhere."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -14,6 +13,7 @@ import pytest
 from extensions.sandboxes.manager import Sandboxes
 from platform_server.app import PlatformApp
 from tests.client import Client
+from tests.waiting import until
 
 TokenClientFactory = Callable[..., Awaitable[Client]]
 
@@ -34,15 +34,18 @@ async def unassigned_rows(sandboxes: Sandboxes) -> list[dict[str, Any]]:
 async def fill_warm_pool(sandboxes: Sandboxes) -> str:
     """Fill a warm pool of one sandbox, then stop refilling it; return the sandbox's id."""
     sandboxes.spawner.warm_pool_size = 1
-    deadline = time.monotonic() + 30
+
+    async def filled() -> list[dict[str, Any]] | None:
+        rows = await unassigned_rows(sandboxes)
+        if rows and rows[0]["state"] == "running":
+            return rows
+        await sandboxes.fill_pool()
+        return None
+
     try:
-        while not (rows := await unassigned_rows(sandboxes)) or rows[0]["state"] != "running":
-            assert time.monotonic() < deadline, "the pool was never filled"
-            await sandboxes.fill_pool()
-            await asyncio.sleep(0.1)
+        (row,) = await until(filled, "the pool is filled", interval=0.1)
     finally:
         sandboxes.spawner.warm_pool_size = 0
-    (row,) = rows
     return str(row["id"])
 
 
@@ -66,9 +69,12 @@ class TestSmallConnectionPool:
             asyncio.ensure_future(api.post(f"/api/workspaces/{ws}/sandbox")) for ws in workspaces
         ]
         listings = []
-        while not all(start.done() for start in starts):
+
+        async def started() -> bool:
             listings.append((await api.get("/api/workspaces")).status)
-            await asyncio.sleep(0.05)
+            return all(start.done() for start in starts)
+
+        await until(started, "the five sandboxes have started", within=60)
         assert [(await start).status for start in starts] == [200] * 5
         assert listings
         assert set(listings) == {200}
@@ -85,6 +91,7 @@ class TestWarmPoolCulling:
     ) -> None:
         sandboxes = sandboxes_of(jp_serverapp)
         pooled = await fill_warm_pool(sandboxes)
+        # Time passing is the point: the pooled sandbox waits longer than the idle timeout.
         await asyncio.sleep(1.5)
         assert await sandboxes.cull_once() == 0
         assert await unassigned_rows(sandboxes) == [{"id": uuid.UUID(pooled), "state": "running"}]
@@ -96,8 +103,11 @@ class TestWarmPoolCulling:
         sandboxes = sandboxes_of(jp_serverapp)
         await fill_warm_pool(sandboxes)
         sandboxes.max_age = 1
-        await asyncio.sleep(1.5)
-        assert await sandboxes.cull_once() == 1
+
+        async def culled() -> bool:
+            return bool(await sandboxes.cull_once() == 1)
+
+        await until(culled, "the warm sandbox past its maximum age is culled", within=10)
         assert await unassigned_rows(sandboxes) == []
         assert await running_ids(sandboxes) == set()
 

@@ -14,7 +14,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ import pytest
 
 from extensions.sandboxes.spawners import bwrap
 from extensions.sandboxes.spawners.base import SandboxHandle, SpawnerError
-from extensions.sandboxes.spawners.local import LocalSpawner, parse_bytes
+from extensions.sandboxes.spawners.local import LocalSpawner
+from extensions.sandboxes.spawners.sizes import parse_bytes
 from platform_server.app import PlatformApp
 from platform_server.db.embedded import EmbeddedPostgres
 from tests.client import Client
@@ -33,6 +33,7 @@ from tests.test_terminals import (
     open_terminal,
     workspace_with_token,
 )
+from tests.waiting import until
 
 MARK = b"INJECTED-BY-USER-CODE\n"
 REPO = Path(__file__).resolve().parents[1]
@@ -228,7 +229,9 @@ def open_fds(pid: int) -> dict[str, str]:
     return fds
 
 
-def test_agent_log_stops_at_its_size_limit_and_its_stdio_is_dev_null(tmp_path: Path) -> None:
+async def test_agent_log_stops_at_its_size_limit_and_its_stdio_is_dev_null(
+    tmp_path: Path,
+) -> None:
     """User code cannot fill the host's disk through the agent's log, nor inherit it."""
     log = tmp_path / "agent.log"
     log.write_bytes(b"x" * 1000)
@@ -239,7 +242,7 @@ def test_agent_log_stops_at_its_size_limit_and_its_stdio_is_dev_null(tmp_path: P
     env = {k: v for k, v in os.environ.items() if k != "AGENT_TOKEN"}
     env["PYTHONPATH"] = str(REPO)
     agent_socket = tmp_path / "agent.sock"
-    agent = subprocess.Popen(
+    agent = subprocess.Popen(  # noqa: ASYNC220  (an agent to test; polled, never awaited)
         [sys.executable, "-m", "kernel_image", "--socket", str(agent_socket), "--root",
          str(tmp_path), "--token-fd", str(token_read), "--log-fd", str(log_fd),
          "--log-max-bytes", "1000"],
@@ -253,18 +256,18 @@ def test_agent_log_stops_at_its_size_limit_and_its_stdio_is_dev_null(tmp_path: P
     os.close(token_read)
     os.close(log_fd)
     try:
-        deadline = time.monotonic() + 30
         # Its first line ("listening on", once it handles SIGTERM) finds the log full.
-        while log.stat().st_size == 1000:
+        def listening() -> bool:
             assert agent.poll() is None
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+            return log.stat().st_size != 1000
+
+        await until(listening, "the agent writes its first line", interval=0.02)
         with socket.socket(socket.AF_UNIX) as probe:
             probe.connect(str(agent_socket))
         fds = open_fds(agent.pid)
         assert [fds[n] for n in "012"] == ["/dev/null"] * 3
         assert token_pipe not in fds.values()  # read, then closed
-        flags = Path(f"/proc/{agent.pid}/fdinfo/{log_fd}").read_text().split()[3]
+        flags = Path(f"/proc/{agent.pid}/fdinfo/{log_fd}").read_text().split()[3]  # noqa: ASYNC240
         assert int(flags, 8) & os.O_CLOEXEC  # kernels and terminals do not inherit it
     finally:
         agent.send_signal(signal.SIGTERM)

@@ -6,26 +6,36 @@ import asyncio
 import json
 import os
 import signal
-import time
 from typing import Any
 
 import pytest
 from tornado.websocket import websocket_connect
 
 from platform_server.app import PlatformApp
-from tests.client import Client
-from tests.test_terminals import OPENED, close_terminals, open_terminal, workspace_with_token  # noqa: F401
+from tests.client import Client, Response
+from tests.test_terminals import (  # noqa: F401
+    OPENED,
+    close_terminals,
+    open_terminal,
+    workspace_terminal,
+    workspace_with_token,
+)
+from tests.waiting import until
 
 
-async def eventually(api: Client, path: str, predicate: Any, within: float = 15) -> Any:
-    """Poll the Contents API until ``predicate(response)`` holds; return the response."""
-    deadline = time.monotonic() + within
-    while True:
-        response = await api.get(path)
-        if predicate(response):
-            return response
-        assert time.monotonic() < deadline, f"{path}: {response.status} {response.body[:200]!r}"
-        await asyncio.sleep(0.1)
+async def until_get(api: Client, path: str, predicate: Any, within: float = 15) -> Response:
+    """GET ``path`` until ``predicate(response)`` holds; return that response."""
+    last: list[Response] = []
+
+    async def answered() -> Response | None:
+        last.append(await api.get(path))
+        return last[-1] if predicate(last[-1]) else None
+
+    try:
+        return await until(answered, f"GET {path} as expected", within=within, interval=0.1)
+    except AssertionError as e:
+        msg = f"{e}; last answer: {last[-1].status} {last[-1].body[:200]!r}"
+        raise AssertionError(msg) from None
 
 
 def contents(ws: str, path: str) -> str:
@@ -35,37 +45,33 @@ def contents(ws: str, path: str) -> str:
 async def test_files_made_in_the_terminal_reach_the_contents_api(
     make_user: Any, base_url: str
 ) -> None:
-    _, ws, token = await workspace_with_token(make_user)
-    api = Client(base_url, token=token)
-    _, terminal = await open_terminal(base_url, ws, token)
+    ws, api, terminal = await workspace_terminal(make_user, base_url)
     await terminal.run(
         "mkdir -p out/deep && python -c \"open('out/deep/result.txt','w').write(str(6*7))\"",
         "WROTE",
     )
-    made = await eventually(api, contents(ws, "out/deep/result.txt"), lambda r: r.status == 200)
+    made = await until_get(api, contents(ws, "out/deep/result.txt"), lambda r: r.status == 200)
     assert made.json["content"] == "42"
     folder = await api.get(contents(ws, "out"))
     assert folder.json["type"] == "directory"
 
     await terminal.run("mv out moved && rm moved/deep/result.txt", "MOVED")
-    await eventually(api, contents(ws, "out"), lambda r: r.status == 404)
-    await eventually(api, contents(ws, "moved/deep/result.txt"), lambda r: r.status == 404)
+    await until_get(api, contents(ws, "out"), lambda r: r.status == 404)
+    await until_get(api, contents(ws, "moved/deep/result.txt"), lambda r: r.status == 404)
     assert (await api.get(contents(ws, "moved/deep"))).status == 200
 
 
 async def test_ignored_and_too_large_files_stay_in_the_sandbox(
     make_user: Any, base_url: str
 ) -> None:
-    _, ws, token = await workspace_with_token(make_user)
-    api = Client(base_url, token=token)
-    _, terminal = await open_terminal(base_url, ws, token)
+    ws, api, terminal = await workspace_terminal(make_user, base_url)
     await terminal.run(
         "mkdir __pycache__ && echo x > __pycache__/a.pyc && "
         "head -c 11000000 /dev/zero > big.bin && echo done > marker.txt",
         "MADE",
     )
-    await eventually(api, contents(ws, "marker.txt"), lambda r: r.status == 200)
-    await eventually(
+    await until_get(api, contents(ws, "marker.txt"), lambda r: r.status == 200)
+    await until_get(
         api,
         f"/api/workspaces/{ws}/sandbox",
         lambda r: [f["path"] for f in r.json["not_synced"]] == ["big.bin"],
@@ -77,26 +83,19 @@ async def test_ignored_and_too_large_files_stay_in_the_sandbox(
 async def test_an_older_sandbox_change_loses_to_the_stored_version(
     make_user: Any, base_url: str
 ) -> None:
-    _, ws, token = await workspace_with_token(make_user)
-    api = Client(base_url, token=token)
-    _, terminal = await open_terminal(base_url, ws, token)
+    ws, api, terminal = await workspace_terminal(make_user, base_url)
     saved = await api.request(
         "PUT", contents(ws, "notes.txt"), {"type": "file", "format": "text", "content": "stored"}
     )
     assert saved.status == 201
     await terminal.run("echo sandbox > notes.txt; touch -d '2020-01-01' notes.txt", "OLD")
-    await asyncio.sleep(1.0)
+    # The sandbox gets the stored version back, and storage keeps it meanwhile.
+    await terminal.run_until("cat notes.txt", "stored", within=10)
     assert (await api.get(contents(ws, "notes.txt"))).json["content"] == "stored"
-    deadline = time.monotonic() + 10
-    while "stored" not in await terminal.run("cat notes.txt", f"C{int(time.monotonic())}"):
-        assert time.monotonic() < deadline, "the sandbox never got the stored version back"
-        await asyncio.sleep(0.2)
 
 
 async def test_stopping_flushes_the_last_changes(make_user: Any, base_url: str) -> None:
-    _, ws, token = await workspace_with_token(make_user)
-    api = Client(base_url, token=token)
-    _, terminal = await open_terminal(base_url, ws, token)
+    ws, api, terminal = await workspace_terminal(make_user, base_url)
     # Stopped at once, well inside the sync's debounce: only the final flush can save it.
     await terminal.run("echo 'written right before the stop' > last.txt", "WROTE")
     assert (await api.delete(f"/api/workspaces/{ws}/sandbox")).status == 204
@@ -108,11 +107,9 @@ async def test_stopping_flushes_the_last_changes(make_user: Any, base_url: str) 
 async def test_a_killed_sandbox_keeps_what_was_synced(
     make_user: Any, base_url: str, jp_serverapp: PlatformApp
 ) -> None:
-    _, ws, token = await workspace_with_token(make_user)
-    api = Client(base_url, token=token)
-    _, terminal = await open_terminal(base_url, ws, token)
+    ws, api, terminal = await workspace_terminal(make_user, base_url)
     await terminal.run("echo survived > kept.txt", "WROTE")
-    await asyncio.sleep(1.0)  # the promise: at most the last second of changes is lost
+    await until_get(api, contents(ws, "kept.txt"), lambda r: r.status == 200)
     sandboxes = jp_serverapp.web_app.settings["sandboxes"]
     (handle,) = await sandboxes.spawner.find_running()
     os.kill(int(handle.state["pid"]), signal.SIGKILL)

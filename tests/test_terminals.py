@@ -19,6 +19,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from platform_server.app import PlatformApp
 from tests.client import Client
+from tests.waiting import until
 
 TokenClientFactory = Callable[..., Awaitable[Client]]
 
@@ -73,13 +74,13 @@ class Terminal:
     async def run_until(self, command: str, needle: str, within: float = 20) -> str:
         """Run ``command`` again until what it prints contains ``needle`` (a save reaches the
         sandbox after it answers); return that output."""
-        deadline = time.monotonic() + within
-        attempt = 0
-        while needle not in (shown := await self.run(command, f"UNTIL{attempt}")):
-            assert time.monotonic() < deadline, f"{command!r} never printed {needle!r}: {shown!r}"
-            attempt += 1
-            await asyncio.sleep(0.1)
-        return shown
+        shown: list[str] = []
+
+        async def printed() -> str | None:
+            shown.append(await self.run(command, f"UNTIL{len(shown)}"))
+            return shown[-1] if needle in shown[-1] else None
+
+        return await until(printed, f"{command!r} prints {needle!r}", within=within, interval=0.1)
 
 
 async def workspace_with_token(make_user: Any) -> tuple[Client, str, str]:
@@ -87,6 +88,13 @@ async def workspace_with_token(make_user: Any) -> tuple[Client, str, str]:
     ws = (await browser.post("/api/workspaces", {"name": "term"})).json["uuid"]
     token = (await browser.post("/api/accounts/tokens", {"name": "t"})).json["token"]
     return browser, ws, token
+
+
+async def workspace_terminal(make_user: Any, base_url: str) -> tuple[str, Client, Terminal]:
+    """A new user's workspace, a token client for it, and a terminal open in it."""
+    _, ws, token = await workspace_with_token(make_user)
+    _, terminal = await open_terminal(base_url, ws, token)
+    return ws, Client(base_url, token=token), terminal
 
 
 async def open_terminal(base_url: str, ws: str, token: str) -> tuple[str, Terminal]:
@@ -272,16 +280,17 @@ class TestCulling:
     async def test_idle_sandbox_is_stopped_and_files_survive(
         self, make_user: Any, base_url: str, jp_serverapp: PlatformApp
     ) -> None:
-        _, ws, token = await workspace_with_token(make_user)
-        api = Client(base_url, token=token)
-        _, terminal = await open_terminal(base_url, ws, token)
+        ws, api, terminal = await workspace_terminal(make_user, base_url)
         await terminal.run("echo kept > made-here.txt", "WROTE")
-        await asyncio.sleep(2.5)
-        # Reads are clients polling, not the user: they do not keep a sandbox alive.
-        assert (await api.get(f"/w/{ws}/api/terminals")).status == 200
-        assert (await api.get(f"/w/{ws}/api/contents/main.py")).status == 200
         sandboxes = jp_serverapp.web_app.settings["sandboxes"]
-        assert await sandboxes.cull_once() == 1
+
+        async def culled() -> bool:
+            # Reads are clients polling, not the user: they do not keep a sandbox alive.
+            assert (await api.get(f"/w/{ws}/api/terminals")).status == 200
+            assert (await api.get(f"/w/{ws}/api/contents/main.py")).status == 200
+            return bool(await sandboxes.cull_once() == 1)
+
+        await until(culled, "the idle sandbox is culled while clients read", interval=0.2)
         assert (await api.get(f"/api/workspaces/{ws}/sandbox")).json["state"] == "stopped"
         assert await sandboxes.spawner.find_running() == []
         assert (await api.get(f"/w/{ws}/api/contents/main.py")).status == 200
@@ -301,10 +310,11 @@ async def test_killed_agent_is_replaced_with_files_intact(
     sandboxes = jp_serverapp.web_app.settings["sandboxes"]
     (handle,) = await sandboxes.spawner.find_running()
     os.kill(int(handle.state["pid"]), signal.SIGKILL)
-    for _ in range(100):
-        if not await sandboxes.spawner.poll(handle):
-            break
-        await asyncio.sleep(0.05)
+
+    async def ended() -> bool:
+        return not await sandboxes.spawner.poll(handle)
+
+    await until(ended, "the killed sandbox ends", within=5)
     failed = (await api.get(f"/api/workspaces/{ws}/sandbox")).json
     assert failed["state"] == "failed"
     assert "files are safe" in failed["reason"]
@@ -346,10 +356,7 @@ class TestWarmPool:
         self, make_user: Any, base_url: str, jp_serverapp: PlatformApp
     ) -> None:
         sandboxes = jp_serverapp.web_app.settings["sandboxes"]
-        deadline = time.monotonic() + 30
-        while not await pool_ready(sandboxes):
-            assert time.monotonic() < deadline, "the pool was never filled"
-            await asyncio.sleep(0.1)
+        await until(lambda: pool_ready(sandboxes), "the pool is filled")
         (pooled,) = await sandboxes.spawner.find_running()
 
         _, ws, token = await workspace_with_token(make_user)
@@ -362,10 +369,10 @@ class TestWarmPool:
         assert str(row["id"]) == pooled.sandbox_id
 
         # A replacement starts in the background, and it carries nothing of this workspace.
-        deadline = time.monotonic() + 30
-        while len(await sandboxes.spawner.find_running()) < 2:
-            assert time.monotonic() < deadline, "the pool was not refilled"
-            await asyncio.sleep(0.1)
+        async def refilled() -> bool:
+            return len(await sandboxes.spawner.find_running()) >= 2
+
+        await until(refilled, "the pool is refilled")
         _, other_ws, _ = await workspace_with_token_for(api)
         _, other = await open_terminal(base_url, other_ws, token)
         listing = await other.run('ls -A /workspace | sed "s/^/$((40+2)):/"', "LISTED")

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 from traitlets import Bool, Float, Instance, Integer, List, Unicode
@@ -18,6 +17,7 @@ from extensions.accounts.store import TokenRow, UserRow
 from platform_server import metrics
 from platform_server.db import Database
 from platform_server.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
+from platform_server.timefmt import isoformat
 
 TOKEN_PREFIX = "cep_"  # noqa: S105  (a marker that makes leaked tokens greppable)
 BAD_CREDENTIALS = "Invalid username or password."
@@ -111,13 +111,6 @@ class NewLogin:
     user: UserRow
     login_id: int
     secret: str
-
-
-def isoformat(value: datetime | None) -> str | None:
-    """A timestamp as ISO 8601 in UTC with a 'Z', as Jupyter writes them."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def secret_hash(secret: str) -> bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TypedDict, cast
+from typing import Any, TypedDict, cast
 
 import psycopg
 from psycopg import sql
@@ -67,6 +67,24 @@ async def create_user(
         msg = f"The username '{username}' is taken."
         raise Conflict(msg) from e
     return cast(UserRow, await cur.fetchone())
+
+
+def lock_service_user(conn: psycopg.Connection[Any], username: str) -> int:
+    """The id of the user ``username``, made if missing, its row locked until the transaction
+    ends (so that processes starting at once serialise on it).
+
+    A user made here has the password hash '!', which matches no password: it can never log
+    in. Synchronous, for start-up code on a plain ``psycopg.Connection``.
+    """
+    conn.execute(
+        "INSERT INTO users (username, password_hash) VALUES (%s, '!') ON CONFLICT DO NOTHING",
+        [username],
+    )
+    row = conn.execute(
+        "SELECT id FROM users WHERE lower(username) = lower(%s) FOR UPDATE", [username]
+    ).fetchone()
+    assert row is not None  # noqa: S101 (inserted above)
+    return int(row[0])
 
 
 async def get_user_by_name(conn: Connection, username: str) -> UserRow | None:

@@ -19,7 +19,8 @@ from extensions.accounts.manager import Accounts
 from extensions.ide.assets import AssetManifest, AssetsMissing, is_hashed
 from extensions.ide.pages import content_security_policy, message_html, page_html
 from extensions.workspaces.manager import Workspaces
-from platform_server.errors import DatabaseUnavailable, NotFound
+from platform_server.errors import DatabaseUnavailable, NotFound, PlatformError
+from platform_server.handlers import WORKSPACE_ROUTE
 
 ASSETS_SETTING = "ide_assets"
 # Which front-end bundle draws each page.
@@ -87,7 +88,7 @@ class PageHandler(JupyterHandler):
             workers = self.assets.load().workers
         except AssetsMissing as e:
             self.log.error("ide | %s", e)
-            raise web.HTTPError(503, str(e)) from e
+            raise PlatformError(503, str(e), reason="assets_missing") from e
         data = {"page": page, "platformBaseUrl": self.base_url, "baseUrl": self.base_url, **config}
         if self.platform_user is not None:
             # Sets the _xsrf cookie again if it is missing or not this login's (planted).
@@ -203,7 +204,7 @@ class IdePageHandler(PageHandler):
             )
             return
         except DatabaseUnavailable as e:
-            raise web.HTTPError(503, e.message) from e
+            raise e.to_http() from e
         model = workspaces.model(workspace)
         self.finish_page(
             "ide",
@@ -278,6 +279,6 @@ default_handlers = [
     (r"/login", LoginPageHandler),
     (r"/register", RegisterPageHandler),
     (r"/workspaces", WorkspacesPageHandler),
-    (r"/w/(?P<workspace_id>[^/]+)(?P<slash>/?)", IdePageHandler),
+    (rf"{WORKSPACE_ROUTE}(?P<slash>/?)", IdePageHandler),
     (r"/assets/(.*)", AssetsHandler),
 ]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 from jupyter_server.extension.application import ExtensionApp
 
 from extensions.kernels import handlers, proxy
 from extensions.kernels.manager import Kernels
 from extensions.kernels.sessions import Sessions
-from extensions.sandboxes.manager import Sandboxes
 from platform_server.app import PlatformApp
 
 
@@ -20,11 +19,8 @@ class KernelsApp(ExtensionApp):
     load_other_extensions = True
 
     def initialize_settings(self) -> None:
-        """Make the ``Kernels`` and ``Sessions`` services.
-
-        Extensions load in name order, so the sandboxes service does not exist yet; it is
-        handed over when the server starts, before any request.
-        """
+        """Make the ``Kernels`` and ``Sessions`` services (``PlatformApp.wire_services``
+        gives ``Kernels`` the sandboxes)."""
         platform = cast(PlatformApp, self.serverapp)
         kernels = Kernels(parent=self)
         self.settings["kernels"] = kernels
@@ -34,8 +30,3 @@ class KernelsApp(ExtensionApp):
         """Register the REST handlers and the WebSocket relay."""
         self.handlers.extend(handlers.default_handlers)
         self.handlers.extend(proxy.default_handlers)
-
-    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
-        """Give the services the sandboxes (every extension is loaded by now)."""
-        kernels = cast(Kernels, self.settings["kernels"])
-        kernels.sandboxes = cast(Sandboxes, serverapp.web_app.settings["sandboxes"])

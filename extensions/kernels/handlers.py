@@ -13,9 +13,8 @@ from extensions.kernels.manager import Kernels
 from extensions.kernels.sessions import Sessions
 from extensions.workspaces.handlers import WorkspacesAPIHandler
 from platform_server.errors import PlatformError
-from platform_server.handlers import parse_json_object
+from platform_server.handlers import WORKSPACE_ROUTE, parse_json_object
 
-WORKSPACE = r"/w/(?P<workspace_id>[^/]+)"
 KERNEL_ID = r"(?P<kernel_id>\w+-\w+-\w+-\w+-\w+)"
 SESSION_ID = r"(?P<session_id>\w+-\w+-\w+-\w+-\w+)"
 KERNEL_NAME = r"(?P<kernel_name>[\w\.\-%]+)"
@@ -209,12 +208,15 @@ class SessionHandler(KernelsAPIHandler):
 
 
 default_handlers = [
-    (rf"{WORKSPACE}/api/kernelspecs", KernelSpecsHandler),
-    (rf"{WORKSPACE}/api/kernelspecs/{KERNEL_NAME}", KernelSpecHandler),
-    (rf"{WORKSPACE}/kernelspecs/{KERNEL_NAME}/(?P<path>[^/]+)", KernelSpecResourceHandler),
-    (rf"{WORKSPACE}/api/kernels", MainKernelHandler),
-    (rf"{WORKSPACE}/api/kernels/{KERNEL_ID}", KernelHandler),
-    (rf"{WORKSPACE}/api/kernels/{KERNEL_ID}/(?P<action>restart|interrupt)", KernelActionHandler),
-    (rf"{WORKSPACE}/api/sessions", SessionRootHandler),
-    (rf"{WORKSPACE}/api/sessions/{SESSION_ID}", SessionHandler),
+    (rf"{WORKSPACE_ROUTE}/api/kernelspecs", KernelSpecsHandler),
+    (rf"{WORKSPACE_ROUTE}/api/kernelspecs/{KERNEL_NAME}", KernelSpecHandler),
+    (rf"{WORKSPACE_ROUTE}/kernelspecs/{KERNEL_NAME}/(?P<path>[^/]+)", KernelSpecResourceHandler),
+    (rf"{WORKSPACE_ROUTE}/api/kernels", MainKernelHandler),
+    (rf"{WORKSPACE_ROUTE}/api/kernels/{KERNEL_ID}", KernelHandler),
+    (
+        rf"{WORKSPACE_ROUTE}/api/kernels/{KERNEL_ID}/(?P<action>restart|interrupt)",
+        KernelActionHandler,
+    ),
+    (rf"{WORKSPACE_ROUTE}/api/sessions", SessionRootHandler),
+    (rf"{WORKSPACE_ROUTE}/api/sessions/{SESSION_ID}", SessionHandler),
 ]

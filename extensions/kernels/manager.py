@@ -16,8 +16,14 @@ from tornado.httpclient import HTTPResponse
 from traitlets import Instance, Integer
 from traitlets.config import LoggingConfigurable
 
-from extensions.sandboxes.agent_client import AgentClient, AgentError, AgentUnresponsive
-from extensions.sandboxes.manager import Sandboxes, SandboxUnresponsive
+from extensions.sandboxes.agent_client import (
+    AgentClient,
+    AgentError,
+    AgentUnresponsive,
+    SandboxUnavailable,
+)
+from extensions.sandboxes.errors import SandboxUnresponsive
+from extensions.sandboxes.manager import Sandboxes
 from platform_server.errors import Conflict, DomainError, InvalidInput, NotFound
 
 PYTHON3 = "python3"
@@ -54,13 +60,6 @@ class KernelModel(TypedDict):
     execution_state: str
     connections: int
     reason: NotRequired[str]
-
-
-class SandboxUnavailable(DomainError):
-    """The sandbox's agent cannot be reached."""
-
-    status_code = 503
-    reason = "sandbox_unavailable"
 
 
 class KernelFailed(DomainError):
@@ -103,14 +102,6 @@ def agent_message(response: HTTPResponse) -> str:
         return f"the sandbox's agent answered {response.code}"
 
 
-def unavailable() -> SandboxUnavailable:
-    """The 503 of an agent that does not answer."""
-    return SandboxUnavailable(
-        "The workspace's sandbox is not answering. Try again; if it persists, stop and start "
-        "the sandbox."
-    )
-
-
 class Kernels(LoggingConfigurable):
     """Maps Jupyter's kernel and kernelspec APIs onto a workspace's agent."""
 
@@ -120,7 +111,7 @@ class Kernels(LoggingConfigurable):
         "cap (the agent's own --max-kernels, 4 by default, still applies).",
     ).tag(config=True)
 
-    sandboxes = Instance(Sandboxes, allow_none=True)
+    sandboxes = Instance(Sandboxes, help="The sandboxes service (``PlatformApp.wire_services``).")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -128,27 +119,20 @@ class Kernels(LoggingConfigurable):
 
     # --- reaching the agent ------------------------------------------------------------------
 
-    def _sandboxes(self) -> Sandboxes:
-        if self.sandboxes is None:
-            msg = "Kernels.sandboxes is set when the server starts"
-            raise RuntimeError(msg)
-        return self.sandboxes
-
     async def client(self, workspace_id: uuid.UUID) -> AgentClient | None:
         """The agent of the workspace's running sandbox; None when it has none,
         ``SandboxUnresponsive`` (504, at once) when it does not answer."""
-        sandboxes = self._sandboxes()
-        row = await sandboxes.row(workspace_id)
+        row = await self.sandboxes.row(workspace_id)
         if row is not None and row["state"] == "unresponsive":
             raise SandboxUnresponsive
         if row is None or row["state"] != "running":
             return None
-        return sandboxes.client(row)
+        return self.sandboxes.client(row)
 
     async def _died(self, workspace_id: uuid.UUID) -> bool:
         """After an agent did not answer: whether its sandbox died (it is then marked failed,
         and its kernels are gone) rather than being slow."""
-        row = await self._sandboxes().current(workspace_id)
+        row = await self.sandboxes.current(workspace_id)
         return row is None or row["state"] != "running"
 
     async def _call(
@@ -174,7 +158,7 @@ class Kernels(LoggingConfigurable):
             raise SandboxUnresponsive from e
         except AgentError as e:
             self.log.warning("kernels | agent request %s %s failed: %s", method, path, e)
-            raise unavailable() from e
+            raise SandboxUnavailable from e
         if response.code == 400:
             raise InvalidInput(agent_message(response))
         if response.code == 409:
@@ -276,8 +260,8 @@ class Kernels(LoggingConfigurable):
             )
             raise Conflict(msg)
         if client is None:
-            row = await self._sandboxes().ensure_running(workspace_id)
-            client = self._sandboxes().client(row)
+            row = await self.sandboxes.ensure_running(workspace_id)
+            client = self.sandboxes.client(row)
         body = {"name": name or PYTHON3, "path": path or "", "session_name": session_name}
         try:
             response = await self._call(

@@ -19,19 +19,22 @@ from urllib.parse import quote
 
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
-from tornado import web
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import (
     WebSocketClientConnection,
 )
 
 from extensions.accounts.identity import PlatformUser
-from extensions.kernels.handlers import KERNEL_ID, WORKSPACE
-from extensions.sandboxes.agent_client import AgentError, AgentUnresponsive
+from extensions.kernels.handlers import KERNEL_ID
+from extensions.kernels.manager import no_kernel
+from extensions.sandboxes.agent_client import AgentError, AgentUnresponsive, SandboxUnavailable
+from extensions.sandboxes.errors import SandboxUnresponsive
 from extensions.sandboxes.handlers import running_sandbox
-from extensions.sandboxes.manager import Sandboxes, SandboxUnresponsive
+from extensions.sandboxes.manager import Sandboxes
 from extensions.sandboxes.relay import UNRESPONSIVE_CLOSE, AgentRelay
 from extensions.workspaces.manager import Workspaces
+from platform_server.errors import InvalidInput, PlatformError
+from platform_server.handlers import WORKSPACE_ROUTE
 
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
 MAX_CLIENT_MESSAGE_BYTES = 32 * 1024 * 1024
@@ -102,9 +105,9 @@ class KernelProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
             )
         except HTTPClientError as e:
             if e.code == 404:
-                raise web.HTTPError(404, f"Kernel does not exist: {kernel_id}") from e
+                raise no_kernel(kernel_id).to_http() from e
             if e.code == 400:
-                raise web.HTTPError(400, "Bad session_id.") from e
+                raise InvalidInput("Bad session_id.").to_http() from e
             raise await self._unreachable(sandboxes, ws, kernel_id) from e
         except AgentUnresponsive:
             self.refusal = UNRESPONSIVE_CLOSE
@@ -115,12 +118,12 @@ class KernelProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
         await cast(Any, super().get(workspace_id, kernel_id))
 
     @staticmethod
-    async def _unreachable(sandboxes: Sandboxes, ws: uuid.UUID, kernel_id: str) -> web.HTTPError:
+    async def _unreachable(sandboxes: Sandboxes, ws: uuid.UUID, kernel_id: str) -> PlatformError:
         """404 when the sandbox died (its kernels with it; it is marked failed), else 503."""
         row = await sandboxes.current(ws)
         if row is None or row["state"] != "running":
-            return web.HTTPError(404, f"Kernel does not exist: {kernel_id}")
-        return web.HTTPError(503, "The workspace's sandbox is not answering.")
+            return no_kernel(kernel_id).to_http()
+        return SandboxUnavailable().to_http()
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         """The format the agent agreed to (v1 when the client offered it)."""
@@ -161,5 +164,5 @@ class KernelProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
 
 
 default_handlers = [
-    (rf"{WORKSPACE}/api/kernels/{KERNEL_ID}/channels", KernelProxyHandler),
+    (rf"{WORKSPACE_ROUTE}/api/kernels/{KERNEL_ID}/channels", KernelProxyHandler),
 ]

@@ -14,6 +14,7 @@ from tornado.simple_httpclient import HTTPTimeoutError, SimpleAsyncHTTPClient
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from extensions.sandboxes.spawners.base import AgentEndpoint
+from platform_server.errors import DomainError
 
 # The host name used in URLs of Unix-socket agents; the resolver below maps it to the socket.
 UNIX_HOST = "agent.sandbox.invalid"
@@ -57,6 +58,20 @@ class AgentUnresponsive(AgentError):
     unlike a refused connection, the sandbox may still come back."""
 
 
+class SandboxUnavailable(DomainError):
+    """The sandbox's agent cannot be reached (what an ``AgentError`` means to a client)."""
+
+    status_code = 503
+    reason = "sandbox_unavailable"
+
+    def __init__(
+        self,
+        message: str = "The workspace's sandbox is not answering. Try again; if it persists, "
+        "stop and start the sandbox.",
+    ) -> None:
+        super().__init__(message)
+
+
 class AgentClient:
     """HTTP and WebSocket access to one agent; every request carries its token.
 
@@ -96,34 +111,14 @@ class AgentClient:
         | None = None,
         request_timeout: float | None = None,
         expect: tuple[int, ...] = (200, 201, 204),
+        probe: bool = False,
     ) -> HTTPResponse:
         """Send one request; ``AgentError`` if unreachable or the status is unexpected,
         ``AgentUnresponsive`` if the agent does not answer. ``request_timeout`` (seconds,
-        default ``timeout``) may exceed ``timeout`` for requests that take long."""
-        return await self._send(
-            self._http,
-            method,
-            path,
-            body,
-            json_body=json_body,
-            body_producer=body_producer,
-            request_timeout=request_timeout or self.timeout,
-            expect=expect,
-        )
-
-    async def _send(
-        self,
-        http: AsyncHTTPClient,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        *,
-        json_body: Any = None,
-        body_producer: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]]
-        | None = None,
-        request_timeout: float,
-        expect: tuple[int, ...],
-    ) -> HTTPResponse:
+        default ``timeout``) may exceed ``timeout`` for requests that take long. A ``probe``
+        goes on the health checks' own connections."""
+        http = self._probe if probe else self._http
+        request_timeout = request_timeout or self.timeout
         headers = dict(self._auth)
         if json_body is not None:
             body = json.dumps(json_body).encode()
@@ -181,8 +176,8 @@ class AgentClient:
 
     async def health(self, request_timeout: float = 2.0) -> dict[str, Any]:
         """The agent's health report."""
-        response = await self._send(
-            self._probe, "GET", "/api/health", request_timeout=request_timeout, expect=(200,)
+        response = await self.request(
+            "GET", "/api/health", request_timeout=request_timeout, expect=(200,), probe=True
         )
         report: dict[str, Any] = json.loads(response.body)
         return report

@@ -13,7 +13,6 @@ from extensions.sandboxes.events import EventHub
 from extensions.sandboxes.handlers import default_handlers
 from extensions.sandboxes.manager import Sandboxes
 from extensions.sandboxes.spawners.base import Spawner
-from extensions.workspaces.manager import Workspaces
 from platform_server.app import PlatformApp
 from platform_server.db.secrets import load_or_create_secret
 from platform_server.errors import DatabaseUnavailable
@@ -82,25 +81,21 @@ class SandboxesApp(ExtensionApp):
         return cast(Sandboxes, self.settings["sandboxes"])
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
-        """Check the host can run sandboxes, listen to file saves, then start culling."""
-        # Saves through the Contents API are mirrored into the running sandbox. (Here,
-        # not in initialize_settings: extensions load in name order, workspaces after us.)
-        workspaces = cast(Workspaces, serverapp.web_app.settings["workspaces"])
-        workspaces.listeners.append(self.sandboxes)
+        """Check the host can run sandboxes, reattach to them, then start culling."""
         await self.sandboxes.spawner.check()
         await self.sandboxes.reconcile()
         self.sandboxes.events.start()
         self._tasks = [
-            asyncio.create_task(self.sandboxes.cull_forever()),
-            asyncio.create_task(self.sandboxes.sync_forever()),
-            asyncio.create_task(self.sandboxes.pool_forever()),
-            asyncio.create_task(self.sandboxes.health_forever()),
+            asyncio.create_task(self.sandboxes.culler.cull_forever()),
+            asyncio.create_task(self.sandboxes.sync_leases.renew_forever()),
+            asyncio.create_task(self.sandboxes.pool.fill_forever()),
+            asyncio.create_task(self.sandboxes.health.check_forever()),
         ]
 
     async def stop_extension(self) -> None:
         """Stop the background work; sandboxes keep running (a restart reattaches to them)."""
         try:
-            await self.sandboxes.log_survivors()
+            await self.sandboxes.culler.log_survivors()
         except DatabaseUnavailable:
             self.log.warning("sandboxes | cannot count the sandboxes left running: no database")
         for task in self._tasks:

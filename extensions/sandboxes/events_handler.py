@@ -18,6 +18,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from extensions.sandboxes.handlers import socket_workspace
 from extensions.sandboxes.manager import Sandboxes
+from platform_server.handlers import WORKSPACE_ROUTE
 
 # Events waiting for a slow client; past this the client is disconnected (it reloads).
 MAX_QUEUED = 1000
@@ -75,4 +76,4 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             self._pump.cancel()
 
 
-default_handlers = [(r"/w/(?P<workspace_id>[^/]+)/api/events", EventsHandler)]
+default_handlers = [(rf"{WORKSPACE_ROUTE}/api/events", EventsHandler)]

@@ -12,11 +12,12 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from extensions.accounts.identity import PlatformUser
-from extensions.sandboxes.manager import Sandboxes, SandboxUnresponsive
+from extensions.sandboxes.errors import SandboxUnresponsive
+from extensions.sandboxes.manager import Sandboxes
 from extensions.sandboxes.store import SandboxRow
 from extensions.workspaces.handlers import WorkspacesAPIHandler
 from extensions.workspaces.manager import Workspaces
-from platform_server.errors import DomainError
+from platform_server.errors import DomainError, Forbidden, NotFound
 
 PROGRESS_POLL = 0.2
 
@@ -28,7 +29,7 @@ async def socket_workspace(
     owns it (raised before the upgrade, as HTTP answers)."""
     user = handler.current_user
     if not isinstance(user, PlatformUser):
-        raise web.HTTPError(403)
+        raise Forbidden("Forbidden").to_http()
     workspaces = cast(Workspaces, handler.settings["workspaces"])
     try:
         return await workspaces.touch(workspace_id, user.user_id, active=active)
@@ -46,7 +47,7 @@ async def running_sandbox(
     if row is not None and row["state"] == "unresponsive":
         raise SandboxUnresponsive
     if row is None or row["state"] != "running":
-        raise web.HTTPError(404, missing)
+        raise NotFound(missing).to_http()
     return row
 
 

@@ -1,4 +1,5 @@
-"""SQL of sandbox rows. No transactions of its own."""
+"""SQL of the sandboxes extension: sandbox rows, sync leases, pending mirrors, advisory locks.
+No transactions of its own."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from typing import Any, TypedDict, cast
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from extensions.sandboxes.spawners.base import AgentEndpoint
 from platform_server.db import Connection
+
+# States in which a sandbox's processes run (an unresponsive one's too: it may come back).
+ALIVE = frozenset({"running", "unresponsive"})
 
 
 class SandboxRow(TypedDict):
@@ -32,6 +37,13 @@ class SandboxRow(TypedDict):
 
 _FIELDS = tuple(SandboxRow.__annotations__)
 COLUMNS = sql.SQL(", ").join(map(sql.Identifier, _FIELDS))
+
+
+def endpoint_json(endpoint: AgentEndpoint) -> dict[str, Any]:
+    """An agent's endpoint as a row stores it."""
+    if endpoint.unix_socket is not None:
+        return {"unix_socket": endpoint.unix_socket}
+    return {"host": endpoint.host, "port": endpoint.port}
 
 
 async def get_for_workspace(conn: Connection, workspace_id: uuid.UUID) -> SandboxRow | None:
@@ -207,13 +219,9 @@ async def claim_sync(
     return cast(list[SandboxRow], await cur.fetchall())
 
 
-async def release_sync(conn: Connection, sandbox_id: uuid.UUID, replica: uuid.UUID) -> None:
-    """Give up this replica's sync lease of a sandbox."""
-    await conn.execute(
-        """UPDATE sandboxes SET sync_owner = NULL, sync_lease_until = NULL
-           WHERE id = %s AND sync_owner = %s""",
-        [sandbox_id, replica],
-    )
+async def release_sync(conn: Connection, replica: uuid.UUID) -> None:
+    """Give up every sync lease this replica holds (another replica takes them over)."""
+    await conn.execute("UPDATE sandboxes SET sync_owner = NULL WHERE sync_owner = %s", [replica])
 
 
 async def unsynced_files(conn: Connection, workspace_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -319,3 +327,25 @@ async def count_pool(conn: Connection) -> int:
     )
     row = await cur.fetchone()
     return 0 if row is None else int(row["n"])
+
+
+async def advisory_lock(conn: Connection, key: int) -> None:
+    """Take the session-level advisory lock ``key``, waiting for whoever holds it."""
+    await conn.execute("SELECT pg_advisory_lock(%s)", [key])
+
+
+async def try_advisory_lock(conn: Connection, key: int) -> bool:
+    """Take the session-level advisory lock ``key`` if nobody holds it; whether it was."""
+    cur = await conn.execute("SELECT pg_try_advisory_lock(%s) AS taken", [key])
+    row = await cur.fetchone()
+    return bool(row and row["taken"])
+
+
+async def changed_since(conn: Connection, workspace_id: uuid.UUID, since: datetime) -> list[str]:
+    """The paths of the workspace's items written at or after ``since``, in path order."""
+    cur = await conn.execute(
+        """SELECT path FROM workspace_items
+           WHERE workspace_id = %s AND last_modified >= %s ORDER BY path""",
+        [workspace_id, since],
+    )
+    return [row["path"] for row in await cur.fetchall()]

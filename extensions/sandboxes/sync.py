@@ -31,6 +31,7 @@ from extensions.workspaces.contents import PostgresContentsManager
 from extensions.workspaces.events import publish
 from platform_server.db import Connection, Database
 from platform_server.errors import DomainError
+from platform_server.timefmt import isoformat
 
 MAX_MESSAGE_BYTES = 32 << 20  # a 10 MiB file, base64-encoded, with room to spare
 FLUSH_TIMEOUT = 10.0
@@ -258,5 +259,5 @@ async def _event(conn: Connection, workspace_id: uuid.UUID, kind: str, path: str
     return {
         "type": kind,
         "path": path,
-        "last_modified": row["last_modified"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "last_modified": isoformat(row["last_modified"]),
     }

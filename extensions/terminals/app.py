@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 from jupyter_server.extension.application import ExtensionApp
 
-from extensions.sandboxes.manager import Sandboxes
 from extensions.terminals import handlers, proxy
 from extensions.terminals.manager import Terminals
 
@@ -18,9 +15,9 @@ class TerminalsApp(ExtensionApp):
     load_other_extensions = True
 
     def initialize_settings(self) -> None:
-        """Make the ``Terminals`` service (the sandboxes extension loads first)."""
-        sandboxes = cast(Sandboxes, self.serverapp.web_app.settings["sandboxes"])  # type: ignore[union-attr]
-        self.settings["terminals"] = Terminals(parent=self, sandboxes=sandboxes)
+        """Make the ``Terminals`` service (``PlatformApp.wire_services`` gives it the
+        sandboxes)."""
+        self.settings["terminals"] = Terminals(parent=self)
 
     def initialize_handlers(self) -> None:
         """Register the REST handlers and the WebSocket relay."""

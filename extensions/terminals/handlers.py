@@ -8,9 +8,7 @@ from tornado import web
 
 from extensions.terminals.manager import Terminals
 from extensions.workspaces.handlers import WorkspacesAPIHandler
-from platform_server.handlers import parse_json_object
-
-WORKSPACE = r"/w/(?P<workspace_id>[^/]+)"
+from platform_server.handlers import WORKSPACE_ROUTE, parse_json_object
 
 
 class TerminalsAPIHandler(WorkspacesAPIHandler):
@@ -65,6 +63,6 @@ class TerminalHandler(TerminalsAPIHandler):
 
 
 default_handlers = [
-    (rf"{WORKSPACE}/api/terminals", TerminalRootHandler),
-    (rf"{WORKSPACE}/api/terminals/(?P<name>[^/]+)", TerminalHandler),
+    (rf"{WORKSPACE_ROUTE}/api/terminals", TerminalRootHandler),
+    (rf"{WORKSPACE_ROUTE}/api/terminals/(?P<name>[^/]+)", TerminalHandler),
 ]

@@ -13,8 +13,10 @@ from urllib.parse import quote
 from traitlets import Instance, Integer
 from traitlets.config import LoggingConfigurable
 
-from extensions.sandboxes.agent_client import AgentError, AgentUnresponsive
-from extensions.sandboxes.manager import Sandboxes, SandboxUnresponsive, advisory_lock
+from extensions.sandboxes.agent_client import AgentError, AgentUnresponsive, SandboxUnavailable
+from extensions.sandboxes.errors import SandboxUnresponsive
+from extensions.sandboxes.locks import advisory_lock
+from extensions.sandboxes.manager import Sandboxes
 from extensions.sandboxes.store import SandboxRow
 from platform_server.errors import Conflict, DomainError, InvalidInput, NotFound
 
@@ -41,13 +43,6 @@ class TooManyTerminals(Conflict):
     reason = "too_many_terminals"
 
 
-class SandboxUnavailable(DomainError):
-    """The sandbox's agent cannot be reached."""
-
-    status_code = 503
-    reason = "sandbox_unavailable"
-
-
 def terminal_model(raw: dict[str, Any]) -> TerminalModel:
     """The Jupyter model of an agent's terminal record."""
     return {"name": str(raw["name"]), "last_activity": str(raw.get("last_activity", ""))}
@@ -67,7 +62,7 @@ class Terminals(LoggingConfigurable):
         "more answers 409. 0 disables the cap.",
     ).tag(config=True)
 
-    sandboxes = Instance(Sandboxes)
+    sandboxes = Instance(Sandboxes, help="The sandboxes service (``PlatformApp.wire_services``).")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -180,7 +175,4 @@ class Terminals(LoggingConfigurable):
         if error.status in AGENT_INPUT_ERRORS and error.agent_message:
             # The agent refused what the client asked for (a bad name or cwd): say so.
             return InvalidInput(error.agent_message)
-        return SandboxUnavailable(
-            "The workspace's sandbox is not answering. Try again; if it persists, stop and "
-            "start the sandbox."
-        )
+        return SandboxUnavailable()

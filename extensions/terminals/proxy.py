@@ -12,15 +12,16 @@ from urllib.parse import quote
 
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
-from tornado import web
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketClientConnection
 
-from extensions.sandboxes.agent_client import AgentError, AgentUnresponsive
+from extensions.sandboxes.agent_client import AgentError, AgentUnresponsive, SandboxUnavailable
+from extensions.sandboxes.errors import SandboxUnresponsive
 from extensions.sandboxes.handlers import running_sandbox
-from extensions.sandboxes.manager import Sandboxes, SandboxUnresponsive
+from extensions.sandboxes.manager import Sandboxes
 from extensions.sandboxes.relay import UNRESPONSIVE_CLOSE, AgentRelay
 from extensions.terminals.manager import no_terminal
+from platform_server.handlers import WORKSPACE_ROUTE
 
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_TERMINAL_SIZE = 10_000
@@ -78,9 +79,9 @@ class TerminalProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
             # The agent answered the upgrade with an HTTP status instead of accepting it.
             if e.code == 404:
                 raise no_terminal(name).to_http() from e
-            raise web.HTTPError(503, "The workspace's sandbox is not answering.") from e
+            raise SandboxUnavailable().to_http() from e
         except AgentError as e:
-            raise web.HTTPError(503, "The workspace's sandbox is not answering.") from e
+            raise SandboxUnavailable().to_http() from e
         await cast(Any, super().get(workspace_id, name))
 
     def open(self, *args: Any, **kwargs: Any) -> None:
@@ -103,5 +104,5 @@ class TerminalProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
 
 
 default_handlers = [
-    (r"/w/(?P<workspace_id>[^/]+)/terminals/websocket/(?P<name>[^/]+)", TerminalProxyHandler),
+    (rf"{WORKSPACE_ROUTE}/terminals/websocket/(?P<name>[^/]+)", TerminalProxyHandler),
 ]

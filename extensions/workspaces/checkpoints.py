@@ -3,62 +3,34 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from jupyter_server.services.contents.checkpoints import AsyncCheckpoints
 from traitlets import Instance, Integer, default
 
-from extensions.workspaces import items, paths
+from extensions.workspaces import checkpoint_store, items
+from extensions.workspaces.api_edge import api_path, bound_workspace, http_transaction
 from platform_server.db import Connection, Database
-from platform_server.errors import DomainError, PlatformError
-
-if TYPE_CHECKING:
-    from extensions.workspaces.contents import PostgresContentsManager
 
 
-@asynccontextmanager
-async def http_transaction(
-    db: Database | None, *, pipeline: bool = False
-) -> AsyncIterator[Connection]:
-    """One transaction whose domain errors reach the client as HTTP errors (the API edge);
-    ``pipeline`` as in ``Database.transaction``."""
-    async with _http_errors(), _bound(db).transaction(pipeline=pipeline) as conn:
-        yield conn
+class CheckpointedContents(Protocol):
+    """What ``PostgresCheckpoints`` needs of its contents manager: ``PostgresContentsManager``."""
+
+    @property
+    def workspace_quota(self) -> int:
+        """Most bytes the workspace may store (0: no quota)."""
+
+    def writable_path(self, path: str, action: str) -> str:
+        """The canonical form of a path about to be written; 400 if invalid or hidden."""
+
+    async def publish_change(
+        self, conn: Connection, action: str, path: str, *, row: items.ItemRow | None = None
+    ) -> None:
+        """Publish a change to editors in the change's transaction ``conn`` (``row``: the file
+        as the change left it)."""
 
 
-@asynccontextmanager
-async def http_connection(db: Database | None) -> AsyncIterator[Connection]:
-    """As ``http_transaction``, for reads and lone statements (each commits on its own)."""
-    async with _http_errors(), _bound(db).connection() as conn:
-        yield conn
-
-
-def _bound(db: Database | None) -> Database:
-    if db is None:
-        msg = "This contents manager is not bound to a database."
-        raise PlatformError(500, msg, reason="not_configured")
-    return db
-
-
-@asynccontextmanager
-async def _http_errors() -> AsyncIterator[None]:
-    try:
-        yield
-    except DomainError as e:
-        raise e.to_http() from e
-
-
-def api_path(path: str) -> str:
-    """The canonical form of a client's path; a 400 error when it has none."""
-    try:
-        return paths.canonical(path)
-    except DomainError as e:
-        raise e.to_http() from e
-
-
-def checkpoint_model(row: items.CheckpointRow) -> dict[str, Any]:
+def checkpoint_model(row: checkpoint_store.CheckpointRow) -> dict[str, Any]:
     """Jupyter's checkpoint model: a string id and the saved file's last_modified."""
     return {"id": str(row["id"]), "last_modified": row["last_modified"]}
 
@@ -91,29 +63,26 @@ class PostgresCheckpoints(AsyncCheckpoints):
         return getattr(self.parent, "workspace_id", None)
 
     def _workspace(self) -> uuid.UUID:
-        if self.workspace_id is None:
-            msg = "This contents manager is not bound to a workspace."
-            raise PlatformError(500, msg, reason="not_configured")
-        return self.workspace_id
+        return bound_workspace(self.workspace_id)
 
     async def create_checkpoint(
-        self, contents_mgr: PostgresContentsManager, path: str
+        self, contents_mgr: CheckpointedContents, path: str
     ) -> dict[str, Any]:
         """Checkpoint the current content of the file at ``path``."""
         path = contents_mgr.writable_path(path, "checkpoint")
         async with http_transaction(self.db) as conn:
-            row = await items.create_checkpoint(
+            row = await checkpoint_store.create_checkpoint(
                 conn, self._workspace(), path, keep=self.max_checkpoints
             )
         return checkpoint_model(row)
 
     async def restore_checkpoint(
-        self, contents_mgr: PostgresContentsManager, checkpoint_id: str, path: str
+        self, contents_mgr: CheckpointedContents, checkpoint_id: str, path: str
     ) -> None:
         """Write checkpoint ``checkpoint_id`` back to the file at ``path``."""
         path = contents_mgr.writable_path(path, "restore")
         async with http_transaction(self.db) as conn:
-            row = await items.restore_checkpoint(
+            row = await checkpoint_store.restore_checkpoint(
                 conn,
                 self._workspace(),
                 path,
@@ -125,29 +94,31 @@ class PostgresCheckpoints(AsyncCheckpoints):
     async def rename_checkpoint(self, checkpoint_id: str, old_path: str, new_path: str) -> None:
         """Move one checkpoint of ``old_path`` to ``new_path``."""
         async with http_transaction(self.db) as conn:
-            await items.rename_checkpoints(
+            await checkpoint_store.rename_checkpoints(
                 conn, self._workspace(), api_path(old_path), api_path(new_path), checkpoint_id
             )
 
     async def rename_all_checkpoints(self, old_path: str, new_path: str) -> None:
         """Move every checkpoint of ``old_path`` to ``new_path`` (one statement)."""
         async with http_transaction(self.db) as conn:
-            await items.rename_checkpoints(
+            await checkpoint_store.rename_checkpoints(
                 conn, self._workspace(), api_path(old_path), api_path(new_path)
             )
 
     async def delete_checkpoint(self, checkpoint_id: str, path: str) -> None:
         """Delete one checkpoint of ``path``."""
         async with http_transaction(self.db) as conn:
-            await items.delete_checkpoint(conn, self._workspace(), api_path(path), checkpoint_id)
+            await checkpoint_store.delete_checkpoint(
+                conn, self._workspace(), api_path(path), checkpoint_id
+            )
 
     async def delete_all_checkpoints(self, path: str) -> None:
         """Delete every checkpoint of ``path`` and of anything under it (one statement)."""
         async with http_transaction(self.db) as conn:
-            await items.delete_checkpoints(conn, self._workspace(), api_path(path))
+            await checkpoint_store.delete_checkpoints(conn, self._workspace(), api_path(path))
 
     async def list_checkpoints(self, path: str) -> list[dict[str, Any]]:
         """The checkpoints of ``path``, oldest first."""
         async with http_transaction(self.db) as conn:
-            rows = await items.list_checkpoints(conn, self._workspace(), api_path(path))
+            rows = await checkpoint_store.list_checkpoints(conn, self._workspace(), api_path(path))
         return [checkpoint_model(row) for row in rows]

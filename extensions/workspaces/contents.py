@@ -23,13 +23,14 @@ from tornado.web import RequestHandler
 from traitlets import Instance, Integer, List, TraitError, Unicode, default
 from traitlets.config import Configurable
 
-from extensions.workspaces import events, items, paths
-from extensions.workspaces.checkpoints import (
-    PostgresCheckpoints,
+from extensions.workspaces import checkpoint_store, events, items, paths, standalone, uploads
+from extensions.workspaces.api_edge import (
     api_path,
+    bound_workspace,
     http_connection,
     http_transaction,
 )
+from extensions.workspaces.checkpoints import PostgresCheckpoints
 from platform_server.db import Connection, Database
 from platform_server.db.migrate import apply_migrations
 from platform_server.errors import DomainError, PlatformError, TooLarge
@@ -40,7 +41,7 @@ MAX_NOTEBOOK_DEPTH = 100
 # The largest chunk number of an upload (chunk numbers are PostgreSQL integers).
 MAX_CHUNK = 2**31 - 1
 # The running digests of chunked uploads received by this process.
-_UPLOAD_DIGESTS = items.UploadDigests()
+_UPLOAD_DIGESTS = uploads.UploadDigests()
 
 
 @functools.lru_cache(maxsize=16)
@@ -150,33 +151,6 @@ def _server_notary(root: Configurable) -> sign.NotebookNotary:
     return sign.NotebookNotary(parent=root)  # type: ignore[no-untyped-call]
 
 
-class _StandalonePools:
-    """The pools of standalone managers: one per database URL and event loop in a process.
-
-    Every server a process runs on one loop shares that loop's pool, however many start and
-    stop (a test suite starts hundreds). A stock server tells its contents manager nothing when
-    it stops, so a pool is released when its loop is found closed: the next pool made closes
-    the idle connections of those (their own tasks died with their loops).
-    """
-
-    def __init__(self) -> None:
-        self._pools: dict[tuple[str, asyncio.AbstractEventLoop | None], Database] = {}
-
-    def get(
-        self, url: str, loop: asyncio.AbstractEventLoop | None, log: logging.Logger
-    ) -> Database:
-        """The pool of ``url`` for servers on ``loop`` (None: whichever loop uses it first)."""
-        for key in [key for key in self._pools if key[1] is not None and key[1].is_closed()]:
-            self._pools.pop(key).close_abandoned()
-        database = self._pools.get((url, loop))
-        if database is None:
-            database = self._pools[(url, loop)] = Database(url, log=log)
-        return database
-
-
-_STANDALONE_POOLS = _StandalonePools()
-
-
 class ContentsListener(Protocol):
     """Told of every committed change to a workspace's files (a running sandbox mirrors them)."""
 
@@ -238,6 +212,13 @@ class PostgresContentsManager(AsyncContentsManager):
         "quota_exceeded). 0 disables the quota.",
     ).tag(config=True)
 
+    upload_expiry = Integer(
+        3600,
+        min=1,
+        help="Seconds a chunked upload may go without a chunk before it is abandoned: its "
+        "chunks are dropped when another upload to the workspace begins.",
+    ).tag(config=True)
+
     @default("checkpoints_class")
     def _default_checkpoints_class(self) -> type[PostgresCheckpoints]:
         return PostgresCheckpoints
@@ -278,11 +259,11 @@ class PostgresContentsManager(AsyncContentsManager):
         apply_migrations(self.db_url, log)
         try:
             with psycopg.connect(self.db_url) as conn:
-                workspace_id = items.resolve_workspace(conn, self.workspace)
+                workspace_id = standalone.resolve_workspace(conn, self.workspace)
         except DomainError as e:
             raise TraitError(e.message) from e
         self.workspace_id = workspace_id
-        self.db = _STANDALONE_POOLS.get(self.db_url, self._server_loop(), log)
+        self.db = standalone.POOLS.get(self.db_url, self._server_loop(), log)
         self.log.info("contents | serving workspace %s from PostgreSQL", workspace_id)
 
     def _server_loop(self) -> asyncio.AbstractEventLoop | None:
@@ -302,10 +283,7 @@ class PostgresContentsManager(AsyncContentsManager):
 
     @property
     def _workspace(self) -> uuid.UUID:
-        if self.workspace_id is None:
-            msg = "This contents manager is not bound to a workspace."
-            raise PlatformError(500, msg, reason="not_configured")
-        return self.workspace_id
+        return bound_workspace(self.workspace_id)
 
     @property
     def _postgres_checkpoints(self) -> bool:
@@ -617,8 +595,9 @@ class PostgresContentsManager(AsyncContentsManager):
                 sha256,
                 quota=self.workspace_quota,
                 if_match=self._if_match(),
-                checkpoint_if_none=in_tables,
             )
+            if in_tables:
+                await checkpoint_store.ensure_checkpoint(conn, self._workspace, path)
             await self.publish_change(conn, "save", path, row=row)
         # Jupyter keeps one checkpoint per notebook at least; other checkpoint classes are
         # asked separately (ours did it in the save's transaction).
@@ -683,7 +662,7 @@ class PostgresContentsManager(AsyncContentsManager):
         try:
             async with http_transaction(self.db, pipeline=True) as conn:
                 if chunk == -1:
-                    row = await items.finish_upload(
+                    row = await uploads.finish_upload(
                         conn,
                         workspace_id,
                         path,
@@ -694,14 +673,21 @@ class PostgresContentsManager(AsyncContentsManager):
                     )
                     await self.publish_change(conn, "save", path, row=row)
                 else:
-                    content_id, writes, received = await items.append_chunk(
-                        conn, workspace_id, path, chunk, data, **limits, if_match=self._if_match()
+                    content_id, writes, received = await uploads.append_chunk(
+                        conn,
+                        workspace_id,
+                        path,
+                        chunk,
+                        data,
+                        **limits,
+                        if_match=self._if_match(),
+                        expiry=self.upload_expiry,
                     )
         except PlatformError as e:
             if e.status_code == TooLarge.status_code:
                 # The upload cannot succeed: free its chunks now, not when they expire.
                 async with http_transaction(self.db) as conn:
-                    await items.discard_upload(conn, workspace_id, path)
+                    await uploads.discard_upload(conn, workspace_id, path)
             raise
         if chunk == -1:
             saved = self._row_model(row)

@@ -16,8 +16,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from extensions.accounts.manager import isoformat
 from platform_server.db import Connection
+from platform_server.timefmt import isoformat
 
 CHANNEL = "platform_events"
 # Largest payload sent as is (bytes); PostgreSQL's limit is 8000, its terminator included.

@@ -1,4 +1,5 @@
-"""SQL of workspace files: items, checkpoints and uploads. No transactions of its own.
+"""SQL of workspace files and folders: reading, writing, deleting, moving and copying them, and
+what every write shares (locks, limits, storing content). No transactions of its own.
 
 Paths given to these functions are canonical (``paths.canonical``). Every function that changes a
 workspace's files first locks its ``workspaces`` row, so writes to one workspace are serialised:
@@ -7,7 +8,9 @@ a save and the deletion or renaming of its parent directory can never interleave
 
 ``bytes_used`` is the length of every content part the workspace stores (files, checkpoints and
 uploads in progress; a content shared by several of them counts once): triggers on
-``content_parts`` (migration 0008) keep it, so code here only checks it.
+``content_parts`` (migration 0008) keep it, so code here only checks it. Deleting or moving an
+item takes its checkpoints and uploads in progress along (``checkpoint_store`` and ``uploads``
+hold the rest of their SQL).
 """
 
 from __future__ import annotations
@@ -16,11 +19,10 @@ import asyncio
 import hashlib
 import mimetypes
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any, TypedDict, cast
 
-import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow, tuple_row
 
@@ -35,13 +37,9 @@ from platform_server.errors import (
     TooLarge,
 )
 
-# An upload idle this long (seconds) is abandoned: its chunks are dropped when another starts.
-UPLOAD_EXPIRY_SECONDS = 3600
 # Content is stored in parts of this size (bytes); an upload's parts are its chunks.
 PART_SIZE = 1024 * 1024
 _THREAD_THRESHOLD = 1024 * 1024
-# The owner of the workspaces that the standalone mode (a stock `jupyter server`) serves.
-STANDALONE_OWNER = "standalone"
 
 
 class ItemRow(TypedDict):
@@ -62,11 +60,14 @@ class ContentRow(ItemRow):
     content: bytes | None
 
 
-class CheckpointRow(TypedDict):
-    """One checkpoint: its id and the last_modified of the file it saved."""
+class TreeRow(TypedDict):
+    """One part of an item of a subtree (``data`` is None for a directory or an empty file)."""
 
-    id: int
+    path: str
+    type: str
+    size: int
     last_modified: datetime
+    data: bytes | None
 
 
 _ITEM_COLUMNS = sql.SQL("path, type, size, sha256, mimetype, created, last_modified")
@@ -76,6 +77,8 @@ _LOCK_ITEM = sql.SQL(
 ).format(cols=_ITEM_COLUMNS)
 # NO KEY UPDATE: the lock writers need, without blocking foreign-key checks.
 _LOCK_WORKSPACE = "SELECT bytes_used FROM workspaces WHERE id = %s FOR NO KEY UPDATE"
+# ``path`` is %(path)s or one of its descendants: a range in "C" collation, no LIKE.
+IN_SUBTREE = sql.SQL("(path = %(path)s OR (path >= %(path)s || '/' AND path < %(path)s || '0'))")
 
 
 def file_type(path: str) -> str:
@@ -92,11 +95,6 @@ def guess_mimetype(path: str) -> str | None:
 def file_mimetype(path: str) -> str | None:
     """The stored mimetype of a file at ``path`` (notebook models have none)."""
     return None if path.endswith(".ipynb") else guess_mimetype(path)
-
-
-def _subtree() -> sql.Composable:
-    """``path`` is %(path)s or one of its descendants: a range in "C" collation, no LIKE."""
-    return sql.SQL("(path = %(path)s OR (path >= %(path)s || '/' AND path < %(path)s || '0'))")
 
 
 def _human(size: int) -> str:
@@ -187,6 +185,30 @@ async def list_children(conn: Connection, workspace_id: uuid.UUID, parent: str) 
     return await cur.fetchall()
 
 
+async def subtree(conn: Connection, workspace_id: uuid.UUID, path: str) -> AsyncIterator[TreeRow]:
+    """The item at ``path`` and everything under it ('': the whole workspace), in path order: a
+    row per part of each file's content, so that no file is ever whole in memory.
+
+    A server-side cursor reads a few parts at a time: ``conn`` must be in a transaction, and
+    is busy until the iteration ends.
+    """
+    async with conn.cursor(name="subtree") as cursor:
+        cursor.itersize = 16  # parts are up to 1 MB: a few at a time in memory
+        await cursor.execute(
+            sql.SQL(
+                """SELECT i.path, i.type, i.size, i.last_modified, p.data
+                   FROM workspace_items i
+                   LEFT JOIN content_parts p ON p.content_id = i.content_id
+                   WHERE i.workspace_id = %(ws)s AND (%(path)s = '' OR {subtree})
+                   ORDER BY i.path, p.seq"""
+            ).format(subtree=IN_SUBTREE),
+            {"ws": workspace_id, "path": path},
+            binary=True,  # bytea as is, not as hex text
+        )
+        async for row in cursor:
+            yield cast(TreeRow, row)
+
+
 # --- writing -------------------------------------------------------------------------------
 
 
@@ -213,7 +235,7 @@ async def _current(conn: Connection, workspace_id: uuid.UUID, path: str) -> Item
     return cast(ItemRow | None, await cur.fetchone())
 
 
-async def _replaceable(conn: Connection, workspace_id: uuid.UUID, path: str) -> ItemRow | None:
+async def replaceable(conn: Connection, workspace_id: uuid.UUID, path: str) -> ItemRow | None:
     """The file a write to ``path`` replaces (locked), None if new; refuses directories."""
     await _require_directory(conn, workspace_id, paths.split(path)[0])
     old = await _current(conn, workspace_id, path)
@@ -230,7 +252,7 @@ def _refuse_directory(old: ItemRow | None, path: str) -> None:
 async def lock_for_write(
     conn: Connection, workspace_id: uuid.UUID, path: str
 ) -> tuple[int, ItemRow | None]:
-    """``lock_workspace`` and ``_replaceable`` at once: ``(bytes_used, file replaced)``.
+    """``lock_workspace`` and ``replaceable`` at once: ``(bytes_used, file replaced)``.
 
     The three statements are sent before any result is read, so in a pipelined transaction
     they cost one round trip (every save pays this). Locks are taken in the usual order:
@@ -254,7 +276,7 @@ async def lock_for_write(
     return int(locked["bytes_used"]), old
 
 
-def _check_if_match(old: ItemRow | None, if_match: Sequence[str] | None, path: str) -> None:
+def check_if_match(old: ItemRow | None, if_match: Sequence[str] | None, path: str) -> None:
     """``EditConflict`` unless the stored file's sha256 is one of the client's entity tags."""
     if if_match is None:
         return
@@ -269,7 +291,7 @@ def _check_if_match(old: ItemRow | None, if_match: Sequence[str] | None, path: s
     raise EditConflict(msg)
 
 
-def _check_quota(bytes_used: int, delta: int, quota: int, path: str) -> None:
+def check_quota(bytes_used: int, delta: int, quota: int, path: str) -> None:
     """``QuotaExceeded`` if growing the workspace by ``delta`` bytes takes it over ``quota``."""
     if quota > 0 and delta > 0 and bytes_used + delta > quota:
         msg = (
@@ -279,10 +301,10 @@ def _check_quota(bytes_used: int, delta: int, quota: int, path: str) -> None:
         raise QuotaExceeded(msg)
 
 
-async def _check_growth(
+async def check_growth(
     conn: Connection, workspace_id: uuid.UUID, before: int, quota: int, path: str
 ) -> None:
-    """``_check_quota`` of what this transaction's writes stored, once they are done.
+    """``check_quota`` of what this transaction's writes stored, once they are done.
 
     Called after a write, with ``before`` the ``bytes_used`` read when the workspace was
     locked: only then is it known whether the content a write replaced is released or still
@@ -293,7 +315,7 @@ async def _check_growth(
     cur = await conn.execute("SELECT bytes_used FROM workspaces WHERE id = %s", [workspace_id])
     row = await cur.fetchone()
     assert row is not None  # noqa: S101 (the workspace is locked)
-    _check_quota(before, int(row["bytes_used"]) - before, quota, path)
+    check_quota(before, int(row["bytes_used"]) - before, quota, path)
 
 
 def check_size(size: int, max_size: int, path: str) -> None:
@@ -314,7 +336,7 @@ async def _check_moved_paths_fit(
         sql.SQL(
             """SELECT coalesce(max(octet_length(path)), 0) AS longest FROM workspace_items
                WHERE workspace_id = %(ws)s AND {subtree}"""
-        ).format(subtree=_subtree()),
+        ).format(subtree=IN_SUBTREE),
         {"ws": workspace_id, "path": path},
     )
     row = await cur.fetchone()
@@ -327,7 +349,7 @@ async def _check_moved_paths_fit(
         raise InvalidInput(msg)
 
 
-async def _upsert(
+async def upsert(
     conn: Connection,
     workspace_id: uuid.UUID,
     path: str,
@@ -375,7 +397,7 @@ async def _upsert(
 
 
 async def _touch(conn: Connection, workspace_id: uuid.UUID, path: str) -> ItemRow:
-    """Mark the file at ``path`` as saved now, as ``_upsert`` dates a write."""
+    """Mark the file at ``path`` as saved now, as ``upsert`` dates a write."""
     cur = await conn.execute(
         sql.SQL(
             """UPDATE workspace_items
@@ -386,19 +408,6 @@ async def _touch(conn: Connection, workspace_id: uuid.UUID, path: str) -> ItemRo
         [workspace_id, path],
     )
     return cast(ItemRow, await cur.fetchone())
-
-
-async def _ensure_checkpoint(conn: Connection, workspace_id: uuid.UUID, path: str) -> None:
-    """Checkpoint the file at ``path`` unless it has a checkpoint already."""
-    await conn.execute(
-        """INSERT INTO checkpoints (workspace_id, path, type, content_id, size, sha256,
-                                    last_modified)
-           SELECT workspace_id, path, type, content_id, size, sha256, last_modified
-           FROM workspace_items WHERE workspace_id = %(ws)s AND path = %(path)s
-             AND NOT EXISTS (SELECT FROM checkpoints
-                             WHERE workspace_id = %(ws)s AND path = %(path)s)""",
-        {"ws": workspace_id, "path": path},
-    )
 
 
 async def store_content(conn: Connection, workspace_id: uuid.UUID, data: bytes) -> None:
@@ -424,18 +433,16 @@ async def write_file(
     *,
     quota: int,
     if_match: Sequence[str] | None = None,
-    checkpoint_if_none: bool = False,
 ) -> ItemRow:
     """Create or replace the file at ``path``; its parent directory must exist.
 
     ``if_match``: the client's entity tags (sha256 hex, or '*'); the file is written only if the
-    stored one matches, checked under the row lock. ``checkpoint_if_none``: make a first
-    checkpoint of the new content if the file has none (Jupyter does so for notebooks).
+    stored one matches, checked under the row lock.
     """
     bytes_used, old = await lock_for_write(conn, workspace_id, path)
-    _check_if_match(old, if_match, path)
+    check_if_match(old, if_match, path)
     delta = len(content) - (old["size"] if old else 0)
-    _check_quota(bytes_used, delta, quota, path)
+    check_quota(bytes_used, delta, quota, path)
     if old is not None and old["sha256"] == sha256:
         # The same bytes again (a save with no change): a new date, and no content rewritten.
         row = await _touch(conn, workspace_id, path)
@@ -443,7 +450,7 @@ async def write_file(
         # Nothing here waits for an answer until the upsert's row: in a pipelined transaction,
         # the parts and the file travel together.
         await store_content(conn, workspace_id, content)
-        row = await _upsert(
+        row = await upsert(
             conn,
             workspace_id,
             path,
@@ -454,9 +461,7 @@ async def write_file(
             {"size": len(content), "sha256": sha256},
         )
         # The replaced content stays stored if a checkpoint or a copy keeps it.
-        await _check_growth(conn, workspace_id, bytes_used, quota, path)
-    if checkpoint_if_none:
-        await _ensure_checkpoint(conn, workspace_id, path)
+        await check_growth(conn, workspace_id, bytes_used, quota, path)
     return row
 
 
@@ -499,199 +504,6 @@ async def make_directories(conn: Connection, workspace_id: uuid.UUID, path: str)
     return made
 
 
-# --- chunked uploads -----------------------------------------------------------------------
-
-
-class UploadState(TypedDict):
-    """An upload in progress: its content (chunk n is part n), the bytes and last chunk so far,
-    how many chunk writes it has had (any replica's), and the bytes of the chunk being sent
-    again (0 if it is new)."""
-
-    content_id: int
-    received: int
-    last: int
-    writes: int
-    replaced: int
-
-
-class UploadDigests:
-    """Running SHA-256 of the uploads this process received every chunk of, in order.
-
-    With it, the last chunk of an upload needs no second read of the file. An entry is trusted
-    only while the upload's write count in PostgreSQL matches the chunks it has seen: a chunk
-    sent to another replica, sent twice, or out of order drops it, and the digest is read
-    from the stored parts instead.
-    """
-
-    def __init__(self, size: int = 64) -> None:
-        self.size = size
-        self._running: dict[int, tuple[int, int, Any]] = {}  # content id: (seq, writes, hash)
-
-    def chunk_stored(self, content_id: int, seq: int, writes: int, data: bytes) -> None:
-        """Note a committed chunk."""
-        entry = self._running.pop(content_id, None)
-        if seq == 1 and writes == 1:
-            running = hashlib.sha256()
-        elif entry is not None and entry[:2] == (seq - 1, writes - 1):
-            running = entry[2]
-        else:
-            return
-        running.update(data)
-        if len(self._running) >= self.size:
-            del self._running[next(iter(self._running))]  # the oldest
-        self._running[content_id] = (seq, writes, running)
-
-    def finish(self, upload: UploadState, data: bytes) -> bytes | None:
-        """The digest of the upload with its last chunk ``data``, if every chunk was seen."""
-        entry = self._running.pop(upload["content_id"], None)
-        if entry is None or entry[:2] != (upload["last"], upload["writes"]):
-            return None
-        running = entry[2]
-        running.update(data)
-        return cast(bytes, running.digest())
-
-
-async def _upload_state(
-    conn: Connection, workspace_id: uuid.UUID, path: str, *, besides: int = 0
-) -> UploadState | None:
-    """The upload in progress to ``path`` (its chunks but chunk ``besides``), or None."""
-    cur = await conn.execute(
-        """SELECT u.content_id, u.writes,
-                  coalesce(sum(octet_length(p.data)) FILTER (WHERE p.seq <> %(besides)s), 0)
-                      AS received,
-                  coalesce(sum(octet_length(p.data)) FILTER (WHERE p.seq = %(besides)s), 0)
-                      AS replaced,
-                  coalesce(max(p.seq), 0) AS last
-           FROM uploads u LEFT JOIN content_parts p ON p.content_id = u.content_id
-           WHERE u.workspace_id = %(ws)s AND u.path = %(path)s
-           GROUP BY u.content_id, u.writes""",
-        {"ws": workspace_id, "path": path, "besides": besides},
-    )
-    row = await cur.fetchone()
-    if row is None:
-        return None
-    return {
-        "content_id": int(row["content_id"]),
-        "received": int(row["received"]),
-        "last": int(row["last"]),
-        "writes": int(row["writes"]),
-        "replaced": int(row["replaced"]),
-    }
-
-
-async def append_chunk(
-    conn: Connection,
-    workspace_id: uuid.UUID,
-    path: str,
-    chunk: int,
-    data: bytes,
-    *,
-    max_size: int,
-    quota: int,
-    if_match: Sequence[str] | None = None,
-) -> tuple[int, int, int]:
-    """Store chunk ``chunk`` (1, 2, ...) of an upload to ``path``; return the upload's content
-    id, its write count and the bytes received.
-
-    Chunk 1 starts the upload over; a chunk sent again replaces itself. The size limit and the
-    quota are checked as chunks arrive (``TooLarge``; the caller then drops the upload with
-    ``discard_upload``). The stored file is untouched until ``finish_upload``.
-    """
-    bytes_used, old = await lock_for_write(conn, workspace_id, path)
-    if chunk == 1:
-        _check_if_match(old, if_match, path)
-        # This path's previous upload, and abandoned ones, go (with their parts: triggers).
-        await conn.execute(
-            """DELETE FROM uploads WHERE workspace_id = %(ws)s AND (path = %(path)s
-               OR updated < now() - make_interval(secs => %(idle)s))""",
-            {"ws": workspace_id, "path": path, "idle": UPLOAD_EXPIRY_SECONDS},
-        )
-        bytes_used = await lock_workspace(conn, workspace_id)  # less what those held
-        received = replaced = 0
-    else:
-        upload = await _upload_state(conn, workspace_id, path, besides=chunk)
-        if upload is None:
-            msg = f"No upload to {path} is in progress: send chunk 1 first."
-            raise InvalidInput(msg)
-        received, replaced = upload["received"], upload["replaced"]
-    total = received + len(data)
-    check_size(total, max_size, path)
-    # bytes_used holds every upload in progress (unfinished uploads cannot fill the database)
-    # and the file this one replaces, counted as gone: it is, once the upload finishes.
-    _check_quota(bytes_used - (old["size"] if old else 0), len(data) - replaced, quota, path)
-    cur = await conn.execute(
-        """INSERT INTO uploads (workspace_id, path, content_id)
-           VALUES (%(ws)s, %(path)s, nextval('content_ids'))
-           ON CONFLICT (workspace_id, path)
-           DO UPDATE SET updated = clock_timestamp(), writes = uploads.writes + 1
-           RETURNING content_id, writes""",
-        {"ws": workspace_id, "path": path},
-    )
-    await conn.execute(
-        """INSERT INTO content_parts (content_id, seq, data, workspace_id)
-           VALUES ((SELECT content_id FROM uploads WHERE workspace_id = %(ws)s AND path = %(path)s),
-                   %(seq)s, %(data)s, %(ws)s)
-           ON CONFLICT (content_id, seq) DO UPDATE SET data = excluded.data""",
-        {"ws": workspace_id, "path": path, "seq": chunk, "data": data},
-    )
-    row = await cur.fetchone()
-    assert row is not None  # noqa: S101 (inserted or updated above)
-    return int(row["content_id"]), int(row["writes"]), total
-
-
-async def finish_upload(
-    conn: Connection,
-    workspace_id: uuid.UUID,
-    path: str,
-    data: bytes,
-    *,
-    max_size: int,
-    quota: int,
-    if_match: Sequence[str] | None = None,
-    digests: UploadDigests,
-) -> ItemRow:
-    """Store the last chunk of an upload to ``path``, and make the upload the file's content.
-
-    No bytes are copied: the chunks are the content's parts. A last chunk with no upload in
-    progress is a whole file.
-    """
-    bytes_used, old = await lock_for_write(conn, workspace_id, path)
-    _check_if_match(old, if_match, path)
-    upload = await _upload_state(conn, workspace_id, path)
-    received = 0 if upload is None else upload["received"]
-    total = received + len(data)
-    check_size(total, max_size, path)
-    # The chunks received are in bytes_used already; the replaced file may be released.
-    _check_quota(bytes_used - (old["size"] if old else 0), len(data), quota, path)
-    content: sql.Composable
-    if upload is None:
-        await store_content(conn, workspace_id, data)
-        content = sql.SQL("currval('content_ids')")
-        digest = await sha256_of(data)
-    else:
-        await conn.execute(
-            """INSERT INTO content_parts (content_id, seq, data, workspace_id)
-               VALUES (%s, %s, %s, %s)""",
-            [upload["content_id"], upload["last"] + 1, data, workspace_id],
-        )
-        content = sql.Literal(upload["content_id"])
-        digest = digests.finish(upload, data) or await content_digest(conn, upload["content_id"])
-    row = await _upsert(
-        conn,
-        workspace_id,
-        path,
-        sql.SQL(
-            "SELECT {content}::bigint AS content_id, %(size)s::bigint AS size, "
-            "%(sha256)s::bytea AS sha256"
-        ).format(content=content),
-        {"size": total, "sha256": digest},
-    )
-    # After the upsert: the file holds the content now, so the upload's end keeps its parts.
-    await discard_upload(conn, workspace_id, path)
-    await _check_growth(conn, workspace_id, bytes_used, quota, path)
-    return row
-
-
 async def sha256_of(data: bytes) -> bytes:
     """The SHA-256 of ``data``; off the event loop when large (1 MB hashes in ~1 ms)."""
     if len(data) > _THREAD_THRESHOLD:
@@ -701,35 +513,6 @@ async def sha256_of(data: bytes) -> bytes:
 
 def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
-
-
-async def content_digest(conn: Connection, content_id: int) -> bytes:
-    """The SHA-256 of a stored content, read a few parts at a time (off the event loop)."""
-    digest = hashlib.sha256()
-    seq = 0
-    while True:
-        cur = await conn.execute(
-            """SELECT seq, data FROM content_parts WHERE content_id = %s AND seq > %s
-               ORDER BY seq LIMIT 16""",
-            [content_id, seq],
-            binary=True,
-        )
-        rows = await cur.fetchall()
-        if not rows:
-            return digest.digest()
-        for row in rows:
-            await asyncio.to_thread(digest.update, row["data"])
-        seq = rows[-1]["seq"]
-
-
-async def discard_upload(conn: Connection, workspace_id: uuid.UUID, path: str) -> None:
-    """Drop the upload to ``path``, if any (its parts go with it unless the file has them)."""
-    # Releasing parts updates bytes_used: the workspace is locked first, as by every writer,
-    # so that this and another write never wait on each other's locks in opposite orders.
-    await lock_workspace(conn, workspace_id)
-    await conn.execute(
-        "DELETE FROM uploads WHERE workspace_id = %s AND path = %s", [workspace_id, path]
-    )
 
 
 # --- deleting, renaming, copying -----------------------------------------------------------
@@ -744,7 +527,7 @@ async def delete_item(conn: Connection, workspace_id: uuid.UUID, path: str) -> N
             """WITH gone AS (DELETE FROM workspace_items
                              WHERE workspace_id = %(ws)s AND {subtree} RETURNING 1)
                SELECT count(*) AS n FROM gone"""
-        ).format(subtree=_subtree()),
+        ).format(subtree=IN_SUBTREE),
         params,
     )
     row = await cur.fetchone()
@@ -755,7 +538,7 @@ async def delete_item(conn: Connection, workspace_id: uuid.UUID, path: str) -> N
     for table in ("checkpoints", "uploads"):
         await conn.execute(
             sql.SQL("DELETE FROM {table} WHERE workspace_id = %(ws)s AND {subtree}").format(
-                table=sql.Identifier(table), subtree=_subtree()
+                table=sql.Identifier(table), subtree=IN_SUBTREE
             ),
             params,
         )
@@ -802,7 +585,7 @@ async def rename_item(
                    type = CASE WHEN path = %(path)s THEN %(new_type)s ELSE type END,
                    mimetype = CASE WHEN path = %(path)s THEN %(new_mimetype)s ELSE mimetype END
                WHERE workspace_id = %(ws)s AND {subtree}"""
-        ).format(subtree=_subtree()),
+        ).format(subtree=IN_SUBTREE),
         params,
     )
     for table in ("checkpoints", "uploads"):
@@ -810,7 +593,7 @@ async def rename_item(
             sql.SQL(
                 """UPDATE {table} SET path = %(new)s || substr(path, length(%(path)s) + 1)
                    WHERE workspace_id = %(ws)s AND {subtree}"""
-            ).format(table=sql.Identifier(table), subtree=_subtree()),
+            ).format(table=sql.Identifier(table), subtree=IN_SUBTREE),
             params,
         )
 
@@ -828,8 +611,8 @@ async def copy_item(
         msg = f"No such file or directory: {from_path}"
         raise NotFound(msg)
     if kind != "directory":
-        await _replaceable(conn, workspace_id, to_path)
-        row = await _upsert(
+        await replaceable(conn, workspace_id, to_path)
+        row = await upsert(
             conn,
             workspace_id,
             to_path,
@@ -839,7 +622,7 @@ async def copy_item(
             ),
             {"from": from_path},
         )
-        await _check_growth(conn, workspace_id, bytes_used, quota, to_path)
+        await check_growth(conn, workspace_id, bytes_used, quota, to_path)
         return row
 
     to_parent, to_name = paths.split(to_path)
@@ -866,195 +649,10 @@ async def copy_item(
                       CASE WHEN path = %(path)s THEN %(to_name)s ELSE name END,
                       type, content_id, size, sha256, mimetype
                FROM workspace_items WHERE workspace_id = %(ws)s AND {subtree}"""
-        ).format(subtree=_subtree()),
+        ).format(subtree=IN_SUBTREE),
         params,
     )
-    await _check_growth(conn, workspace_id, bytes_used, quota, to_path)
+    await check_growth(conn, workspace_id, bytes_used, quota, to_path)
     copied = await _current(conn, workspace_id, to_path)
     assert copied is not None  # noqa: S101 (inserted above)
     return copied
-
-
-# --- checkpoints ---------------------------------------------------------------------------
-
-
-def _checkpoint_id(checkpoint_id: str, path: str) -> int:
-    """The row id of a checkpoint id given by a client; ``NotFound`` if it cannot be one."""
-    if checkpoint_id.isascii() and checkpoint_id.isdigit() and len(checkpoint_id) < 19:
-        return int(checkpoint_id)
-    msg = f"Checkpoint does not exist: {path}@{checkpoint_id}"
-    raise NotFound(msg)
-
-
-async def create_checkpoint(
-    conn: Connection, workspace_id: uuid.UUID, path: str, *, keep: int
-) -> CheckpointRow:
-    """Checkpoint the file at ``path``, keeping its newest ``keep`` checkpoints.
-
-    When the newest checkpoint already holds the same bytes, it is returned instead.
-    """
-    await lock_workspace(conn, workspace_id)
-    cur = await conn.execute(
-        "SELECT type, sha256 FROM workspace_items WHERE workspace_id = %s AND path = %s",
-        [workspace_id, path],
-    )
-    item = await cur.fetchone()
-    if item is None:
-        msg = f"No such file: {path}"
-        raise NotFound(msg)
-    if item["type"] == "directory":
-        msg = f"{path} is a directory; only files have checkpoints."
-        raise InvalidInput(msg)
-    params = {"ws": workspace_id, "path": path, "keep": keep}
-    cur = await conn.execute(
-        """SELECT id, sha256, last_modified FROM checkpoints
-           WHERE workspace_id = %(ws)s AND path = %(path)s ORDER BY id DESC LIMIT 1""",
-        params,
-    )
-    newest = await cur.fetchone()
-    if newest is not None and newest["sha256"] == item["sha256"]:
-        return {"id": newest["id"], "last_modified": newest["last_modified"]}
-    cur = await conn.execute(
-        """INSERT INTO checkpoints (workspace_id, path, type, content_id, size, sha256,
-                                    last_modified)
-           SELECT workspace_id, path, type, content_id, size, sha256, last_modified
-           FROM workspace_items WHERE workspace_id = %(ws)s AND path = %(path)s
-           RETURNING id, last_modified""",
-        params,
-    )
-    created = cast(CheckpointRow, await cur.fetchone())
-    await conn.execute(
-        """DELETE FROM checkpoints WHERE workspace_id = %(ws)s AND path = %(path)s
-           AND id NOT IN (SELECT id FROM checkpoints WHERE workspace_id = %(ws)s
-                          AND path = %(path)s ORDER BY id DESC LIMIT %(keep)s)""",
-        params,
-    )
-    return created
-
-
-async def list_checkpoints(
-    conn: Connection, workspace_id: uuid.UUID, path: str
-) -> list[CheckpointRow]:
-    """The checkpoints of ``path``, oldest first (JupyterLab restores the last one)."""
-    cur = await conn.execute(
-        """SELECT id, last_modified FROM checkpoints
-           WHERE workspace_id = %s AND path = %s ORDER BY id""",
-        [workspace_id, path],
-    )
-    return cast(list[CheckpointRow], await cur.fetchall())
-
-
-async def restore_checkpoint(
-    conn: Connection, workspace_id: uuid.UUID, path: str, checkpoint_id: str, *, quota: int
-) -> ItemRow:
-    """Write a checkpoint's content back to ``path`` (recreating the file if it was deleted)."""
-    cp_id = _checkpoint_id(checkpoint_id, path)
-    bytes_used = await lock_workspace(conn, workspace_id)
-    cur = await conn.execute(
-        """SELECT size FROM checkpoints WHERE id = %s AND workspace_id = %s AND path = %s""",
-        [cp_id, workspace_id, path],
-    )
-    checkpoint = await cur.fetchone()
-    if checkpoint is None:
-        msg = f"Checkpoint does not exist: {path}@{checkpoint_id}"
-        raise NotFound(msg)
-    await _replaceable(conn, workspace_id, path)
-    row = await _upsert(
-        conn,
-        workspace_id,
-        path,
-        sql.SQL("SELECT content_id, size, sha256 FROM checkpoints WHERE id = %(id)s"),
-        {"id": cp_id},
-    )
-    # The checkpoint's content is shared, not copied: this can only release bytes.
-    await _check_growth(conn, workspace_id, bytes_used, quota, path)
-    return row
-
-
-async def delete_checkpoint(
-    conn: Connection, workspace_id: uuid.UUID, path: str, checkpoint_id: str
-) -> None:
-    """Delete one checkpoint of ``path``; ``NotFound`` if it has no such checkpoint."""
-    await lock_workspace(conn, workspace_id)  # as discard_upload: its content may be released
-    cur = await conn.execute(
-        "DELETE FROM checkpoints WHERE id = %s AND workspace_id = %s AND path = %s",
-        [_checkpoint_id(checkpoint_id, path), workspace_id, path],
-    )
-    if cur.rowcount == 0:
-        msg = f"Checkpoint does not exist: {path}@{checkpoint_id}"
-        raise NotFound(msg)
-
-
-async def rename_checkpoints(
-    conn: Connection,
-    workspace_id: uuid.UUID,
-    old_path: str,
-    new_path: str,
-    checkpoint_id: str | None = None,
-) -> None:
-    """Move the checkpoints of ``old_path`` (or only ``checkpoint_id``) to ``new_path``."""
-    query = "UPDATE checkpoints SET path = %s WHERE workspace_id = %s AND path = %s"
-    params: list[Any] = [new_path, workspace_id, old_path]
-    if checkpoint_id is not None:
-        query += " AND id = %s"
-        params.append(_checkpoint_id(checkpoint_id, old_path))
-    await conn.execute(query, params)
-
-
-async def delete_checkpoints(conn: Connection, workspace_id: uuid.UUID, path: str) -> None:
-    """Delete every checkpoint of ``path`` and of anything under it."""
-    await lock_workspace(conn, workspace_id)  # as discard_upload: contents may be released
-    await conn.execute(
-        sql.SQL("DELETE FROM checkpoints WHERE workspace_id = %(ws)s AND {subtree}").format(
-            subtree=_subtree()
-        ),
-        {"ws": workspace_id, "path": path},
-    )
-
-
-# --- standalone mode -----------------------------------------------------------------------
-
-
-def resolve_workspace(conn: psycopg.Connection[Any], workspace: str) -> uuid.UUID:
-    """The id of the workspace a standalone server serves (synchronous: used at start-up).
-
-    ``workspace`` is the id of an existing workspace, or a name: the workspace of that name
-    owned by the user ``STANDALONE_OWNER``, both made if missing. That user's password hash
-    '!' matches no password, so it can never log in.
-    """
-    try:
-        workspace_id = uuid.UUID(workspace)
-    except ValueError:
-        pass
-    else:
-        row = conn.execute("SELECT id FROM workspaces WHERE id = %s", [workspace_id]).fetchone()
-        if row is None:
-            msg = f"No workspace has the id {workspace_id}."
-            raise NotFound(msg)
-        return workspace_id
-
-    with conn.transaction():
-        conn.execute(
-            "INSERT INTO users (username, password_hash) VALUES (%s, '!') ON CONFLICT DO NOTHING",
-            [STANDALONE_OWNER],
-        )
-        # The lock serialises servers starting at once, so they make one workspace, not two.
-        owner = conn.execute(
-            "SELECT id FROM users WHERE lower(username) = %s FOR UPDATE", [STANDALONE_OWNER]
-        ).fetchone()
-        assert owner is not None  # noqa: S101 (inserted above)
-        found = conn.execute(
-            "SELECT id FROM workspaces WHERE owner_id = %s AND name = %s ORDER BY created_at",
-            [owner[0], workspace],
-        ).fetchone()
-        if found is None:
-            try:
-                found = conn.execute(
-                    "INSERT INTO workspaces (owner_id, name) VALUES (%s, %s) RETURNING id",
-                    [owner[0], workspace],
-                ).fetchone()
-            except psycopg.errors.CheckViolation as e:
-                msg = f"Invalid workspace name {workspace!r}: 1 to 100 characters, no controls."
-                raise InvalidInput(msg) from e
-        assert found is not None  # noqa: S101 (inserted above)
-        return cast(uuid.UUID, found[0])

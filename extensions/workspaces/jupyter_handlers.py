@@ -26,6 +26,7 @@ from extensions.accounts.identity import PlatformUser
 from extensions.workspaces.manager import Workspaces, is_user_action
 from platform_server.errors import DomainError, PlatformError
 from platform_server.handlers import (
+    WORKSPACE_ROUTE,
     PlatformAuthErrors,
     default_reason,
     parse_json_object,
@@ -33,7 +34,6 @@ from platform_server.handlers import (
     write_json_error,
 )
 
-WORKSPACE = r"/w/(?P<workspace>[^/]+)"
 CHECKPOINT_ID = r"(?P<checkpoint_id>[\w-]+)"
 # Types a browser would run as code: always downloaded, never rendered on the platform's origin.
 ACTIVE_TYPES = frozenset(
@@ -68,7 +68,7 @@ class WorkspaceBound(PlatformAuthErrors, JupyterHandler):
 
     async def prepare(self) -> None:  # type: ignore[override]
         """Authenticate, then 404 unless the caller owns the URL's workspace."""
-        raw_id = self.path_kwargs.pop("workspace")
+        raw_id = self.path_kwargs.pop("workspace_id")
         await super().prepare()
         user = self.current_user
         if not isinstance(user, PlatformUser):
@@ -168,11 +168,11 @@ class WorkspaceFilesHandler(WorkspaceBound, FilesHandler):
 def workspace_routes() -> list[tuple[str, Any]]:
     """The per-workspace Jupyter routes, most specific first."""
     return [
-        (rf"{WORKSPACE}/api/contents{path_regex}/checkpoints", WorkspaceCheckpointsHandler),
+        (rf"{WORKSPACE_ROUTE}/api/contents{path_regex}/checkpoints", WorkspaceCheckpointsHandler),
         (
-            rf"{WORKSPACE}/api/contents{path_regex}/checkpoints/{CHECKPOINT_ID}",
+            rf"{WORKSPACE_ROUTE}/api/contents{path_regex}/checkpoints/{CHECKPOINT_ID}",
             WorkspaceModifyCheckpointsHandler,
         ),
-        (rf"{WORKSPACE}/api/contents{path_regex}", WorkspaceContentsHandler),
-        (rf"{WORKSPACE}/files/(?P<path>.*)", WorkspaceFilesHandler),
+        (rf"{WORKSPACE_ROUTE}/api/contents{path_regex}", WorkspaceContentsHandler),
+        (rf"{WORKSPACE_ROUTE}/files/(?P<path>.*)", WorkspaceFilesHandler),
     ]

