@@ -18,12 +18,20 @@ from jupyter_events import EventLogger
 from jupyter_server import DEFAULT_EVENTS_SCHEMA_PATH
 from jupyter_server.base.call_context import CallContext
 from jupyter_server.services.contents.manager import AsyncContentsManager, copy_pat
-from nbformat import NotebookNode, sign
+from nbformat import sign
 from tornado.web import RequestHandler
 from traitlets import Instance, Integer, List, TraitError, Unicode, default
 from traitlets.config import Configurable
 
-from extensions.workspaces import checkpoint_store, events, items, paths, standalone, uploads
+from extensions.workspaces import (
+    checkpoint_store,
+    events,
+    items,
+    notebooks,
+    paths,
+    standalone,
+    uploads,
+)
 from extensions.workspaces.api_edge import (
     api_path,
     bound_workspace,
@@ -35,9 +43,6 @@ from platform_server.db import Connection, Database
 from platform_server.db.migrate import apply_migrations
 from platform_server.errors import DomainError, PlatformError, TooLarge
 
-# The deepest nesting of lists and objects in a saved notebook: nbformat, the notary and
-# jsonschema recurse, and a RecursionError while signing empties jupyter's signature store.
-MAX_NOTEBOOK_DEPTH = 100
 # The largest chunk number of an upload (chunk numbers are PostgreSQL integers).
 MAX_CHUNK = 2**31 - 1
 # The running digests of chunked uploads received by this process.
@@ -50,91 +55,6 @@ def _hidden_by_globs(globs: tuple[str, ...]) -> re.Pattern[str] | None:
     if not globs:
         return None
     return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs))
-
-
-def _notebook_bytes(nb: NotebookNode, validation_error: dict[str, Any]) -> bytes:
-    """Serialise a notebook exactly as Jupyter writes it to disk (validating it on the way)."""
-    text: str = nbformat.writes(  # type: ignore[no-untyped-call]
-        nb, version=nbformat.NO_CONVERT, capture_validation_error=validation_error
-    )
-    if not text.endswith("\n"):
-        text += "\n"
-    return text.encode("utf-8")
-
-
-def _read_notebook(data: bytes, path: str, validation_error: dict[str, Any]) -> NotebookNode:
-    """Parse stored notebook bytes as Jupyter does; a 400 error when they are no notebook."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        msg = f"{path} is not UTF-8 encoded"
-        raise PlatformError(400, msg, reason="bad format") from None
-    try:
-        nb: NotebookNode = nbformat.reads(  # type: ignore[no-untyped-call]
-            text, as_version=4, capture_validation_error=validation_error
-        )
-    except Exception as e:
-        msg = f"Unreadable Notebook: {path} {e!r}"
-        raise PlatformError(400, msg) from e
-    return nb
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _nested_deeper_than(value: Any, limit: int) -> bool:
-    """Whether JSON ``value`` nests lists and objects more than ``limit`` levels deep
-    (measured without recursion: that is what it protects against)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
-
-
-def _notebook_shape_problem(content: Any) -> str | None:
-    """What keeps ``content`` from being signed and written as an nbformat 4 notebook, or None.
-
-    Checked before signing: the notary reads cells, metadata and outputs without checks, and
-    jupyter_server's ``check_and_sign`` takes any error there for a broken signature store
-    (which it then empties). The schema itself is checked later, as Jupyter does (a notebook
-    that fails it is saved, with a validation message).
-    """
-    if not isinstance(content, dict):
-        return "it must be a JSON object"
-    if _nested_deeper_than(content, MAX_NOTEBOOK_DEPTH):
-        return f"it is nested more than {MAX_NOTEBOOK_DEPTH} levels deep"
-    if content.get("nbformat") != 4 or not _is_int(content.get("nbformat")):
-        return "'nbformat' must be 4"
-    if not _is_int(content.get("nbformat_minor")):
-        return "'nbformat_minor' must be an integer"
-    if not isinstance(content.get("metadata"), dict):
-        return "'metadata' must be an object"
-    cells = content.get("cells")
-    if not isinstance(cells, list):
-        return "'cells' must be a list"
-    for cell in cells:
-        if not isinstance(cell, dict) or not isinstance(cell.get("cell_type"), str):
-            return "every cell must be an object with a 'cell_type'"
-        if not isinstance(cell.get("metadata"), dict):
-            return "every cell must have a 'metadata' object"
-        if cell["cell_type"] == "code":
-            outputs = cell.get("outputs")
-            if not isinstance(outputs, list) or not all(
-                isinstance(output, dict) and isinstance(output.get("output_type"), str)
-                for output in outputs
-            ):
-                return "a code cell's 'outputs' must be a list of objects with an 'output_type'"
-    return None
 
 
 @functools.cache
@@ -480,7 +400,7 @@ class PostgresContentsManager(AsyncContentsManager):
         if data is not None:
             if kind == "notebook":
                 validation_error: dict[str, Any] = {}
-                nb = await asyncio.to_thread(_read_notebook, data, path, validation_error)
+                nb = await asyncio.to_thread(notebooks.read, data, path, validation_error)
                 self.mark_trusted_cells(nb, path)  # type: ignore[no-untyped-call]
                 model["content"] = nb
                 model["format"] = "json"
@@ -623,7 +543,7 @@ class PostgresContentsManager(AsyncContentsManager):
 
     async def _notebook_content(self, content: Any, path: str) -> tuple[bytes, str | None]:
         """A notebook's bytes (as Jupyter writes them) and its validation message, if any."""
-        problem = _notebook_shape_problem(content)
+        problem = notebooks.shape_problem(content)
         if problem is not None:
             msg = f"The content of the notebook {path} is not a notebook: {problem}."
             raise PlatformError(400, msg, reason="invalid_notebook")
@@ -631,7 +551,7 @@ class PostgresContentsManager(AsyncContentsManager):
         self.check_and_sign(nb, path)  # type: ignore[no-untyped-call]
         validation_error: dict[str, Any] = {}
         try:
-            data = await asyncio.to_thread(_notebook_bytes, nb, validation_error)
+            data = await asyncio.to_thread(notebooks.to_bytes, nb, validation_error)
         except Exception as e:
             msg = f"Invalid notebook {path}: {e}"
             raise PlatformError(400, msg) from e
@@ -641,7 +561,7 @@ class PostgresContentsManager(AsyncContentsManager):
 
     async def _save_chunk(self, model: dict[str, Any], path: str, chunk: Any) -> dict[str, Any]:
         """One chunk of an upload (JupyterLab: 1, 2, ..., then -1 for the last)."""
-        if not _is_int(chunk) or chunk == 0 or chunk < -1 or chunk > MAX_CHUNK:
+        if not notebooks.is_int(chunk) or chunk == 0 or chunk < -1 or chunk > MAX_CHUNK:
             msg = f"Invalid chunk number {chunk!r}: 1, 2, ... then -1 for the last."
             raise PlatformError(400, msg, reason="invalid_chunk")
         path = self.writable_path(path, "create")
