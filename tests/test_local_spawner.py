@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import http.client
 import json
@@ -34,6 +35,8 @@ from tests.waiting import until
 
 REPO = Path(__file__).resolve().parents[1]
 STUB_AGENT = REPO / "tests" / "stub_agent" / "kernel_image"
+# This run's own cgroup parent, so that runs at once on one machine do not see each other's.
+CGROUP_PARENT = f"platform-sandboxes-test-{os.getpid()}"
 SANDBOX_VENV = REPO / ".sandbox-venv"
 TOKEN = "t0ken-for-the-local-spawner-tests"
 DISK_LIMIT = 16 << 20
@@ -74,6 +77,7 @@ def config(data_dir: Path, test_venv: Path) -> dict[str, Any]:
         "memory_reserve": "64M",
         "pids_limit": 64,
         "cpu_limit": 0.5,
+        "cgroup_parent": CGROUP_PARENT,
     }
 
 
@@ -102,10 +106,20 @@ def make_spawner(
 
 
 def sandbox_cgroups() -> set[Path]:
-    """The cgroups of this file's sandboxes (named so; other runs' are not counted)."""
+    """The cgroups of this run's sandboxes (under its own parent: other runs' are not counted)."""
     root = Path("/sys/fs/cgroup")
-    paths = [*root.glob("platform-sandboxes/*"), *root.glob("*/platform-sandboxes/*")]
-    return {p for p in paths if p.name.split("-")[0] in {"sbx", "first", "second", "detached"}}
+    paths = [*root.glob(f"{CGROUP_PARENT}/*"), *root.glob(f"*/{CGROUP_PARENT}/*")]
+    return {path for path in paths if path.is_dir()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_cgroup_parents() -> Iterator[None]:
+    """This run's cgroup parents go when the module is done (they are empty by then)."""
+    yield
+    root = Path("/sys/fs/cgroup")
+    for parent in [*root.glob(CGROUP_PARENT), *root.glob(f"*/{CGROUP_PARENT}")]:
+        with contextlib.suppress(OSError):
+            parent.rmdir()
 
 
 @pytest.fixture
