@@ -2,6 +2,9 @@
 
 The token is read once from an inherited pipe (``--token-fd N``, then closed), or else taken out
 of the environment variable ``AGENT_TOKEN``; never from argv, which ``ps`` shows. With
+``--token-on-first-contact`` the agent starts without one and the first ``PUT /api/token`` sets
+it, kept only in the agent's memory (a Kubernetes pod's environment is readable by its user code
+through its init's ``/proc/1/environ``). With
 ``--log-fd N`` the agent logs to that descriptor only, and its stdin, stdout and stderr (which
 kernels inherit) become ``/dev/null``.
 """
@@ -27,8 +30,9 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets, bind_unix_socket
 
 from kernel_image import __version__, file_handlers, files, handlers, kernel_handlers
-from kernel_image.auth import AgentHandler, ApiError
+from kernel_image.auth import AgentHandler, AgentToken, ApiError
 from kernel_image.config import AgentConfig
+from kernel_image.handlers import MIN_TOKEN_LENGTH
 from kernel_image.kernels import Kernels, KernelsConfig
 from kernel_image.lifetime import Lifetime, Limits
 from kernel_image.sync import DEFAULT_IGNORE, Ignore, SyncChannel, Watcher
@@ -39,7 +43,6 @@ from kernel_image.websocket import TerminalSocket
 log = logging.getLogger("kernel_image")
 
 TOKEN_ENV = "AGENT_TOKEN"  # noqa: S105 (the variable's name, not a secret)
-MIN_TOKEN_LENGTH = 16
 MAX_MESSAGE_BYTES = 1024 * 1024
 """The largest WebSocket message a client may send (bigger ones close the socket, 1009)."""
 PING_INTERVAL = 30.0
@@ -76,6 +79,7 @@ def make_app(
         ],
         default_handler_class=NotFoundHandler,
         agent_config=config,
+        agent_token=AgentToken(config.token),
         terminal_manager=terminals,
         sync_channel=sync_channel,
         kernels=kernels or Kernels(KernelsConfig(root=config.root)),
@@ -116,7 +120,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -s -m kernel_image",
         description="The sandbox agent: terminals, files and health over HTTP + WebSocket. "
-        f"The token comes from --token-fd, else ${TOKEN_ENV}.",
+        f"The token comes from --token-fd, else ${TOKEN_ENV}, or with --token-on-first-contact "
+        "from the first PUT /api/token.",
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket", metavar="PATH", help="bind a Unix socket (mode 0600)")
@@ -190,6 +195,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         metavar="N",
         help=f"read the token from this inherited descriptor, then close it (else ${TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--token-on-first-contact",
+        action="store_true",
+        help="start without a token: every request answers 503 until the first PUT /api/token "
+        f'{{"token": "..."}} sets it (no --token-fd, no ${TOKEN_ENV})',
     )
     parser.add_argument(
         "--log-fd",
@@ -416,7 +427,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Only the agent needs its own import path; terminals and kernels get the user's Python.
     os.environ.pop("PYTHONPATH", None)
     configure_logging(args.log_level)
-    if len(token) < MIN_TOKEN_LENGTH:
+    if args.token_on_first_contact:
+        if token or args.token_fd is not None:
+            sys.exit(
+                "kernel_image: --token-on-first-contact takes its token from PUT /api/token, "
+                f"not from --token-fd or ${TOKEN_ENV}"
+            )
+    elif len(token) < MIN_TOKEN_LENGTH:
         sys.exit(
             f"kernel_image: give a token of {MIN_TOKEN_LENGTH}+ characters "
             f"(--token-fd or ${TOKEN_ENV})"

@@ -32,6 +32,27 @@ def token_matches(header: str | None, token: str) -> bool:
     return hmac.compare_digest(value.strip().encode(), token.encode())
 
 
+class AgentToken:
+    """The agent's token, kept only in its memory: given at start, or set once by the first
+    ``PUT /api/token`` (``--token-on-first-contact``)."""
+
+    def __init__(self, value: str = "") -> None:
+        self._value = value
+
+    @property
+    def value(self) -> str:
+        """The token; empty until it is set."""
+        return self._value
+
+    def claim(self, token: str) -> bool:
+        """Set the token unless one is set; whether ``token`` is the agent's token now (the
+        same token again is no change: a retry, or another platform replica)."""
+        if not self._value:
+            self._value = token
+            return True
+        return hmac.compare_digest(token.encode(), self._value.encode())
+
+
 class AgentBase(web.RequestHandler):
     """What every agent handler shares, REST or WebSocket: the token check and JSON errors.
 
@@ -44,9 +65,19 @@ class AgentBase(web.RequestHandler):
         config: AgentConfig = self.settings["agent_config"]
         return config
 
+    @property
+    def token(self) -> AgentToken:
+        """The agent's token (shared by every handler)."""
+        token: AgentToken = self.settings["agent_token"]
+        return token
+
     def check_token(self) -> None:
-        """Raise 401 unless ``Authorization: token <t>`` matches the agent's token."""
-        if not token_matches(self.request.headers.get("Authorization"), self.config.token):
+        """Raise 401 unless ``Authorization: token <t>`` matches the agent's token, and 503
+        while the agent has no token yet (nothing runs before ``PUT /api/token``)."""
+        token = self.token.value
+        if not token:
+            raise ApiError(503, "the agent has no token yet (PUT /api/token)")
+        if not token_matches(self.request.headers.get("Authorization"), token):
             raise ApiError(401, "missing or invalid token")
         lifetime = self.settings.get("lifetime")
         if lifetime is not None:

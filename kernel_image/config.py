@@ -12,7 +12,8 @@ class AgentConfig:
     root: str
     """Real path of the folder that file paths and terminal cwds are relative to."""
     token: str
-    """The per-sandbox secret every request must carry."""
+    """The per-sandbox secret every request must carry; empty with
+    ``--token-on-first-contact`` (the first ``PUT /api/token`` sets it)."""
     max_terminals: int = 16
     scrollback_bytes: int = 256 * 1024
     max_file_bytes: int = 1024**3

@@ -1,4 +1,5 @@
-"""REST: ``/api/health`` and ``/api/terminals`` (shaped as Jupyter's terminals API)."""
+"""REST: ``/api/token`` (the hand-over), ``/api/health`` and ``/api/terminals`` (shaped as
+Jupyter's terminals API)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from kernel_image.terminals import (
 from kernel_image.timefmt import isoformat
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MIN_TOKEN_LENGTH = 16
+MAX_TOKEN_LENGTH = 1024
+TOKEN_PATTERN = re.compile(r"[!-~]+")  # visible ASCII: it travels in a header
 STARTED = time.time()
 
 
@@ -27,6 +31,34 @@ class TerminalsBase(AgentHandler):
         """The agent's terminals."""
         manager: TerminalManager = self.settings["terminal_manager"]
         return manager
+
+
+class TokenHandler(AgentHandler):
+    """``PUT /api/token`` ``{"token": "..."}``: the one request an agent without a token
+    answers. The first sets the token (204); the same token again is 204 and changes nothing
+    (a retry, another platform replica); any other token is 409 and changes nothing."""
+
+    def prepare(self) -> None:
+        """No token check: this request is how the token arrives."""
+
+    def put(self) -> None:
+        token = self.read_json_object().get("token")
+        if (
+            not isinstance(token, str)
+            or not MIN_TOKEN_LENGTH <= len(token) <= MAX_TOKEN_LENGTH
+            or not TOKEN_PATTERN.fullmatch(token)
+        ):
+            raise ApiError(
+                400,
+                f"token must be {MIN_TOKEN_LENGTH} to {MAX_TOKEN_LENGTH} visible ASCII characters",
+            )
+        if not self.token.claim(token):
+            raise ApiError(409, "the agent has another token already")
+        lifetime = self.settings.get("lifetime")
+        if lifetime is not None:
+            lifetime.heard(changes=False)
+        self.set_status(204)
+        self.finish()
 
 
 class HealthHandler(TerminalsBase):
@@ -101,6 +133,7 @@ class TerminalHandler(TerminalsBase):
 
 
 default_handlers = [
+    (r"/api/token", TokenHandler),
     (r"/api/health", HealthHandler),
     (r"/api/terminals", TerminalRootHandler),
     (r"/api/terminals/([^/]+)", TerminalHandler),

@@ -7,8 +7,9 @@ token, the verbs of an RBAC Role and the restricted Pod Security Standard on lab
 namespaces, and plays the scheduler and the kubelet: a created pod is scheduled on the one
 node (or not, if its nodeSelector does not match), its image is "pulled" (or not, for a
 registry under ``.invalid``), its Secret-backed environment resolved, and its container run
-as the real agent (``python -s -m kernel_image ...`` from the pod's args) on 127.0.0.1. Its
-readiness is a TCP connect to the agent's port, like the pod's tcpSocket probe.
+as the real agent (``python -s -m kernel_image ...`` from the pod's args, with the pod's
+environment only) on 127.0.0.1. Its readiness is a TCP connect to the agent's port, like the
+pod's tcpSocket probe; ``on_listening`` lets a test reach a pod's agent before that.
 
 Where it differs from a cluster (see docs/deployment.md): there is no isolation (the "pod"
 is a plain process of the test's user), every pod has the IP 127.0.0.1, so the fake moves
@@ -31,7 +32,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -248,6 +249,9 @@ class FakeCluster:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.server: HTTPServer | None = None
         self.port = 0
+        # Awaited with (namespace, pod name, agent port) once a pod's agent accepts a
+        # connection, before the pod is marked Ready: someone on the pod network who is first.
+        self.on_listening: Callable[[str, str, int], Awaitable[None]] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -686,6 +690,8 @@ class FakeCluster:
                 await asyncio.sleep(self.step * 2)
                 continue
             writer.close()
+            if self.on_listening is not None:
+                await self.on_listening(namespace, name, container.port)
             pod = self._pod(namespace, name)
             if pod is not None and container.process.returncode is None:
                 self._condition(pod, "ContainersReady", True)

@@ -306,6 +306,79 @@ async def test_websocket_needs_the_token(agent: Agent) -> None:
     assert missing.value.code == 404
 
 
+def first_contact_agent(tmp_path: Path) -> Agent:
+    """An agent started as in a Kubernetes pod: no token until ``PUT /api/token``."""
+    proc, root, log = start(tmp_path, "--port", "0", "--token-on-first-contact", token=None)
+    return Agent(proc, root, log, wait_listening(proc, log))
+
+
+async def test_first_contact_agent_answers_nothing_before_its_token(tmp_path: Path) -> None:
+    agent = first_contact_agent(tmp_path)
+    try:
+        for method, path in [("GET", "/api/health"), ("GET", "/api/terminals"),
+                             ("POST", "/api/terminals"), ("PUT", "/api/files/x"),
+                             ("GET", "/api/kernels"), ("POST", "/api/kernels"),
+                             ("PUT", "/api/tree"), ("GET", "/api/nowhere")]:  # fmt: skip
+            for token in (TOKEN, None):
+                response = await agent.fetch(method, path, b"{}", token=token)
+                assert response.code == 503, (method, path, response.body)
+                assert json.loads(response.body) == {
+                    "message": "the agent has no token yet (PUT /api/token)"
+                }
+        for socket_path in ("/terminals/websocket/1", "/api/sync"):
+            with pytest.raises(HTTPClientError) as refused:
+                await websocket_connect(
+                    HTTPRequest(f"ws://{agent.host}{socket_path}", headers=agent.headers())
+                )
+            assert refused.value.code == 503
+        for bad in (b"", b"[]", b"{", b'{"token": 5}', b'{"token": "short"}',
+                    json.dumps({"token": "with space " + TOKEN}).encode(),
+                    json.dumps({"token": "x" * 2000}).encode()):  # fmt: skip
+            response = await agent.fetch("PUT", "/api/token", bad, token=None)
+            assert response.code == 400, (bad, response.body)
+            assert json.loads(response.body)["message"]
+        assert (await agent.fetch("GET", "/api/health", token=TOKEN)).code == 503
+        assert list(agent.root.iterdir()) == []  # nothing was written, nothing ran
+    finally:
+        agent.close()
+    assert "Traceback" not in agent.log.read_text()
+
+
+async def test_first_contact_token_is_set_once(tmp_path: Path) -> None:
+    agent = first_contact_agent(tmp_path)
+    try:
+        claim = {"token": TOKEN}
+        first = await agent.fetch("PUT", "/api/token", json_body=claim, token=None)
+        assert (first.code, first.body) == (204, b"")
+        again = await agent.fetch("PUT", "/api/token", json_body=claim, token=None)
+        assert again.code == 204  # a retry, or another platform replica: no change
+        other = await agent.fetch(
+            "PUT", "/api/token", json_body={"token": "another-token-0123456789"}, token=None
+        )
+        assert other.code == 409
+        assert json.loads(other.body) == {"message": "the agent has another token already"}
+        assert (await agent.json("/api/health"))["status"] == "ok"
+        wrong = await agent.fetch("GET", "/api/health", token="another-token-0123456789")
+        assert wrong.code == 401
+        name = await agent.new_terminal()
+        ws = await agent.ws(name)
+        await ws.stdin("echo TOKEN=$((6*7))${AGENT_TOKEN:-none}\r")
+        assert (await ws.read_until(r"TOKEN=42(\S+)")).group(1) == "none"
+        # Kept only in the agent's memory: not in its environment, nor its log.
+        environ = await asyncio.to_thread(Path(f"/proc/{agent.pid}/environ").read_bytes)
+        assert TOKEN.encode() not in environ
+        assert b"AGENT_TOKEN" not in environ
+        assert TOKEN not in agent.log.read_text()
+    finally:
+        agent.close()
+
+
+def test_first_contact_takes_no_token_from_the_environment(tmp_path: Path) -> None:
+    proc, _, log = start(tmp_path, "--port", "0", "--token-on-first-contact")
+    assert proc.wait(15) != 0
+    assert "--token-on-first-contact takes its token from PUT /api/token" in log.read_text()
+
+
 # -- terminals ---------------------------------------------------------------------------------
 
 

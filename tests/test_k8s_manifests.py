@@ -172,7 +172,6 @@ def test_the_platform_has_the_least_rights(base: list[Obj]) -> None:
     assert rights == {
         "pods": {"create", "delete", "get", "list", "watch"},
         "pods/status": {"get"},
-        "secrets": {"create", "delete", "list"},
         "events": {"list", "watch"},
     }
     assert all(rule["apiGroups"] == [""] for rule in role["rules"])

@@ -9,7 +9,6 @@ skipping those that need the fake's hooks; see docs/deployment.md.
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import json
 import logging
@@ -24,6 +23,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+from tornado.simple_httpclient import SimpleAsyncHTTPClient
 from tornado.websocket import websocket_connect
 from traitlets import TraitError
 
@@ -35,7 +35,6 @@ from extensions.sandboxes.spawners.k8s_objects import (
     SANDBOX_LABEL,
     WORKSPACE_LABEL,
     PodOptions,
-    make_agent_secret,
     make_sandbox_pod,
     pod_name,
     sandbox_labels,
@@ -129,7 +128,7 @@ def make_spawner(
 def api(kube: Kube, jp_asyncio_loop: asyncio.AbstractEventLoop) -> Iterator[KubeClient]:
     """A client of the sandbox namespace for looking at what the spawner made."""
     settings = {k: kube.config[k] for k in ("kubeconfig", "context") if k in kube.config}
-    if kube.cluster is not None:  # the platform's Role cannot read Secrets back
+    if kube.cluster is not None:  # the tests' own rights, not the platform's Role
         settings["kubeconfig"] = str(Path(settings["kubeconfig"]).with_name("admin-kubeconfig"))
     client = jp_asyncio_loop.run_until_complete(KubeClient.connect(NAMESPACE, **settings))
     yield client
@@ -147,9 +146,8 @@ class Progress:
 
 
 async def gone(api: KubeClient, sandbox_id: str) -> bool:
-    """Whether the sandbox's pod and Secret no longer exist."""
-    name = pod_name(sandbox_id)
-    return await api.get("pods", name) is None and await api.get("secrets", name) is None
+    """Whether the sandbox's pod no longer exists."""
+    return await api.get("pods", pod_name(sandbox_id)) is None
 
 
 def new_id() -> str:
@@ -205,7 +203,8 @@ def test_pod_meets_the_restricted_standard() -> None:
     assert container["ports"] == [{"name": "agent", "containerPort": 8800, "protocol": "TCP"}]
     assert container["readinessProbe"]["tcpSocket"] == {"port": "agent"}
     host = "0.0.0.0"  # noqa: S104
-    assert container["args"][-6:] == ["--port", "8800", "--host", host, "--root", "/workspace"]
+    assert container["args"][-7:] == ["--port", "8800", "--host", host, "--root", "/workspace",
+                                      "--token-on-first-contact"]  # fmt: skip
     # The workspace (its working folder) is not on the agent's import path.
     assert container["args"][:5] == ["python", "-s", "-P", "-m", "kernel_image"]
     assert "command" not in container  # the image's entrypoint (tini) runs the args
@@ -258,21 +257,16 @@ def test_pod_options_reach_the_pod() -> None:
     kubernetes_validate.validate(pod, "1.37", strict=True)
 
 
-def test_the_token_is_only_in_the_secret() -> None:
-    labels = sandbox_labels("default", "abc123")
-    pod = json.dumps(to_dict(make_sandbox_pod(options())))
-    secret = to_dict(make_agent_secret("abc123", NAMESPACE, labels, TOKEN))
-    assert TOKEN not in pod
-    assert base64.b64encode(TOKEN.encode()).decode() not in pod
-    (env,) = [
-        e for e in json.loads(pod)["spec"]["containers"][0]["env"] if e["name"] == "AGENT_TOKEN"
-    ]
-    reference = {"secretKeyRef": {"name": "sandbox-abc123", "key": "token"}}
-    assert env == {"name": "AGENT_TOKEN", "valueFrom": reference}
-    assert secret["metadata"]["name"] == "sandbox-abc123"
-    assert secret["immutable"] is True
-    assert base64.b64decode(secret["data"]["token"]).decode() == TOKEN
-    kubernetes_validate.validate(secret, "1.29", strict=True)
+def test_the_pod_has_no_token_nor_secret_reference() -> None:
+    pod = to_dict(make_sandbox_pod(options()))
+    (container,) = pod["spec"]["containers"]
+    assert "AGENT_TOKEN" not in json.dumps(pod)
+    assert "secretKeyRef" not in json.dumps(pod)
+    assert all("valueFrom" not in e for e in container["env"])
+    assert not [v for v in pod["spec"]["volumes"] if "secret" in v or "projected" in v]
+    assert "envFrom" not in container
+    # The agent waits for the platform to hand its token over.
+    assert "--token-on-first-contact" in container["args"]
 
 
 def test_the_builder_is_pure() -> None:
@@ -397,16 +391,12 @@ async def test_start_reach_and_stop(
         client.close()
 
     pod = await api.get("pods", name)
-    secret = await api.get("secrets", name)
     assert pod is not None
-    assert secret is not None
     labels = pod["metadata"]["labels"]
     assert labels[SANDBOX_LABEL] == sandbox_id
     assert labels[WORKSPACE_LABEL] == workspace
     assert labels["app.kubernetes.io/instance"] == kube.config["instance"]
-    assert secret["metadata"]["labels"][SANDBOX_LABEL] == sandbox_id
     assert TOKEN not in json.dumps(pod)
-    assert base64.b64decode(secret["data"]["token"]).decode() == TOKEN
     assert TOKEN not in caplog.text
     if kube.cluster:  # the start waited on the watch: it never asked for its pod by name
         during = kube.cluster.requests[before:after]
@@ -416,7 +406,7 @@ async def test_start_reach_and_stop(
 
     assert await spawner.poll(handle)
     await spawner.stop(handle)
-    await until(lambda: gone(api, sandbox_id), "the pod and Secret are gone", within=20)
+    await until(lambda: gone(api, sandbox_id), "the pod is gone", within=20)
     await until(lambda: _not(spawner.poll(handle)), "the sandbox has ended", within=20)
     await spawner.stop(handle)  # again: nothing left, no error
     assert TOKEN not in caplog.text
@@ -486,7 +476,7 @@ async def test_failed_starts_say_why_and_leave_nothing(
         words = words.split(":")[0].split(" (")[0]
     assert words in str(failed.value)
     assert TOKEN not in str(failed.value)
-    await until(lambda: gone(api, sandbox_id), "the pod and Secret are gone", within=20)
+    await until(lambda: gone(api, sandbox_id), "the pod is gone", within=20)
 
 
 async def test_cancelled_start_leaves_nothing(
@@ -497,7 +487,82 @@ async def test_cancelled_start_leaves_nothing(
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(1.0):
             await spawner.start(sandbox_id, TOKEN, Progress())
-    await until(lambda: gone(api, sandbox_id), "the pod and Secret are gone", within=20)
+    await until(lambda: gone(api, sandbox_id), "the pod is gone", within=20)
+
+
+async def agent_request(
+    host: str, port: int, method: str, path: str, body: Any = None, token: str | None = None
+) -> tuple[int, Any]:
+    """One request to an agent (``token``: its Authorization); its status and JSON body."""
+    http = SimpleAsyncHTTPClient(force_instance=True)
+    try:
+        response = await http.fetch(
+            f"http://{host}:{port}{path}",
+            method=method,
+            body=None if body is None else json.dumps(body),
+            headers={"Authorization": f"token {token}"} if token else {},
+            raise_error=False,
+            request_timeout=10,
+        )
+    finally:
+        http.close()
+    return response.code, json.loads(response.body) if response.body else None
+
+
+@fake_only
+async def test_the_token_is_handed_over_once_and_never_in_the_pod(
+    make_spawner: SpawnerFactory, kube: Kube
+) -> None:
+    refused: list[tuple[int, Any]] = []
+
+    async def first_look(namespace: str, name: str, port: int) -> None:
+        # Before the hand-over, the agent answers nothing but PUT /api/token.
+        for path in ("/api/health", "/api/terminals", "/api/files/x", "/api/kernels"):
+            refused.append(await agent_request("127.0.0.1", port, "GET", path, token=TOKEN))
+
+    kube.fake.on_listening = first_look
+    spawner = make_spawner()
+    handle = await spawner.start(new_id(), TOKEN, Progress())
+    assert refused
+    assert {code for code, _ in refused} == {503}
+    assert all("no token yet" in body["message"] for _, body in refused)
+    host, port = handle.endpoint.host or "", handle.endpoint.port or 0
+    # Another replica, or a retry after a lost answer: the same token again changes nothing.
+    assert await agent_request(host, port, "PUT", "/api/token", {"token": TOKEN}) == (204, None)
+    code, body = await agent_request(host, port, "PUT", "/api/token", {"token": "x" * 32})
+    assert code == 409
+    assert body == {"message": "the agent has another token already"}
+    assert (await agent_request(host, port, "GET", "/api/health", token=TOKEN))[0] == 200
+    assert (await agent_request(host, port, "GET", "/api/health", token="x" * 32))[0] == 401
+    # The pod's process (its init, in a real pod) never had the token in its environment.
+    container = kube.fake.containers[(NAMESPACE, handle.state["pod"])]
+    environ = await asyncio.to_thread(Path(f"/proc/{container.process.pid}/environ").read_bytes)
+    assert TOKEN.encode() not in environ
+    assert b"AGENT_TOKEN" not in environ
+    await spawner.stop(handle)
+
+
+@fake_only
+async def test_a_sandbox_claimed_first_by_someone_else_is_deleted(
+    make_spawner: SpawnerFactory, kube: Kube, api: KubeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    claims: list[int] = []
+
+    async def someone_else(namespace: str, name: str, port: int) -> None:
+        body = {"token": "someone-else-was-first-0123456789"}
+        claims.append((await agent_request("127.0.0.1", port, "PUT", "/api/token", body))[0])
+
+    kube.fake.on_listening = someone_else
+    spawner = make_spawner()
+    sandbox_id = new_id()
+    with pytest.raises(SpawnerError) as failed:
+        await spawner.start(sandbox_id, TOKEN, Progress())
+    assert claims == [204]
+    assert "was claimed by someone else" in str(failed.value)
+    assert "NetworkPolicy" in str(failed.value)
+    assert TOKEN not in str(failed.value)
+    assert TOKEN not in caplog.text
+    await until(lambda: gone(api, sandbox_id), "the claimed pod is gone", within=20)
 
 
 async def test_a_taken_name_is_refused_and_kept(
@@ -505,14 +570,14 @@ async def test_a_taken_name_is_refused_and_kept(
 ) -> None:
     sandbox_id = new_id()
     labels = sandbox_labels(kube.config["instance"], sandbox_id)
-    await api.create(
-        "secrets", make_agent_secret(sandbox_id, NAMESPACE, labels, "other-token-x" * 2)
-    )
+    taken = make_sandbox_pod(options(sandbox_id=sandbox_id, labels=labels))
+    uid = (await api.create("pods", taken))["metadata"]["uid"]
     spawner = make_spawner()
     with pytest.raises(SpawnerError, match="already exists"):
         await spawner.start(sandbox_id, TOKEN, Progress())
-    assert await api.get("secrets", pod_name(sandbox_id)) is not None
-    assert await api.get("pods", pod_name(sandbox_id)) is None
+    kept = await api.get("pods", pod_name(sandbox_id))
+    assert kept is not None
+    assert kept["metadata"]["uid"] == uid
 
 
 async def test_a_restarted_platform_finds_its_sandboxes(make_spawner: SpawnerFactory) -> None:
@@ -542,15 +607,16 @@ async def test_reap_removes_what_the_platform_does_not_know(
     spawner = make_spawner()
     known_handle = await spawner.start(new_id(), TOKEN, Progress())
     unknown_handle = await spawner.start(new_id(), TOKEN, Progress())
-    # A Secret whose pod never came (a crash between the two creates).
+    # A pod that never got ready (no node fits it).
     lonely = new_id()
     labels = sandbox_labels(spawner.instance, lonely)
-    await api.create("secrets", make_agent_secret(lonely, NAMESPACE, labels, TOKEN))
+    unready = options(sandbox_id=lonely, labels=labels, node_selector={"example.com/gpu": "a"})
+    await api.create("pods", make_sandbox_pod(unready))
 
     reaped = await spawner.reap(known([known_handle.sandbox_id]))
     assert reaped == sorted([unknown_handle.sandbox_id, lonely])
     await until(lambda: gone(api, unknown_handle.sandbox_id), "the unknown pod is gone", within=20)
-    assert await gone(api, lonely)
+    await until(lambda: gone(api, lonely), "the unready pod is gone", within=20)
     assert await spawner.poll(known_handle)
     assert [h.sandbox_id for h in await spawner.find_running()] == [known_handle.sandbox_id]
 
@@ -734,13 +800,14 @@ async def test_reconcile_removes_what_no_row_knows(
     workspace = (await browser.post("/api/workspaces", {"name": "k8s"})).json["uuid"]
     assert (await browser.post(f"/api/workspaces/{workspace}/sandbox")).status == 200
     stray = await make_spawner().start(new_id(), TOKEN, Progress())  # no row knows it
-    lonely = new_id()  # a Secret whose pod never came
+    lonely = new_id()  # a pod that never got ready (no node fits it)
     labels = sandbox_labels(kube.config["instance"], lonely)
-    await api.create("secrets", make_agent_secret(lonely, NAMESPACE, labels, TOKEN))
+    unready = options(sandbox_id=lonely, labels=labels, node_selector={"example.com/gpu": "a"})
+    await api.create("pods", make_sandbox_pod(unready))
 
     sandboxes = jp_serverapp.web_app.settings["sandboxes"]
     await sandboxes.reconcile()
     await until(lambda: gone(api, stray.sandbox_id), "the stray pod is gone", within=20)
-    assert await gone(api, lonely)
+    await until(lambda: gone(api, lonely), "the unready pod is gone", within=20)
     row = await sandboxes.row(uuid.UUID(workspace))
     assert [h.sandbox_id for h in await sandboxes.spawner.find_running()] == [str(row["id"])]

@@ -25,10 +25,10 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 JsonObject = dict[str, Any]
-Kind = Literal["pods", "secrets", "events"]
+Kind = Literal["pods", "events"]
 T = TypeVar("T")
 
-SINGULAR: dict[Kind, str] = {"pods": "pod", "secrets": "secret", "events": "event"}
+SINGULAR: dict[Kind, str] = {"pods": "pod", "events": "event"}
 
 
 class KubeError(Exception):
@@ -151,7 +151,7 @@ class WatchStream:
 
 
 class KubeClient:
-    """Namespaced calls for pods, secrets and events; async ones run in a bounded pool.
+    """Namespaced calls for pods and events; async ones run in a bounded pool.
 
     The ``*_sync`` methods block; use them only in a thread of your own (a reflector's).
     """

@@ -1,4 +1,5 @@
-"""Pure builders of a sandbox's Kubernetes objects: its pod and the Secret holding its token.
+"""Pure builders of a sandbox's Kubernetes objects: its pod (the agent's token is not in it: the
+platform hands it to the agent over HTTP once the pod answers).
 
 Nothing here talks to a cluster; every function returns the same objects for the same input,
 so the pod's security properties are tested without one (kubespawner's ``make_pod`` split).
@@ -6,7 +7,6 @@ so the pod's security properties are tested without one (kubespawner's ``make_po
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +22,6 @@ SANDBOX_GID = 1000
 AGENT_PORT = 8800
 AGENT_CONTAINER = "agent"
 AGENT_PORT_NAME = "agent"
-TOKEN_KEY = "token"  # noqa: S105  (the key in the Secret, not a secret)
 WORKSPACE = "/workspace"
 POD_PREFIX = "sandbox-"
 
@@ -60,7 +59,7 @@ TOLERATION_KEYS = {
 
 @dataclass(frozen=True)
 class PodOptions:
-    """Everything that decides a sandbox's pod, except secrets (the token is in a Secret)."""
+    """Everything that decides a sandbox's pod (never its token: see ``agent_args``)."""
 
     sandbox_id: str
     namespace: str
@@ -89,7 +88,7 @@ class PodOptions:
 
     @property
     def name(self) -> str:
-        """The pod's name, also its Secret's."""
+        """The pod's name."""
         return pod_name(self.sandbox_id)
 
 
@@ -164,13 +163,16 @@ def ephemeral_storage(options: PodOptions) -> str:
 def agent_args(port: int) -> list[str]:
     """The agent's command line; the image's entrypoint (tini) runs it.
 
+    ``--token-on-first-contact``: the agent starts without a token and the platform hands it
+    over (``PUT /api/token``) once the pod answers. A token in the pod's environment would stay
+    readable by the user's code in ``/proc/1/environ`` (tini runs under the same uid).
     ``-P`` keeps the working folder (/workspace, the user's files) off the agent's import
     path: the agent is found through ``PYTHONPATH`` (/opt/agent).
     """
     # Every address of the pod: the platform reaches it at the pod IP.
     host = "0.0.0.0"  # noqa: S104
     return ["python", "-s", "-P", "-m", "kernel_image", "--port", str(port), "--host", host,
-            "--root", WORKSPACE]  # fmt: skip
+            "--root", WORKSPACE, "--token-on-first-contact"]  # fmt: skip
 
 
 def make_sandbox_pod(options: PodOptions) -> client.V1Pod:
@@ -178,8 +180,8 @@ def make_sandbox_pod(options: PodOptions) -> client.V1Pod:
 
     Non-root with a fixed uid, no privilege escalation, no capabilities, the runtime's
     seccomp profile, a read-only root filesystem with size-limited emptyDirs for
-    ``/workspace`` and ``/tmp``, no service account token, no service links, and the agent's
-    token only as a reference to the sandbox's Secret.
+    ``/workspace`` and ``/tmp``, no service account token, no service links, and no agent
+    token (the platform hands it over once the pod answers).
     """
     name = options.name
     for value in (options.cpu_request, options.cpu_limit, options.memory_request,
@@ -198,12 +200,6 @@ def make_sandbox_pod(options: PodOptions) -> client.V1Pod:
             )
         ],
         env=[
-            client.V1EnvVar(
-                name="AGENT_TOKEN",
-                value_from=client.V1EnvVarSource(
-                    secret_key_ref=client.V1SecretKeySelector(name=name, key=TOKEN_KEY)
-                ),
-            ),
             client.V1EnvVar(name="HOME", value=WORKSPACE),
             client.V1EnvVar(name="USER", value="user"),
             client.V1EnvVar(name="SHELL", value="/bin/bash"),
@@ -298,22 +294,6 @@ def make_toleration(toleration: Mapping[str, Any]) -> client.V1Toleration:
         msg = f"Unknown toleration fields {sorted(unknown)}; use {sorted(TOLERATION_KEYS)}."
         raise ValueError(msg)
     return client.V1Toleration(**{TOLERATION_KEYS[k]: v for k, v in toleration.items()})
-
-
-def make_agent_secret(
-    sandbox_id: str, namespace: str, labels: Mapping[str, str], token: str
-) -> client.V1Secret:
-    """The Secret holding a sandbox's agent token (the pod reads it as ``AGENT_TOKEN``)."""
-    return client.V1Secret(
-        api_version="v1",
-        kind="Secret",
-        metadata=client.V1ObjectMeta(
-            name=pod_name(sandbox_id), namespace=namespace, labels=dict(labels)
-        ),
-        type="Opaque",
-        immutable=True,
-        data={TOKEN_KEY: base64.b64encode(token.encode()).decode()},
-    )
 
 
 @cache

@@ -4,18 +4,22 @@ Standard, found again by its labels after a platform restart.
 The pod is built by ``k8s_objects.make_sandbox_pod`` (pure), the API is called only through
 ``k8s_client`` (a bounded thread pool), and a start waits on one shared watch of the sandbox
 pods (``k8s_reflector``), turning pod status and events into progress and clear failures
-(``k8s_status``). The agent's token lives in a per-sandbox Secret, read by the pod as
-``AGENT_TOKEN``: it is never in the pod spec, a command line, or a log.
+(``k8s_status``). The agent starts without a token (``--token-on-first-contact``); the start
+hands it over (``PUT /api/token``) as soon as the pod answers, before it reports the sandbox
+started. The token is never in the pod spec, its environment, a command line, or a log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from tornado.httpclient import HTTPClientError
+from tornado.simple_httpclient import SimpleAsyncHTTPClient
 from traitlets import Bool, Dict, Enum, Float, Integer, List, TraitError, Unicode, validate
 
 from extensions.sandboxes.spawners.base import (
@@ -34,7 +38,6 @@ from extensions.sandboxes.spawners.k8s_objects import (
     SANDBOX_LABEL,
     PodOptions,
     check_labels,
-    make_agent_secret,
     make_sandbox_pod,
     parse_quantity,
     pod_name,
@@ -53,13 +56,15 @@ from extensions.sandboxes.spawners.k8s_status import (
     pod_state,
 )
 
+NO_ANSWER = 599  # tornado's code for an answer that never came (a timeout, a lost connection)
+
 
 class KubernetesSpawner(Spawner):
     """Starts each sandbox as a pod running the agent image, reached at the pod's IP."""
 
     namespace = Unicode(
         "code-execution-sandboxes",
-        help="Namespace of the sandbox pods and their Secrets. Label it "
+        help="Namespace of the sandbox pods. Label it "
         "pod-security.kubernetes.io/enforce=restricted; keep nothing else in it.",
     ).tag(config=True)
 
@@ -133,9 +138,9 @@ class KubernetesSpawner(Spawner):
         help="Run sandboxes in a user namespace (hostUsers: false; needs Kubernetes 1.33+ or "
         "the UserNamespacesSupport feature, and a runtime that supports it).",
     ).tag(config=True)
-    extra_labels = Dict(
-        value_trait=Unicode(), help="More labels on every sandbox pod and Secret."
-    ).tag(config=True)
+    extra_labels = Dict(value_trait=Unicode(), help="More labels on every sandbox pod.").tag(
+        config=True
+    )
     extra_annotations = Dict(value_trait=Unicode(), help="Annotations on every sandbox pod.").tag(
         config=True
     )
@@ -224,7 +229,7 @@ class KubernetesSpawner(Spawner):
         return sandbox_labels(self.instance)
 
     def object_labels(self, sandbox_id: str, labels: Mapping[str, str] | None) -> dict[str, str]:
-        """Labels of a sandbox's pod and Secret: ours, ``extra_labels``, and the caller's
+        """Labels of a sandbox's pod: ours, ``extra_labels``, and the caller's
         (``workspace-id`` becomes ``code-execution-platform/workspace-id``)."""
         extra = dict(self.extra_labels)
         for key, value in (labels or {}).items():
@@ -353,13 +358,13 @@ class KubernetesSpawner(Spawner):
         *,
         labels: Mapping[str, str] | None = None,
     ) -> SandboxHandle:
-        """Create the sandbox's Secret and pod; return once the pod is ready (the agent
-        listens), or fail with what the scheduler and kubelet said, having deleted both."""
+        """Create the sandbox's pod; once it is ready (the agent listens), hand the agent its
+        token and return. Fail with what the scheduler and kubelet said, or with who claimed
+        the agent first, having deleted the pod."""
         try:
             name = pod_name(sandbox_id)
             object_labels = self.object_labels(sandbox_id, labels)
             pod = make_sandbox_pod(self.pod_options(sandbox_id, object_labels))
-            secret = make_agent_secret(sandbox_id, self.namespace, object_labels, token)
         except ValueError as e:
             raise SpawnerError(str(e)) from e
         kube = await self._client()
@@ -372,12 +377,11 @@ class KubernetesSpawner(Spawner):
         made: list[Kind] = []
         try:
             await report_progress(progress, 10, "Creating the sandbox pod")
-            await self._create(kube, "secrets", secret, sandbox_id)
-            made.append("secrets")
             created = await self._create(kube, "pods", pod, sandbox_id)
             made.append("pods")
             self.log.info("sandbox %s | pod %s/%s created", sandbox_id, self.namespace, name)
             state, uid = await self._wait_ready(kube, sandbox_id, created, queue, progress)
+            await self._hand_over(sandbox_id, state, token, started + self.launch_timeout)
         except BaseException as e:
             if made:
                 try:
@@ -471,6 +475,65 @@ class KubernetesSpawner(Spawner):
                 self.log.info("sandbox %s | %s", sandbox_id, note.message)
             await tell(note.percent or 0, note.message, problem=note.warning)
 
+    async def _hand_over(
+        self, sandbox_id: str, state: PodState, token: str, deadline: float
+    ) -> None:
+        """``PUT /api/token`` to the ready pod's agent (``deadline``: ``time.monotonic()``).
+
+        204 is success, also when the agent has this token already (another replica, or a
+        retry after a lost answer: replicas derive the same token from the sandbox id). 409
+        means that someone else claimed the agent first: the start fails (and the pod is
+        deleted). A connection that fails is tried again until the deadline.
+        """
+        assert state.ip is not None  # noqa: S101
+        url = f"http://{state.ip}:{state.port or self.agent_port}/api/token"
+        body = json.dumps({"token": token})
+        http = SimpleAsyncHTTPClient(force_instance=True)
+        try:
+            while True:
+                remaining = max(0.5, deadline - time.monotonic())
+                try:
+                    await http.fetch(
+                        url,
+                        method="PUT",
+                        body=body,
+                        headers={"Content-Type": "application/json"},
+                        connect_timeout=min(5.0, remaining),
+                        request_timeout=min(10.0, remaining),
+                    )
+                except HTTPClientError as e:
+                    if e.code == 409:
+                        msg = (
+                            f"Sandbox {sandbox_id} was claimed by someone else before the "
+                            "platform handed its agent the token; the pod was deleted. Check "
+                            "that the cluster enforces the sandbox NetworkPolicy "
+                            "(k8s/base/networkpolicies.yaml): only the platform may reach the "
+                            "agent port."
+                        )
+                        raise SpawnerError(msg) from None
+                    if e.code != NO_ANSWER:
+                        msg = (
+                            f"Sandbox {sandbox_id}: its agent refused the token ({e.code}: "
+                            f"{_agent_message(e)}). Is {self.image} the agent image of this "
+                            "platform's version?"
+                        )
+                        raise SpawnerError(msg) from None
+                    failure = str(e)
+                except OSError as e:
+                    failure = str(e)
+                else:
+                    self.log.info("sandbox %s | token handed to its agent", sandbox_id)
+                    return
+                if time.monotonic() >= deadline:
+                    msg = (
+                        f"Sandbox {sandbox_id}: its agent did not take the token within "
+                        f"{self.launch_timeout:.0f} s ({failure})."
+                    )
+                    raise SpawnerError(msg)
+                await asyncio.sleep(0.2)
+        finally:
+            http.close()
+
     def _late(self, state: PodState, warning: str | None) -> str:
         why = state.problem or warning or f"it was at: {state.message}"
         pods = self._pods
@@ -493,17 +556,16 @@ class KubernetesSpawner(Spawner):
     # --- stop, poll, find, reap ------------------------------------------------------------
 
     async def stop(self, handle: SandboxHandle, *, now: bool = False) -> None:
-        """Delete the pod (its agent gets ``stop_grace_period`` s, none with ``now``) and its
-        Secret."""
+        """Delete the pod (its agent gets ``stop_grace_period`` s, none with ``now``)."""
         kube = await self._client()
-        await self._remove(kube, handle.sandbox_id, ["pods", "secrets"], now=now)
+        await self._remove(kube, handle.sandbox_id, ["pods"], now=now)
 
     async def _remove(
         self, kube: KubeClient, sandbox_id: str, kinds: list[Kind], *, now: bool = False
     ) -> None:
         name = pod_name(sandbox_id)
         try:
-            for kind in sorted(kinds):  # the pod first: it still uses its Secret
+            for kind in kinds:
                 grace = (0 if now else self._grace_seconds) if kind == "pods" else None
                 if await kube.delete(kind, name, grace_period=grace):
                     self.log.info("sandbox %s | deleted %s %s", sandbox_id, kind[:-1], name)
@@ -550,30 +612,41 @@ class KubernetesSpawner(Spawner):
         return handles
 
     async def reap(self, known_ids: KnownIds) -> list[str]:
-        """Delete the pods and Secrets of sandboxes the platform does not know, whatever their
-        phase (a pod that never got ready, a Secret whose pod never came); return their ids.
+        """Delete the pods of sandboxes the platform does not know, whatever their phase (a pod
+        that never got ready too); return their ids.
 
-        ``known_ids`` is awaited after both listings, as ``Spawner.reap`` requires: a start
-        records its row before it creates the Secret and the pod.
+        ``known_ids`` is awaited after the listing, as ``Spawner.reap`` requires: a start
+        records its row before it creates the pod.
         """
         kube = await self._client()
-        match = selector(self.match_labels)
         try:
-            pods, _ = await kube.list("pods", label_selector=match)
-            secrets, _ = await kube.list("secrets", label_selector=match)
+            pods, _ = await kube.list("pods", label_selector=selector(self.match_labels))
         except KubeError as e:
-            msg = f"Could not list sandbox pods and Secrets: {e}"
+            msg = f"Could not list sandbox pods: {e}"
             raise SpawnerError(msg) from e
-        listed = {sandbox_id for obj in [*pods, *secrets] if (sandbox_id := _sandbox_id(obj))}
+        listed = {sandbox_id for obj in pods if (sandbox_id := _sandbox_id(obj))}
         orphans = sorted(listed - set(await known_ids()))
         for sandbox_id in orphans:
             self.log.info("sandbox %s | not known to the platform: removing it", sandbox_id)
-            await self._remove(kube, sandbox_id, ["pods", "secrets"])
+            await self._remove(kube, sandbox_id, ["pods"])
         return orphans
 
 
+def _agent_message(error: HTTPClientError) -> str:
+    """What an agent's JSON error says, else the HTTP reason."""
+    response = error.response
+    if response is not None:
+        try:
+            message = json.loads(response.body).get("message")
+        except (ValueError, AttributeError):
+            message = None
+        if isinstance(message, str):
+            return message
+    return str(error.message)
+
+
 def _sandbox_id(obj: JsonObject) -> str | None:
-    """The sandbox a pod or Secret belongs to, from its label."""
+    """The sandbox a pod belongs to, from its label."""
     labels = (obj.get("metadata") or {}).get("labels") or {}
     sandbox_id = labels.get(SANDBOX_LABEL)
     return str(sandbox_id) if sandbox_id else None
