@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -288,6 +289,16 @@ class PlatformApp(ServerApp):
         if self.embedded_db is not None:
             self._supervisor = asyncio.create_task(self.embedded_db.supervise(self.db.reconnect))
         await super()._post_start()  # type: ignore[no-untyped-call]
+
+    def init_signal(self) -> None:
+        """Ctrl-C (SIGINT) stops the platform cleanly, as SIGTERM does, terminal or not.
+
+        jupyter_server asks "Shut down this Jupyter server?" on a terminal and, without one,
+        lets SIGINT raise KeyboardInterrupt out of the event loop, which skips the extensions'
+        stop hooks and the embedded PostgreSQL's clean stop (JupyterHub replaces it likewise).
+        """
+        super().init_signal()
+        signal.signal(signal.SIGINT, self._signal_stop)
 
     def stop(self, from_signal: bool = False) -> None:
         """Stop serving and clean up; after a signal, the process ends even if that hangs."""

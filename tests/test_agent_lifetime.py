@@ -189,8 +189,9 @@ def test_sandbox_pods_pass_the_limits_to_the_agent() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 async def test_pool_sandboxes_left_by_a_stopped_platform_end_by_themselves(
-    database_url: str, data_dir: Path
+    database_url: str, data_dir: Path, stop_signal: signal.Signals
 ) -> None:
     platform = Platform(
         database_url,
@@ -204,7 +205,8 @@ async def test_pool_sandboxes_left_by_a_stopped_platform_end_by_themselves(
     try:
         await until(lambda: spawner_finds(spawner, 1), "a warm-pool sandbox", within=60)
         assert platform.process is not None
-        platform.process.send_signal(signal.SIGTERM)
+        # Ctrl-C too (make run): a clean stop, not a KeyboardInterrupt out of the loop.
+        platform.process.send_signal(stop_signal)
         assert await asyncio.to_thread(platform.process.wait, 60) == 0
         log = platform.log.read_text()
         assert "sandboxes | 1 keep running after this process (1 in the warm pool)" in log, log
