@@ -39,6 +39,7 @@ from tests.test_ide import (  # noqa: F401  (pages: fixture)
     terminal,
     workspace_of,
 )
+from tests.test_security_http import WEBSOCKET_UPGRADE
 
 KNOWN_BROWSER_COOKIE = "platform-browser"
 BODY_LIMIT = 64 * 1024
@@ -514,6 +515,25 @@ async def test_anonymous_workspace_api_requests_are_401(
     assert_json_reason(response, 401, "unauthenticated")
     assert response.headers["WWW-Authenticate"].lower().startswith("token")
     assert await file_text(api, workspace, "main.py") is not None
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "api/events",
+        "terminals/websocket/1",
+        "api/kernels/00000000-0000-4000-8000-000000000000/channels",
+    ],
+)
+async def test_anonymous_workspace_sockets_are_401_json(
+    make_token_client: TokenClientFactory, base_url: str, path: str
+) -> None:
+    """Stops anonymous WebSocket upgrades from being told 403 in an HTML page instead of the
+    API's JSON 401."""
+    api = await make_token_client("alice")
+    workspace = (await api.post("/api/workspaces", {"name": "w"})).json["uuid"]
+    response = await Client(base_url).get(f"/w/{workspace}/{path}", headers=WEBSOCKET_UPGRADE)
+    assert_json_reason(response, 401, "unauthenticated")
 
 
 async def test_logged_out_browser_gets_401_from_contents_writes(

@@ -18,7 +18,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from extensions.sandboxes.handlers import socket_workspace
 from extensions.sandboxes.manager import Sandboxes
-from platform_server.handlers import WORKSPACE_ROUTE
+from platform_server.handlers import WORKSPACE_ROUTE, write_json_error
 
 # Events waiting for a slow client; past this the client is disconnected (it reloads).
 MAX_QUEUED = 1000
@@ -37,6 +37,10 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         """Check the owner, then accept the upgrade."""
         self.workspace_id = await socket_workspace(self, workspace_id, active=False)
         await cast(Any, super().get(workspace_id))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """A refused upgrade answers JSON, as every API route does."""
+        write_json_error(self, status_code, kwargs.get("exc_info"))
 
     @property
     def sandboxes(self) -> Sandboxes:

@@ -17,7 +17,8 @@ from extensions.sandboxes.manager import Sandboxes
 from extensions.sandboxes.store import SandboxRow
 from extensions.workspaces.handlers import WorkspacesAPIHandler
 from extensions.workspaces.manager import Workspaces
-from platform_server.errors import DomainError, Forbidden, NotFound
+from platform_server.errors import DomainError, NotFound
+from platform_server.handlers import unauthenticated
 
 PROGRESS_POLL = 0.2
 
@@ -25,11 +26,11 @@ PROGRESS_POLL = 0.2
 async def socket_workspace(
     handler: web.RequestHandler, workspace_id: str, *, active: bool = True
 ) -> uuid.UUID:
-    """The URL's workspace for a WebSocket handler: 403 without a user, 404 unless the caller
+    """The URL's workspace for a WebSocket handler: 401 without a user, 404 unless the caller
     owns it (raised before the upgrade, as HTTP answers)."""
     user = handler.current_user
     if not isinstance(user, PlatformUser):
-        raise Forbidden("Forbidden").to_http()
+        raise unauthenticated()
     workspaces = cast(Workspaces, handler.settings["workspaces"])
     try:
         return await workspaces.touch(workspace_id, user.user_id, active=active)
