@@ -15,9 +15,14 @@ from typing import Any
 from jupyter_server.serverapp import ServerWebApplication
 from tornado import httputil
 
+from platform_server.errors import DatabaseUnavailable
 from platform_server.handlers import WRITE_METHODS
 
-# Checks the credentials of a request whose handler has not run yet (the identity provider's).
+# The reason phrases of the answers given before a handler runs.
+PHRASES = {413: "Content Too Large", 503: "Service Unavailable"}
+
+# Checks the credentials of a request whose handler has not run yet (the identity provider's);
+# raises ``DatabaseUnavailable`` when they cannot be checked.
 CredentialsCheck = Callable[[httputil.HTTPServerRequest], Awaitable[bool]]
 
 
@@ -108,7 +113,13 @@ class BodyLimitDelegate(httputil.HTTPMessageDelegate):
         start_line: httputil.RequestStartLine,
         headers: httputil.HTTPHeaders,
     ) -> None:
-        forwarded = self._apply(await limit, start_line, headers)
+        try:
+            checked = await limit
+        except DatabaseUnavailable as e:
+            # Whether the caller may send this body is unknown: an outage, not a body too large.
+            self._answer(503, e.message, e.reason, {"Retry-After": "5"})
+            return
+        forwarded = self._apply(checked, start_line, headers)
         if forwarded is not None:
             await forwarded
 
@@ -145,21 +156,23 @@ class BodyLimitDelegate(httputil.HTTPMessageDelegate):
             self.inner.on_connection_close()
 
     def _refuse(self) -> None:
+        message = f"The request body is over the limit of {self.limit} bytes."
+        self._answer(413, message, "too_large")
+
+    def _answer(
+        self, status: int, message: str, reason: str, extra: dict[str, str] | None = None
+    ) -> None:
         # The answer goes out now; tornado then closes the connection instead of reading on.
         self.refused = True
-        body = json.dumps(
-            {
-                "message": f"The request body is over the limit of {self.limit} bytes.",
-                "reason": "too_large",
-            }
-        ).encode()
+        body = json.dumps({"message": message, "reason": reason}).encode()
         headers = httputil.HTTPHeaders(
             {
                 "Content-Type": "application/json",
                 "Content-Length": str(len(body)),
                 "Connection": "close",
+                **(extra or {}),
             }
         )
-        start = httputil.ResponseStartLine("HTTP/1.1", 413, "Content Too Large")
+        start = httputil.ResponseStartLine("HTTP/1.1", status, PHRASES[status])
         self.request_conn.write_headers(start, headers, body)
         self.request_conn.finish()

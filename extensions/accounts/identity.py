@@ -148,29 +148,27 @@ class PlatformIdentityProvider(IdentityProvider):
 
     async def request_has_credentials(self, request: httputil.HTTPServerRequest) -> bool:
         """Whether a request whose handler has not run yet carries a valid token or login
-        cookie (for limits decided before its body is read)."""
-        try:
-            token = request.query_arguments.get("token", [b""])[-1].decode(errors="replace")
-            match = self.auth_header_pat.match(request.headers.get("Authorization", ""))
-            if not token and match:
-                token = match.group(2)
-            if token and await self.accounts.identity_for_token(token) is not None:
-                return True
-            morsel = request.cookies.get(self.cookie_name)
-            if morsel is None:
-                return False
-            secret = web.decode_signed_value(
-                cast("PlatformApp", self.parent).cookie_secret,
-                self.cookie_name,
-                morsel.value,
-                max_age_days=self.accounts.login_ttl / 86400 + 1,
-                **self.get_secure_cookie_kwargs,
-            )
-            return secret is not None and (
-                await self.accounts.identity_for_login(secret.decode()) is not None
-            )
-        except DatabaseUnavailable:
-            return False  # the handler answers 503 to what it may read
+        cookie (for limits decided before its body is read); ``DatabaseUnavailable`` when
+        that cannot be known."""
+        token = request.query_arguments.get("token", [b""])[-1].decode(errors="replace")
+        match = self.auth_header_pat.match(request.headers.get("Authorization", ""))
+        if not token and match:
+            token = match.group(2)
+        if token and await self.accounts.identity_for_token(token) is not None:
+            return True
+        morsel = request.cookies.get(self.cookie_name)
+        if morsel is None:
+            return False
+        secret = web.decode_signed_value(
+            cast("PlatformApp", self.parent).cookie_secret,
+            self.cookie_name,
+            morsel.value,
+            max_age_days=self.accounts.login_ttl / 86400 + 1,
+            **self.get_secure_cookie_kwargs,
+        )
+        return secret is not None and (
+            await self.accounts.identity_for_login(secret.decode()) is not None
+        )
 
     def login_secret(self, handler: web.RequestHandler) -> str | None:
         """The login secret in the request's signed cookie, if any."""

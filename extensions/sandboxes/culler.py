@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from extensions.sandboxes import store
 from extensions.sandboxes.agent_client import AgentError, AgentUnresponsive
-from extensions.sandboxes.locks import CULL_LOCK_ID, RECONCILE_LOCK_ID, advisory_lock
+from extensions.sandboxes.locks import CULL_LOCK_ID, RECONCILE_LOCK_ID, advisory_lock, lock_key
 from extensions.sandboxes.part import SandboxesPart
 from extensions.sandboxes.store import ALIVE, SandboxRow
 
@@ -103,7 +103,8 @@ class Culler(SandboxesPart):
         Then, reading the rows afresh: a running row whose sandbox is gone is marked failed; a
         starting or stopping row whose state was set more than twice the start timeout ago (a
         start, a claim from the warm pool or a stop that a dead replica left half done) is
-        discarded; rows of warm-pool sandboxes that ended are deleted, since no workspace shows
+        discarded, and so at once is a starting row whose workspace's start lock nobody
+        holds; rows of warm-pool sandboxes that ended are deleted, since no workspace shows
         them. Everything else is left running and reattached: its agent is reached through the
         row, its sync lease taken over.
 
@@ -122,8 +123,35 @@ class Culler(SandboxesPart):
                     await self.sandboxes.alive(row)
                 elif row["state_since"] < left_before:
                     await self.sandboxes.discard(row)
+                else:
+                    await self._discard_abandoned_start(row)
             async with self.db.connection() as conn:
                 await store.delete_ended_unassigned(conn)
+
+    async def _discard_abandoned_start(self, row: SandboxRow) -> None:
+        """Discard a workspace's sandbox whose start nobody carries on any more.
+
+        A replica holds the workspace's start lock (``lock_key``) from the start's beginning
+        to its end, and PostgreSQL releases it when that replica dies: a ``starting`` row
+        whose lock is free was left by a replica killed mid-start. Its sandbox is stopped
+        and its row deleted at once, rather than after twice the start timeout; the
+        workspace reads ``stopped`` and its next use starts afresh.
+        """
+        if row["state"] != "starting" or row["workspace_id"] is None:
+            return
+        async with advisory_lock(self.db, lock_key(row["workspace_id"]), wait=False) as taken:
+            if not taken:
+                return
+            async with self.db.connection() as conn:
+                current = await store.get(conn, row["id"])
+            if current is None or current["state"] != "starting":
+                return  # the start ended between the two reads
+            self.log.warning(
+                "sandbox %s | its start was abandoned (the replica starting it is gone); "
+                "stopping it",
+                row["id"],
+            )
+            await self.sandboxes.discard(current)
 
     async def _live_sandbox_ids(self) -> set[str]:
         """The ids of sandboxes whose rows say they are starting, running or stopping."""

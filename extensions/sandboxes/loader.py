@@ -37,8 +37,15 @@ async def load_files(
                     if row["data"]:
                         await chunks.put(row["data"])
             await chunks.put(tar.end())
-        finally:
             await chunks.put(None)
+        except BaseException:
+            # Cut off (the sandbox stopped taking the stream, or the database failed): end the
+            # stream without waiting for room that nobody may make. It is broken anyway: the
+            # sandbox refuses a tar without its end.
+            if chunks.full():
+                chunks.get_nowait()
+            chunks.put_nowait(None)
+            raise
 
     async def body(write: Any) -> None:
         while (chunk := await chunks.get()) is not None:
@@ -49,4 +56,8 @@ async def load_files(
         await client.request("PUT", "/api/tree", body_producer=body, request_timeout=300)
     finally:
         producer.cancel()
+        # Let it end, and give its connection back, before this returns or raises.
+        await asyncio.wait([producer])
+    if not producer.cancelled() and (error := producer.exception()) is not None:
+        raise error
     return count

@@ -14,10 +14,12 @@ warm pool), ``culler`` (culling, reconcile), ``health`` (health checks); and by 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
@@ -388,7 +390,12 @@ class Sandboxes(LoggingConfigurable):
                 assert row is not None  # noqa: S101
                 client = self.client(row)
                 await progress(60, "Waiting for the agent")
-                await wait_healthy(client, within=self.agent_ready_timeout)
+                started_handle = handle
+                await wait_healthy(
+                    client,
+                    within=self.agent_ready_timeout,
+                    alive=lambda: self.spawner.poll(started_handle),
+                )
                 loaded = 0
                 if workspace_id is not None:
                     await progress(80, "Loading your files")
@@ -399,6 +406,12 @@ class Sandboxes(LoggingConfigurable):
                     await self.mirror.catch_up(workspace_id, client, load_began)
         except Exception as e:
             reason = start_failure_reason(e, self.start_timeout)
+            if isinstance(e, AgentError) and handle is not None:
+                # The agent cut off mid-start: say so when its sandbox is gone, or going (its
+                # init ends a moment after its agent).
+                with contextlib.suppress(SpawnerError):
+                    if await self.ended(handle, within=1.0):
+                        reason = ENDED_WHILE_STARTING
             self.log.error("sandbox %s | failed to start: %s", sandbox_id, reason)
             if handle is not None:
                 await self.spawner.stop(handle)
@@ -414,6 +427,15 @@ class Sandboxes(LoggingConfigurable):
             loaded,
         )
         return row
+
+    async def ended(self, handle: SandboxHandle, within: float) -> bool:
+        """Whether the sandbox has ended, or ends within ``within`` seconds."""
+        deadline = time.monotonic() + within
+        while await self.spawner.poll(handle):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     async def load_files(
         self, workspace_id: uuid.UUID, client: AgentClient, under: str | None = None
@@ -494,8 +516,20 @@ class Sandboxes(LoggingConfigurable):
         await self.mirror.close()
 
 
-async def wait_healthy(client: AgentClient, within: float = 30.0) -> None:
-    """Poll the agent's health until it answers, for at most ``within`` seconds."""
+# Why a start failed, when the sandbox ended while it started (its agent killed, or OOM).
+ENDED_WHILE_STARTING = (
+    "The sandbox stopped while it started (killed, or out of memory). Your saved files are "
+    "safe; opening a terminal starts a new sandbox."
+)
+
+
+async def wait_healthy(
+    client: AgentClient,
+    within: float = 30.0,
+    alive: Callable[[], Awaitable[bool]] | None = None,
+) -> None:
+    """Poll the agent's health until it answers, for at most ``within`` seconds; give up at
+    once (``SpawnerError``) when ``alive`` says the sandbox has ended."""
     deadline = time.monotonic() + within
     while True:
         try:
@@ -504,6 +538,8 @@ async def wait_healthy(client: AgentClient, within: float = 30.0) -> None:
         except AgentError:
             if time.monotonic() > deadline:
                 raise
+            if alive is not None and not await alive():
+                raise SpawnerError(ENDED_WHILE_STARTING) from None
             await asyncio.sleep(0.02)
 
 
