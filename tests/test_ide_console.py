@@ -154,6 +154,84 @@ async def test_interrupt_restart_and_reattach_after_a_reload(
     await expect(cells(page).nth(1).locator(".output-error")).to_contain_text("NameError")
 
 
+async def test_tab_completes_and_shift_tab_shows_documentation_from_the_kernel(
+    pages: Pages,  # noqa: F811
+    make_user: Any,
+) -> None:
+    user, ws = await workspace_of(make_user)
+    page = await open_ide(pages, user, ws)
+    await page.click("#toggle-console")
+    prompt = page.locator("#console-input")
+    completions = page.locator("#console-completions")
+    tooltip = page.locator("#console-tooltip")
+
+    # Without a kernel, Tab says so and starts nothing.
+    await prompt.fill("ma")
+    await prompt.press("Tab")
+    await expect(tooltip).to_contain_text("No kernel yet")
+    await expect(console_status(page)).to_have_attribute("data-state", "none")
+
+    await type_in_console(page, "import math\nsquare_side = 3")
+    await expect(cells(page).nth(0)).to_have_attribute("data-state", "ok")
+    await expect(console_status(page)).to_have_attribute("data-state", "idle")
+
+    # Several matches: a list under the caret; typing filters it, Enter takes the selected one.
+    await prompt.fill("math.s")
+    await prompt.press("Tab")
+    await expect(completions).to_be_visible()
+    await expect(completions.get_by_role("option", name="sin", exact=True)).to_be_visible()
+    await expect(completions.get_by_role("option", name="sqrt", exact=True)).to_be_visible()
+    await prompt.press("q")
+    await expect(completions.get_by_role("option")).to_have_text(["sqrt"])
+    await prompt.press("Enter")
+    await expect(completions).to_be_hidden()
+    await expect(prompt).to_have_value("math.sqrt")
+    await expect(cells(page)).to_have_count(1)
+
+    # Arrow keys move in the list, Escape closes it and leaves the code as it was.
+    await prompt.fill("math.s")
+    await prompt.press("Tab")
+    await expect(completions.get_by_role("option").first).to_have_attribute("aria-selected", "true")
+    await prompt.press("ArrowDown")
+    await expect(completions.get_by_role("option").nth(1)).to_have_attribute(
+        "aria-selected", "true"
+    )
+    await prompt.press("Escape")
+    await expect(completions).to_be_hidden()
+    await expect(prompt).to_have_value("math.s")
+
+    # One match is put in at once: a name defined earlier in the console completes too.
+    await prompt.fill("square_si")
+    await prompt.press("Tab")
+    await expect(prompt).to_have_value("square_side")
+
+    # Shift+Tab shows the documentation under the prompt (no escape codes); Escape closes it.
+    await prompt.fill("math.sqrt")
+    await prompt.press("Shift+Tab")
+    await expect(tooltip).to_contain_text("square root")
+    assert "\x1b" not in await tooltip.inner_text()
+    await prompt.press("Escape")
+    await expect(tooltip).to_be_hidden()
+    await prompt.fill("no_such_name_here")
+    await prompt.press("Shift+Tab")
+    await expect(tooltip).to_have_text("No documentation for this.")
+    # Typing closes it.
+    await prompt.press("x")
+    await expect(tooltip).to_be_hidden()
+
+    # While the kernel is busy, Tab only says so.
+    await type_in_console(page, 'print("waiting", flush=True); exec("while True: pass")')
+    await expect(cells(page).nth(1).locator(".output-stdout")).to_have_text("waiting\n")
+    await prompt.fill("math.s")
+    await prompt.press("Tab")
+    await expect(tooltip).to_contain_text("The kernel is busy")
+    await expect(completions).to_be_hidden()
+    await expect(prompt).to_have_value("math.s")
+    await expect(page.locator(".toast-error")).to_have_count(0)
+    await page.click("#console-interrupt")
+    await expect(console_status(page)).to_have_attribute("data-state", "idle")
+
+
 NOTEBOOK: dict[str, Any] = {
     "nbformat": 4,
     "nbformat_minor": 5,

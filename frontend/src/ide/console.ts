@@ -8,6 +8,7 @@ import { h } from '../common/dom';
 import { icon } from '../common/icons';
 import { toastError } from '../common/toast';
 import { cellInput } from './cell';
+import { PromptHelp, type KernelOrReason } from './completer';
 import { ConsoleKernel, type KernelState } from './kernel';
 import { OutputArea, parseOutput } from './outputs';
 
@@ -34,6 +35,14 @@ const WAITS: Partial<Record<KernelState, string>> = {
   starting: 'Starting a Python kernel… The sandbox may have to start first: this can take a few seconds.',
   connecting: 'Connecting to the kernel…',
   restarting: 'Restarting the kernel…',
+};
+
+/** Why Tab and Shift+Tab cannot ask the kernel now. */
+const NO_HELP: Partial<Record<KernelState, string>> = {
+  none: 'No kernel yet: run some code to start one, then Tab completes and Shift+Tab shows documentation.',
+  busy: 'The kernel is busy: Tab and Shift+Tab work again once it is idle.',
+  dead: 'The kernel stopped: run some code to start a new one.',
+  disconnected: 'The connection to the kernel was lost: run some code to reconnect.',
 };
 
 /** How long Enter waits for the kernel to say whether the code is complete, in ms. */
@@ -67,6 +76,7 @@ export class ConsolePanel {
   private readonly badge: HTMLElement;
   private readonly progress: HTMLElement;
   private readonly input: HTMLTextAreaElement;
+  private readonly help: PromptHelp;
   private readonly interruptButton: HTMLButtonElement;
   private readonly restartButton: HTMLButtonElement;
   private readonly kernel: ConsoleKernel;
@@ -94,8 +104,9 @@ export class ConsolePanel {
     this.input = h('textarea', {
       class: 'console-input', id: 'console-input', rows: 1, spellcheck: 'false', 'aria-label': 'Python code to run',
       placeholder: 'Python code (Enter runs it)',
-      title: 'Enter runs the code once it is a complete statement (else it starts a new line); Shift+Enter runs it as it is; ↑ and ↓ recall earlier code',
+      title: 'Enter runs the code once it is a complete statement (else it starts a new line); Shift+Enter runs it as it is; ↑ and ↓ recall earlier code; Tab completes; Shift+Tab shows documentation',
     });
+    this.help = new PromptHelp(this.input, () => this.helpKernel());
     this.input.addEventListener('keydown', (event) => this.onInputKey(event));
     this.input.addEventListener('input', () => this.fitInput());
     this.element = h('section', { class: 'console-panel', id: 'console', 'aria-label': 'Python console', hidden: true },
@@ -106,7 +117,8 @@ export class ConsolePanel {
         h('button', { type: 'button', class: 'icon-button', id: 'console-clear', title: 'Clear the console', 'aria-label': 'Clear the console', onclick: () => this.clear() }, icon('trash')),
         h('button', { type: 'button', class: 'icon-button', id: 'console-close', title: 'Hide the console (its kernel keeps running)', 'aria-label': 'Hide the console', onclick: () => this.setOpen(false) }, icon('close'))),
       this.log, this.progress,
-      h('div', { class: 'console-prompt' }, h('span', { class: 'prompt' }, '>>>'), this.input));
+      h('div', { class: 'console-prompt' }, h('span', { class: 'prompt' }, '>>>'), this.input, this.help.listElement),
+      this.help.tooltip);
     this.showState('none');
   }
 
@@ -249,7 +261,14 @@ export class ConsolePanel {
     this.historyIndex = this.history.length;
   }
 
+  /** The kernel Tab and Shift+Tab may ask, or why there is none. */
+  private helpKernel(): KernelOrReason {
+    const state = this.kernel.state;
+    return this.kernel.idleKernel ?? NO_HELP[state] ?? `${WORDS[state]}: Tab and Shift+Tab work once it is idle.`;
+  }
+
   private onInputKey(event: KeyboardEvent): void {
+    if (this.help.onKey(event)) return;
     if (event.key === 'Enter' && !event.altKey && !event.ctrlKey && !event.metaKey) {
       event.preventDefault();
       void this.submit(event.shiftKey);
@@ -269,6 +288,7 @@ export class ConsolePanel {
     event.preventDefault();
     this.historyIndex = index;
     this.input.value = this.history[index] ?? '';
+    this.help.close();
     this.fitInput();
   }
 
@@ -284,6 +304,7 @@ export class ConsolePanel {
       return;
     }
     // Taken out at once, so that what is typed while the kernel is asked is not lost.
+    this.help.close();
     this.input.value = '';
     this.fitInput();
     if (!force && !(await this.isComplete(code))) {

@@ -137,6 +137,12 @@ export class ConsoleKernel {
     this.events.state(state);
   }
 
+  /** The kernel if it is idle (it answers at once), else null: nothing is started. */
+  get idleKernel(): Kernel.IKernelConnection | null {
+    const kernel = this.session?.kernel ?? null;
+    return this.state === 'idle' ? kernel : null;
+  }
+
   /** Whether there is a kernel to interrupt or restart. */
   get running(): boolean {
     return (this.session?.kernel ?? null) !== null && this.state !== 'dead';
