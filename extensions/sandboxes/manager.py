@@ -511,7 +511,9 @@ class Sandboxes(LoggingConfigurable):
 
     async def close(self) -> None:
         """Stop consuming (sandboxes go on running; another replica takes their sync over)
-        and mirroring (what is left is mirrored by the next catch-up or start)."""
+        and mirroring (what is left is mirrored by the next catch-up or start); cancel warm-pool
+        refills in progress."""
+        await self.pool.close()
         await self.sync_leases.close()
         await self.mirror.close()
 

@@ -62,6 +62,13 @@ class WarmPool(SandboxesPart):
         self._refill_soon()
         return row
 
+    async def close(self) -> None:
+        """Cancel the refills in progress (a cancelled start is undone) while the database is
+        still there to record it."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     def _refill_soon(self) -> None:
         task = asyncio.create_task(self.fill())
         self._tasks.add(task)
