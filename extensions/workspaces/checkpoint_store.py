@@ -90,6 +90,26 @@ async def list_checkpoints(
     return cast(list[CheckpointRow], await cur.fetchall())
 
 
+async def checkpoint_content(
+    conn: Connection, workspace_id: uuid.UUID, path: str, checkpoint_id: str
+) -> tuple[CheckpointRow, bytes]:
+    """A checkpoint of ``path`` with the bytes it saved; ``NotFound`` if there is none."""
+    cp_id = _checkpoint_id(checkpoint_id, path)
+    cur = await conn.execute(
+        """SELECT c.id, c.last_modified, p.data FROM checkpoints c
+           LEFT JOIN content_parts p ON p.content_id = c.content_id
+           WHERE c.id = %s AND c.workspace_id = %s AND c.path = %s ORDER BY p.seq""",
+        [cp_id, workspace_id, path],
+        binary=True,
+    )
+    rows = await cur.fetchall()
+    if not rows:
+        msg = f"Checkpoint does not exist: {path}@{checkpoint_id}"
+        raise NotFound(msg)
+    data = b"".join(row["data"] for row in rows if row["data"] is not None)
+    return {"id": rows[0]["id"], "last_modified": rows[0]["last_modified"]}, data
+
+
 async def restore_checkpoint(
     conn: Connection, workspace_id: uuid.UUID, path: str, checkpoint_id: str, *, quota: int
 ) -> items.ItemRow:

@@ -91,6 +91,14 @@ class PostgresCheckpoints(AsyncCheckpoints):
             )
             await contents_mgr.publish_change(conn, "restore", path, row=row)
 
+    async def get_checkpoint(self, checkpoint_id: str, path: str) -> tuple[dict[str, Any], bytes]:
+        """Checkpoint ``checkpoint_id`` of ``path``: its model and the bytes it saved."""
+        async with http_transaction(self.db) as conn:
+            row, data = await checkpoint_store.checkpoint_content(
+                conn, self._workspace(), api_path(path), checkpoint_id
+            )
+        return checkpoint_model(row), data
+
     async def rename_checkpoint(self, checkpoint_id: str, old_path: str, new_path: str) -> None:
         """Move one checkpoint of ``old_path`` to ``new_path``."""
         async with http_transaction(self.db) as conn:

@@ -708,6 +708,20 @@ class PostgresContentsManager(AsyncContentsManager):
         await self.checkpoints.restore_checkpoint(self, checkpoint_id, path)  # type: ignore[no-untyped-call]
         await self._changed("restore", api_path(path))
 
+    async def get_checkpoint(self, checkpoint_id: str, path: str) -> dict[str, Any]:
+        """Checkpoint ``checkpoint_id`` of ``path`` with its ``content`` and ``format`` (text
+        if it decodes, else base64), to compare a saved version with the file."""
+        if not self._postgres_checkpoints:
+            msg = "Reading a checkpoint needs PostgresCheckpoints."
+            raise PlatformError(501, msg, reason="unsupported")
+        checkpoints = cast(PostgresCheckpoints, self.checkpoints)
+        model, data = await checkpoints.get_checkpoint(checkpoint_id, self._readable_path(path))
+        try:
+            model["content"], model["format"] = data.decode("utf-8"), "text"
+        except UnicodeDecodeError:
+            model["content"], model["format"] = encodebytes(data).decode("ascii"), "base64"
+        return model
+
     async def list_checkpoints(self, path: str) -> list[dict[str, Any]]:
         """The checkpoints of ``path``, oldest first."""
         listed: list[dict[str, Any]] = await self.checkpoints.list_checkpoints(path)  # type: ignore[no-untyped-call]

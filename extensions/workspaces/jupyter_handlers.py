@@ -6,12 +6,15 @@ contents manager changes, to the one of ``/w/<uuid>/``'s workspace, after an own
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import os
 import uuid
 from collections.abc import Awaitable
 from typing import Any, cast
 
+from jupyter_client.jsonutil import json_default
+from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import JupyterHandler, path_regex
 from jupyter_server.files.handlers import FilesHandler
 from jupyter_server.services.contents.handlers import (
@@ -21,8 +24,10 @@ from jupyter_server.services.contents.handlers import (
 )
 from jupyter_server.services.contents.manager import AsyncContentsManager
 from jupyter_server.utils import url_escape, url_path_join
+from tornado import web
 
 from extensions.accounts.identity import PlatformUser
+from extensions.workspaces.contents import PostgresContentsManager
 from extensions.workspaces.manager import Workspaces, is_user_action
 from platform_server.errors import DomainError, PlatformError
 from platform_server.handlers import (
@@ -140,7 +145,19 @@ class WorkspaceCheckpointsHandler(WorkspaceBound, CheckpointsHandler):
 
 
 class WorkspaceModifyCheckpointsHandler(WorkspaceBound, ModifyCheckpointsHandler):
-    """``/w/<uuid>/api/contents/<path>/checkpoints/<id>``."""
+    """``/w/<uuid>/api/contents/<path>/checkpoints/<id>``, with a ``GET`` beyond Jupyter."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, path: str, checkpoint_id: str) -> None:
+        """A checkpoint with the content it saved (to compare it with the file)."""
+        manager = self.contents_manager
+        if not isinstance(manager, PostgresContentsManager):
+            msg = "Reading a checkpoint needs the PostgreSQL contents manager."
+            raise PlatformError(501, msg, reason="unsupported")
+        model = await manager.get_checkpoint(checkpoint_id, path)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(model, default=json_default))
 
 
 class WorkspaceFilesHandler(WorkspaceBound, FilesHandler):

@@ -11,6 +11,7 @@ const PATHS = {
   refresh: 'M13.5 8a5.5 5.5 0 1 1-1.6-3.9 M13.5 1.5v3.5h-3.5',
   close: 'M4 4l8 8 M12 4l-8 8',
   run: 'M4.5 2.5v11l9-5.5z',
+  history: 'M2.5 8a5.5 5.5 0 1 0 1.6-3.9 M2.5 1.5v3h3 M8 5v3.5l2.5 1.5',
   plus: 'M8 2.5v11 M2.5 8h11',
   trash: 'M2.5 4h11 M6 4V2.5h4V4 M4 4l.8 10h6.4L12 4',
   rename: 'M10.5 2.5l3 3l-8 8h-3v-3z',

@@ -35,6 +35,7 @@ export class Ide {
   private readonly runButton: HTMLButtonElement;
   private readonly runConsoleButton: HTMLButtonElement;
   private readonly consoleToggle: HTMLButtonElement;
+  private readonly historyButton: HTMLButtonElement;
   private readonly consoleBar: HTMLElement;
   private readonly syncBadge: HTMLElement;
   private readonly cursorInfo: HTMLElement;
@@ -100,6 +101,11 @@ export class Ide {
       title: 'Save and run the current Python file in the Python console, keeping its variables (Shift+F5). Shift+Enter in the editor runs the selection, or the current line.',
     }, icon('run'), 'Run in console');
     this.runConsoleButton.addEventListener('click', () => void this.runInConsole());
+    this.historyButton = h('button', {
+      type: 'button', class: 'button', id: 'history-button',
+      title: 'The saved versions of the current file: compare one with your text, restore it (Alt+H)',
+      onclick: () => void this.editor.showHistory(),
+    }, icon('history'), 'History');
     this.consoleToggle = h('button', {
       type: 'button', class: 'icon-button', id: 'toggle-console', title: 'Show or hide the Python console',
       'aria-label': 'Python console', 'aria-pressed': 'false', onclick: () => this.console.setOpen(!this.console.open),
@@ -131,7 +137,7 @@ export class Ide {
       h('span', { class: 'crumb-sep' }, '/'),
       h('span', { class: 'workspace-name', id: 'workspace-name' }, this.workspace.name),
       h('span', { class: 'spacer' }),
-      this.runButton, this.runConsoleButton, this.consoleToggle);
+      this.historyButton, this.runButton, this.runConsoleButton, this.consoleToggle);
     const status = h('footer', { class: 'statusbar', id: 'statusbar' },
       this.sandbox.element, this.syncBadge, h('span', { class: 'spacer' }), this.cursorInfo,
       h('span', { class: 'status-item who', id: 'username' }, username),
@@ -177,6 +183,10 @@ export class Ide {
         event.preventDefault();
         event.stopPropagation();
         void (event.shiftKey ? this.runInConsole() : this.run());
+      } else if (event.altKey && !mod && !event.shiftKey && event.code === 'KeyH') {
+        event.preventDefault();
+        event.stopPropagation();
+        void this.editor.showHistory();
       }
     }, true);
   }

@@ -10,6 +10,7 @@ import { isDark, onThemeChange } from '../common/theme';
 import { timestamp } from '../common/time';
 import { toastError } from '../common/toast';
 import { baseName, isWithin, parentOf, type WorkspaceFiles } from './files';
+import { HistoryPanel } from './history';
 import { languageFor, monaco } from './monaco';
 import { NotebookView } from './notebook';
 
@@ -81,6 +82,7 @@ export class EditorArea {
   private readonly placeholder: HTMLElement;
   private readonly stack: HTMLElement;
   readonly editor: monaco.editor.IStandaloneCodeEditor;
+  private readonly history: HistoryPanel;
   private tabs: Tab[] = [];
   private active: Tab | null = null;
   /** The page title after the file name ("workspace · Platform"). */
@@ -95,7 +97,8 @@ export class EditorArea {
     this.banner = h('div', { class: 'editor-banner', id: 'editor-banner', role: 'alert', hidden: true });
     this.host = h('div', { class: 'editor-host', id: 'editor' });
     this.placeholder = h('div', { class: 'editor-placeholder', id: 'editor-placeholder' });
-    this.stack = h('div', { class: 'editor-stack' }, this.host, this.placeholder);
+    this.history = new HistoryPanel(files);
+    this.stack = h('div', { class: 'editor-stack' }, this.host, this.placeholder, this.history.element);
     this.element = h('section', { class: 'editor-area', 'aria-label': 'Editor' }, this.tabsBar, this.banner, this.stack);
     this.editor = monaco.editor.create(this.host, {
       model: null,
@@ -273,6 +276,7 @@ export class EditorArea {
   }
 
   private show(tab: Tab): void {
+    if (this.history.path !== null && this.history.path !== tab.path) this.history.close();
     for (const other of this.tabs) {
       if (other.notebook) other.notebook.element.hidden = other !== tab;
     }
@@ -307,7 +311,8 @@ export class EditorArea {
     replaceChildren(this.placeholder, content ?? h('div', { class: 'welcome' },
       h('p', {}, 'Open a file from the tree on the left.'),
       h('p', { class: 'muted' }, 'Ctrl/Cmd+S saves · F5 runs the Python file in a terminal · Shift+F5 runs it in the console'),
-      h('p', { class: 'muted' }, 'Shift+Enter runs the selection, or the current line, in the console')));
+      h('p', { class: 'muted' }, 'Shift+Enter runs the selection, or the current line, in the console'),
+      h('p', { class: 'muted' }, 'Alt+H shows the saved versions of the file, to compare or restore one')));
   }
 
   private reportCursor(): void {
@@ -350,6 +355,7 @@ export class EditorArea {
       const next = this.tabs[Math.min(index, this.tabs.length - 1)];
       if (next) this.activate(next, false);
       else {
+        this.history.close();
         this.showPlaceholder();
         this.banner.hidden = true;
         document.title = this.titleSuffix;
@@ -489,6 +495,7 @@ export class EditorArea {
 
   /** A file or folder moved: tabs follow it (and change language if the extension did). */
   moved(from: string, to: string): void {
+    if (this.history.path !== null && isWithin(this.history.path, from)) this.history.close();
     for (const tab of this.tabs) {
       if (!isWithin(tab.path, from)) continue;
       tab.path = to + tab.path.slice(from.length);
@@ -559,6 +566,30 @@ export class EditorArea {
     this.editor.revealLine(next);
     const text = model.getLineContent(line);
     return text.trim() ? text.trim() : null;
+  }
+
+  /** Open the active text file's history (its saved versions); Alt+H. */
+  async showHistory(): Promise<void> {
+    const tab = this.active;
+    if (!tab) {
+      toastError('Open a file to see its history.');
+      return;
+    }
+    await tab.loaded;
+    const model = tab.model;
+    if (!model || this.active !== tab) {
+      if (this.active === tab) toastError(`History compares text: “${baseName(tab.path)}” is not open as text.`);
+      return;
+    }
+    await this.history.open({
+      path: tab.path,
+      model,
+      dirty: () => this.isDirty(tab),
+      reload: () => this.reload(tab),
+      closed: () => {
+        if (this.active === tab) this.editor.focus();
+      },
+    });
   }
 
   /** Reveal the active file in the tree. */

@@ -1,6 +1,6 @@
 // The workspace's files through @jupyterlab/services' ContentsManager (the Jupyter Contents API
 // at /w/<uuid>/api/contents), plus JupyterLab's chunked upload for large files.
-import { ContentsManager, type Contents, type ServerConnection } from '@jupyterlab/services';
+import { ContentsManager, ServerConnection, type Contents } from '@jupyterlab/services';
 import { errorStatus } from '../common/api';
 
 /** Files larger than this are uploaded in chunks, as JupyterLab does. */
@@ -109,6 +109,31 @@ export class WorkspaceFiles {
 
   remove(path: string): Promise<void> {
     return this.contents.delete(path);
+  }
+
+  /** A file's checkpoints (its saved versions), newest first. */
+  async checkpoints(path: string): Promise<Contents.ICheckpointModel[]> {
+    return (await this.contents.listCheckpoints(path)).reverse();
+  }
+
+  /** Keep the file's current bytes as a checkpoint (the newest one, if it holds the same). */
+  createCheckpoint(path: string): Promise<Contents.ICheckpointModel> {
+    return this.contents.createCheckpoint(path);
+  }
+
+  /** Write a checkpoint back to the file. */
+  restoreCheckpoint(path: string, id: string): Promise<void> {
+    return this.contents.restoreCheckpoint(path, id);
+  }
+
+  /** A checkpoint's text, or null when it is not UTF-8 text. */
+  async checkpointText(path: string, id: string): Promise<string | null> {
+    const encoded = path.split('/').map(encodeURIComponent).join('/');
+    const url = `${this.settings.baseUrl}api/contents/${encoded}/checkpoints/${encodeURIComponent(id)}`;
+    const response = await ServerConnection.makeRequest(url, {}, this.settings);
+    if (!response.ok) throw await ServerConnection.ResponseError.create(response);
+    const model = (await response.json()) as { content: string; format: string };
+    return model.format === 'text' ? model.content : null;
   }
 
   /** ``/w/<uuid>/files/<path>?download=1``: the raw bytes as an attachment. */
