@@ -14,9 +14,9 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from kernel_image import files
 from kernel_image.auth import AgentBase, AgentHandler, ApiError
+from kernel_image.kernel_clients import KernelClient
 from kernel_image.kernels import (
     Kernel,
-    KernelClient,
     Kernels,
     KernelStartError,
     MaxKernelsReachedError,

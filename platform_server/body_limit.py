@@ -55,6 +55,10 @@ class PlatformWebApplication(ServerWebApplication):
         caller's credentials must be checked first."""
         if not self.max_request_body_size:
             return 0
+        declared = request.headers.get("Content-Length", "").strip()
+        if declared.isdigit() and int(declared) <= self.max_request_body_size:
+            # Within the limit whoever sends it: no routing or credential check (most saves).
+            return self.max_request_body_size
         if request.method in WRITE_METHODS:
             route = self.find_handler(request)
             if takes_uploads(getattr(route, "handler_class", None)):

@@ -16,13 +16,8 @@ from tornado.httpclient import HTTPResponse
 from traitlets import Instance, Integer
 from traitlets.config import LoggingConfigurable
 
-from extensions.sandboxes.agent_client import (
-    AgentClient,
-    AgentError,
-    AgentUnresponsive,
-    SandboxUnavailable,
-)
-from extensions.sandboxes.errors import SandboxUnresponsive
+from extensions.sandboxes.agent_client import AgentClient, AgentError, AgentUnresponsive
+from extensions.sandboxes.errors import SandboxUnavailable, SandboxUnresponsive
 from extensions.sandboxes.manager import Sandboxes
 from platform_server.errors import Conflict, DomainError, InvalidInput, NotFound
 

@@ -27,8 +27,8 @@ from tornado.websocket import (
 from extensions.accounts.identity import PlatformUser
 from extensions.kernels.handlers import KERNEL_ID
 from extensions.kernels.manager import no_kernel
-from extensions.sandboxes.agent_client import AgentError, AgentUnresponsive, SandboxUnavailable
-from extensions.sandboxes.errors import SandboxUnresponsive
+from extensions.sandboxes.agent_client import AgentError, AgentUnresponsive
+from extensions.sandboxes.errors import SandboxUnavailable, SandboxUnresponsive
 from extensions.sandboxes.handlers import running_sandbox
 from extensions.sandboxes.manager import Sandboxes
 from extensions.sandboxes.relay import UNRESPONSIVE_CLOSE, AgentRelay

@@ -14,7 +14,6 @@ from tornado.simple_httpclient import HTTPTimeoutError, SimpleAsyncHTTPClient
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from extensions.sandboxes.spawners.base import AgentEndpoint
-from platform_server.errors import DomainError
 
 # The host name used in URLs of Unix-socket agents; the resolver below maps it to the socket.
 UNIX_HOST = "agent.sandbox.invalid"
@@ -56,20 +55,6 @@ class AgentError(Exception):
 class AgentUnresponsive(AgentError):
     """The agent accepted the connection but did not answer in time (it hangs, or is stopped):
     unlike a refused connection, the sandbox may still come back."""
-
-
-class SandboxUnavailable(DomainError):
-    """The sandbox's agent cannot be reached (what an ``AgentError`` means to a client)."""
-
-    status_code = 503
-    reason = "sandbox_unavailable"
-
-    def __init__(
-        self,
-        message: str = "The workspace's sandbox is not answering. Try again; if it persists, "
-        "stop and start the sandbox.",
-    ) -> None:
-        super().__init__(message)
 
 
 class AgentClient:

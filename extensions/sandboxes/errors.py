@@ -19,6 +19,20 @@ class TooManySandboxes(DomainError):
     reason = "too_many_sandboxes"
 
 
+class SandboxUnavailable(DomainError):
+    """The sandbox's agent cannot be reached (what an ``AgentError`` means to a client)."""
+
+    status_code = 503
+    reason = "sandbox_unavailable"
+
+    def __init__(
+        self,
+        message: str = "The workspace's sandbox is not answering. Try again; if it persists, "
+        "stop and start the sandbox.",
+    ) -> None:
+        super().__init__(message)
+
+
 class SandboxUnresponsive(DomainError):
     """The sandbox's agent does not answer (it hangs, or is stopped); it may come back."""
 

@@ -26,7 +26,7 @@ from typing import Any
 from tornado.websocket import WebSocketClientConnection
 
 from extensions.sandboxes.agent_client import AgentClient
-from extensions.workspaces import items, paths
+from extensions.workspaces import items, paths, writes
 from extensions.workspaces.contents import PostgresContentsManager
 from extensions.workspaces.events import publish
 from platform_server.db import Connection, Database
@@ -136,7 +136,7 @@ class SyncConsumer:
         except (binascii.Error, ValueError) as e:
             msg = "bad file content"
             raise DomainError(msg) from e
-        items.check_size(len(content), self.limits.max_file_size, path)
+        writes.check_size(len(content), self.limits.max_file_size, path)
         digest = hashlib.sha256(content).digest()
         changed_at = _time(message.get("mtime"))
         lost = False

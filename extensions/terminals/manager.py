@@ -13,8 +13,8 @@ from urllib.parse import quote
 from traitlets import Instance, Integer
 from traitlets.config import LoggingConfigurable
 
-from extensions.sandboxes.agent_client import AgentError, AgentUnresponsive, SandboxUnavailable
-from extensions.sandboxes.errors import SandboxUnresponsive
+from extensions.sandboxes.agent_client import AgentError, AgentUnresponsive
+from extensions.sandboxes.errors import SandboxUnavailable, SandboxUnresponsive
 from extensions.sandboxes.locks import advisory_lock
 from extensions.sandboxes.manager import Sandboxes
 from extensions.sandboxes.store import SandboxRow

@@ -15,8 +15,8 @@ from jupyter_server.base.websocket import WebSocketMixin
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketClientConnection
 
-from extensions.sandboxes.agent_client import AgentError, AgentUnresponsive, SandboxUnavailable
-from extensions.sandboxes.errors import SandboxUnresponsive
+from extensions.sandboxes.agent_client import AgentError, AgentUnresponsive
+from extensions.sandboxes.errors import SandboxUnavailable, SandboxUnresponsive
 from extensions.sandboxes.handlers import running_sandbox
 from extensions.sandboxes.manager import Sandboxes
 from extensions.sandboxes.relay import UNRESPONSIVE_CLOSE, AgentRelay

@@ -12,7 +12,7 @@ from typing import Any, TypedDict, cast
 
 from psycopg import sql
 
-from extensions.workspaces import items
+from extensions.workspaces import items, writes
 from platform_server.db import Connection
 from platform_server.errors import InvalidInput, NotFound
 
@@ -39,7 +39,7 @@ async def create_checkpoint(
 
     When the newest checkpoint already holds the same bytes, it is returned instead.
     """
-    await items.lock_workspace(conn, workspace_id)
+    await writes.lock_workspace(conn, workspace_id)
     cur = await conn.execute(
         "SELECT type, sha256 FROM workspace_items WHERE workspace_id = %s AND path = %s",
         [workspace_id, path],
@@ -115,7 +115,7 @@ async def restore_checkpoint(
 ) -> items.ItemRow:
     """Write a checkpoint's content back to ``path`` (recreating the file if it was deleted)."""
     cp_id = _checkpoint_id(checkpoint_id, path)
-    bytes_used = await items.lock_workspace(conn, workspace_id)
+    bytes_used = await writes.lock_workspace(conn, workspace_id)
     cur = await conn.execute(
         """SELECT size FROM checkpoints WHERE id = %s AND workspace_id = %s AND path = %s""",
         [cp_id, workspace_id, path],
@@ -133,7 +133,7 @@ async def restore_checkpoint(
         {"id": cp_id},
     )
     # The checkpoint's content is shared, not copied: this can only release bytes.
-    await items.check_growth(conn, workspace_id, bytes_used, quota, path)
+    await writes.check_growth(conn, workspace_id, bytes_used, quota, path)
     return row
 
 
@@ -141,7 +141,7 @@ async def delete_checkpoint(
     conn: Connection, workspace_id: uuid.UUID, path: str, checkpoint_id: str
 ) -> None:
     """Delete one checkpoint of ``path``; ``NotFound`` if it has no such checkpoint."""
-    await items.lock_workspace(conn, workspace_id)  # its content may be released
+    await writes.lock_workspace(conn, workspace_id)  # its content may be released
     cur = await conn.execute(
         "DELETE FROM checkpoints WHERE id = %s AND workspace_id = %s AND path = %s",
         [_checkpoint_id(checkpoint_id, path), workspace_id, path],
@@ -169,7 +169,7 @@ async def rename_checkpoints(
 
 async def delete_checkpoints(conn: Connection, workspace_id: uuid.UUID, path: str) -> None:
     """Delete every checkpoint of ``path`` and of anything under it."""
-    await items.lock_workspace(conn, workspace_id)  # contents may be released
+    await writes.lock_workspace(conn, workspace_id)  # contents may be released
     await conn.execute(
         sql.SQL("DELETE FROM checkpoints WHERE workspace_id = %(ws)s AND {subtree}").format(
             subtree=items.IN_SUBTREE

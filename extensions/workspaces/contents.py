@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import functools
 import logging
-import re
 import uuid
-from base64 import decodebytes, encodebytes
+from base64 import encodebytes
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
@@ -25,12 +23,15 @@ from traitlets.config import Configurable
 
 from extensions.workspaces import (
     checkpoint_store,
+    chunks,
     events,
     items,
+    models,
     notebooks,
     paths,
     standalone,
     uploads,
+    writes,
 )
 from extensions.workspaces.api_edge import (
     api_path,
@@ -43,18 +44,8 @@ from platform_server.db import Connection, Database
 from platform_server.db.migrate import apply_migrations
 from platform_server.errors import DomainError, PlatformError, TooLarge
 
-# The largest chunk number of an upload (chunk numbers are PostgreSQL integers).
-MAX_CHUNK = 2**31 - 1
 # The running digests of chunked uploads received by this process.
 _UPLOAD_DIGESTS = uploads.UploadDigests()
-
-
-@functools.lru_cache(maxsize=16)
-def _hidden_by_globs(globs: tuple[str, ...]) -> re.Pattern[str] | None:
-    """One regex for all of ``hide_globs`` (fnmatch per name and glob is 20x slower)."""
-    if not globs:
-        return None
-    return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs))
 
 
 @functools.cache
@@ -267,44 +258,14 @@ class PostgresContentsManager(AsyncContentsManager):
 
     def _check_size(self, size: int, path: str) -> None:
         try:
-            items.check_size(size, self.max_file_size, path)
+            writes.check_size(size, self.max_file_size, path)
         except TooLarge as e:
             raise e.to_http() from e
 
-    def _model(
-        self,
-        path: str,
-        kind: str,
-        size: int | None,
-        mimetype: str | None,
-        created: datetime,
-        modified: datetime,
-    ) -> dict[str, Any]:
-        """A contents model without content, as Jupyter's ``get(content=False)`` makes it."""
-        return {
-            "name": path.rpartition("/")[2],
-            "path": path,
-            "type": kind,
-            "writable": True,
-            "created": created,
-            "last_modified": modified,
-            "content": None,
-            "format": None,
-            "mimetype": mimetype,
-            "size": None if kind == "directory" else size,
-            "hash": None,
-            "hash_algorithm": None,
-        }
-
-    def _row_model(self, row: items.ItemRow) -> dict[str, Any]:
-        return self._model(
-            row["path"],
-            row["type"],
-            row["size"],
-            row["mimetype"],
-            row["created"],
-            row["last_modified"],
-        )
+    def _listing(self, parent: str, rows: list[Any]) -> list[dict[str, Any]]:
+        """Models of a directory's children (hidden and ``hide_globs`` names left out)."""
+        hide_globs = tuple(self.hide_globs)
+        return models.listing(parent, rows, allow_hidden=self.allow_hidden, hide_globs=hide_globs)
 
     # --- existence -----------------------------------------------------------------------
 
@@ -354,7 +315,7 @@ class PostgresContentsManager(AsyncContentsManager):
         async with http_connection(self.db) as conn:
             created = await items.workspace_created(conn, self._workspace)
             rows = await items.list_children(conn, self._workspace, "") if content else None
-        model = self._model("", "directory", None, None, created, created)
+        model = models.model("", "directory", None, None, created, created)
         if rows is not None:
             model["content"] = self._listing("", rows)
             model["format"] = "json"
@@ -378,7 +339,7 @@ class PostgresContentsManager(AsyncContentsManager):
                 if content:
                     rows = await items.list_children(conn, self._workspace, path)
         if row["type"] == "directory":
-            model = self._row_model(row)
+            model = models.row_model(row)
             if rows is not None:
                 model["content"] = self._listing(path, rows)
                 model["format"] = "json"
@@ -395,7 +356,9 @@ class PostgresContentsManager(AsyncContentsManager):
         if kind == "file":
             # A notebook read as a file has no stored mimetype: guess as Jupyter does.
             mimetype = row["mimetype"] if row["type"] == "file" else items.guess_mimetype(path)
-        model = self._model(path, kind, row["size"], mimetype, row["created"], row["last_modified"])
+        model = models.model(
+            path, kind, row["size"], mimetype, row["created"], row["last_modified"]
+        )
         data = row["content"]
         if data is not None:
             if kind == "notebook":
@@ -406,56 +369,11 @@ class PostgresContentsManager(AsyncContentsManager):
                 model["format"] = "json"
                 self.validate_notebook_model(model, validation_error)  # type: ignore[no-untyped-call]
             else:
-                self._file_content(model, data, format)
+                models.file_content(model, data, format)
         if require_hash and row["sha256"] is not None:
             model["hash"] = row["sha256"].hex()
             model["hash_algorithm"] = "sha256"
         return model
-
-    def _file_content(self, model: dict[str, Any], data: bytes, format: str | None) -> None:
-        """Fill in a file's content as Jupyter does: text if asked or if it decodes, else base64."""
-        if format in {None, "text"}:
-            try:
-                model["content"] = data.decode("utf-8")
-                model["format"] = "text"
-            except UnicodeDecodeError:
-                if format == "text":
-                    msg = f"{model['path']} is not UTF-8 encoded"
-                    raise PlatformError(400, msg, reason="bad format") from None
-        if model["content"] is None:
-            model["content"] = encodebytes(data).decode("ascii")
-            model["format"] = "base64"
-        if model["mimetype"] is None:
-            text = model["format"] == "text"
-            model["mimetype"] = "text/plain" if text else "application/octet-stream"
-
-    def _listing(self, parent: str, rows: list[Any]) -> list[dict[str, Any]]:
-        """Models of a directory's children (hidden and ``hide_globs`` names left out)."""
-        prefix = f"{parent}/" if parent else ""
-        show_hidden = self.allow_hidden
-        hidden = _hidden_by_globs(tuple(self.hide_globs))
-        listing: list[dict[str, Any]] = []
-        append = listing.append
-        for name, kind, size, mimetype, created, modified in rows:
-            if (not show_hidden and name.startswith(".")) or (hidden and hidden.match(name)):
-                continue
-            append(
-                {
-                    "name": name,
-                    "path": prefix + name,
-                    "type": kind,
-                    "writable": True,
-                    "created": created,
-                    "last_modified": modified,
-                    "content": None,
-                    "format": None,
-                    "mimetype": mimetype,
-                    "size": None if kind == "directory" else size,
-                    "hash": None,
-                    "hash_algorithm": None,
-                }
-            )
-        return listing
 
     # --- saving --------------------------------------------------------------------------
 
@@ -489,13 +407,13 @@ class PostgresContentsManager(AsyncContentsManager):
             if kind == "notebook":
                 data, message = await self._notebook_content(model["content"], path)
             else:
-                data = self._decode(model["content"], model.get("format"), path)
+                data = models.decode(model["content"], model.get("format"), path)
             row = await self._write(path, data, checkpoint=kind == "notebook")
         else:
             msg = f"Unhandled contents type: {kind}"
             raise PlatformError(400, msg)
 
-        saved = self._row_model(row)
+        saved = models.row_model(row)
         if message:
             saved["message"] = message
         await self._changed("save", path)
@@ -504,7 +422,7 @@ class PostgresContentsManager(AsyncContentsManager):
     async def _write(self, path: str, data: bytes, *, checkpoint: bool) -> items.ItemRow:
         """Store a file's bytes in one transaction (limits, quota and If-Match checked)."""
         self._check_size(len(data), path)
-        sha256 = await items.sha256_of(data)
+        sha256 = await writes.sha256_of(data)
         in_tables = checkpoint and self._postgres_checkpoints
         async with http_transaction(self.db, pipeline=True) as conn:
             row = await items.write_file(
@@ -524,22 +442,6 @@ class PostgresContentsManager(AsyncContentsManager):
         if checkpoint and not in_tables and not await self.list_checkpoints(path):
             await self.create_checkpoint(path)
         return row
-
-    def _decode(self, content: Any, format: str | None, path: str) -> bytes:
-        """A file's bytes from a model's content, as Jupyter's ``_save_file`` decodes it."""
-        if format not in {"text", "base64"}:
-            msg = "Must specify format of file contents as 'text' or 'base64'"
-            raise PlatformError(400, msg)
-        if not isinstance(content, str):
-            msg = f"The content of {path} must be a string."
-            raise PlatformError(400, msg)
-        try:
-            if format == "text":
-                return content.encode("utf-8")
-            return decodebytes(content.encode("ascii"))
-        except Exception as e:
-            msg = f"Encoding error saving {path}: {e}"
-            raise PlatformError(400, msg) from e
 
     async def _notebook_content(self, content: Any, path: str) -> tuple[bytes, str | None]:
         """A notebook's bytes (as Jupyter writes them) and its validation message, if any."""
@@ -561,62 +463,37 @@ class PostgresContentsManager(AsyncContentsManager):
 
     async def _save_chunk(self, model: dict[str, Any], path: str, chunk: Any) -> dict[str, Any]:
         """One chunk of an upload (JupyterLab: 1, 2, ..., then -1 for the last)."""
-        if not notebooks.is_int(chunk) or chunk == 0 or chunk < -1 or chunk > MAX_CHUNK:
-            msg = f"Invalid chunk number {chunk!r}: 1, 2, ... then -1 for the last."
-            raise PlatformError(400, msg, reason="invalid_chunk")
+        chunks.check_number(chunk)
         path = self.writable_path(path, "create")
         if not path:
             raise PlatformError(400, "The root is a directory.")
         if chunk == 1:
             self.run_pre_save_hooks(model=model, path=path)  # type: ignore[no-untyped-call]
-        if "type" not in model:
-            raise PlatformError(400, "No file type provided")
-        if model["type"] != "file":
-            msg = f'File type "{model["type"]}" is not supported for large file transfer'
-            raise PlatformError(400, msg)
-        if "content" not in model:
-            raise PlatformError(400, "No file content provided")
-        data = self._decode(model["content"], model.get("format"), path)
-        limits = {"max_size": self.max_file_size, "quota": self.workspace_quota}
-        workspace_id = self._workspace
-        try:
-            async with http_transaction(self.db, pipeline=True) as conn:
-                if chunk == -1:
-                    row = await uploads.finish_upload(
-                        conn,
-                        workspace_id,
-                        path,
-                        data,
-                        **limits,
-                        if_match=self._if_match(),
-                        digests=_UPLOAD_DIGESTS,
-                    )
-                    await self.publish_change(conn, "save", path, row=row)
-                else:
-                    content_id, writes, received = await uploads.append_chunk(
-                        conn,
-                        workspace_id,
-                        path,
-                        chunk,
-                        data,
-                        **limits,
-                        if_match=self._if_match(),
-                        expiry=self.upload_expiry,
-                    )
-        except PlatformError as e:
-            if e.status_code == TooLarge.status_code:
-                # The upload cannot succeed: free its chunks now, not when they expire.
-                async with http_transaction(self.db) as conn:
-                    await uploads.discard_upload(conn, workspace_id, path)
-            raise
-        if chunk == -1:
-            saved = self._row_model(row)
+        data = chunks.chunk_bytes(model, path)
+
+        async def publish(conn: Connection, row: items.ItemRow) -> None:
+            await self.publish_change(conn, "save", path, row=row)
+
+        row, received = await chunks.store_chunk(
+            self.db,
+            self._workspace,
+            path,
+            chunk,
+            data,
+            max_size=self.max_file_size,
+            quota=self.workspace_quota,
+            if_match=self._if_match(),
+            expiry=self.upload_expiry,
+            digests=_UPLOAD_DIGESTS,
+            publish=publish,
+        )
+        if row is not None:
+            saved = models.row_model(row)
             await self._changed("save", path)
             return saved
-        _UPLOAD_DIGESTS.chunk_stored(content_id, chunk, writes, data)
         # The file itself changes only with the last chunk; until then, describe the upload.
         now = datetime.now(UTC)
-        return self._model(path, "file", received, items.file_mimetype(path), now, now)
+        return models.model(path, "file", received, items.file_mimetype(path), now, now)
 
     # --- deleting, renaming, copying -----------------------------------------------------
 
@@ -694,7 +571,7 @@ class PostgresContentsManager(AsyncContentsManager):
             )
             await self.publish_change(conn, "copy", target, path, row=row)
         await self._changed("copy", target, path)
-        return self._row_model(row)
+        return models.row_model(row)
 
     # --- checkpoints (typed; the work is the checkpoints class's) -------------------------
 

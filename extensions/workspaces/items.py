@@ -1,5 +1,5 @@
-"""SQL of workspace files and folders: reading, writing, deleting, moving and copying them, and
-what every write shares (locks, limits, storing content). No transactions of its own.
+"""SQL of workspace files and folders: reading, writing, deleting, moving and copying them. No
+transactions of its own; what every write shares (locks, limits, storing content) is ``writes``.
 
 Paths given to these functions are canonical (``paths.canonical``). Every function that changes a
 workspace's files first locks its ``workspaces`` row, so writes to one workspace are serialised:
@@ -15,8 +15,6 @@ hold the rest of their SQL).
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import mimetypes
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -26,20 +24,9 @@ from typing import Any, TypedDict, cast
 from psycopg import sql
 from psycopg.rows import TupleRow, tuple_row
 
-from extensions.workspaces import paths
+from extensions.workspaces import paths, writes
 from platform_server.db import Connection
-from platform_server.errors import (
-    Conflict,
-    EditConflict,
-    InvalidInput,
-    NotFound,
-    QuotaExceeded,
-    TooLarge,
-)
-
-# Content is stored in parts of this size (bytes); an upload's parts are its chunks.
-PART_SIZE = 1024 * 1024
-_THREAD_THRESHOLD = 1024 * 1024
+from platform_server.errors import Conflict, InvalidInput, NotFound
 
 
 class ItemRow(TypedDict):
@@ -75,8 +62,6 @@ _ITEM_TYPE = "SELECT type FROM workspace_items WHERE workspace_id = %s AND path 
 _LOCK_ITEM = sql.SQL(
     "SELECT {cols} FROM workspace_items WHERE workspace_id = %s AND path = %s FOR UPDATE"
 ).format(cols=_ITEM_COLUMNS)
-# NO KEY UPDATE: the lock writers need, without blocking foreign-key checks.
-_LOCK_WORKSPACE = "SELECT bytes_used FROM workspaces WHERE id = %s FOR NO KEY UPDATE"
 # ``path`` is %(path)s or one of its descendants: a range in "C" collation, no LIKE.
 IN_SUBTREE = sql.SQL("(path = %(path)s OR (path >= %(path)s || '/' AND path < %(path)s || '0'))")
 
@@ -95,18 +80,6 @@ def guess_mimetype(path: str) -> str | None:
 def file_mimetype(path: str) -> str | None:
     """The stored mimetype of a file at ``path`` (notebook models have none)."""
     return None if path.endswith(".ipynb") else guess_mimetype(path)
-
-
-def _human(size: int) -> str:
-    """A byte count for people: '512 bytes', '1.5 MiB'."""
-    if size < 1024:
-        return f"{size} bytes"
-    value = size / 1024
-    for unit in ("KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -212,16 +185,6 @@ async def subtree(conn: Connection, workspace_id: uuid.UUID, path: str) -> Async
 # --- writing -------------------------------------------------------------------------------
 
 
-async def lock_workspace(conn: Connection, workspace_id: uuid.UUID) -> int:
-    """Lock the workspace's row until the transaction ends; return its ``bytes_used``."""
-    cur = await conn.execute(_LOCK_WORKSPACE, [workspace_id])
-    row = await cur.fetchone()
-    if row is None:
-        msg = "No such workspace."
-        raise NotFound(msg)
-    return int(row["bytes_used"])
-
-
 async def _require_directory(conn: Connection, workspace_id: uuid.UUID, path: str) -> None:
     """``NotFound`` unless ``path`` is a directory (the root always is)."""
     if path and await item_type(conn, workspace_id, path) != "directory":
@@ -259,7 +222,7 @@ async def lock_for_write(
     the workspace, then the item.
     """
     parent = paths.split(path)[0]
-    workspace = await conn.execute(_LOCK_WORKSPACE, [workspace_id])
+    workspace = await conn.execute(writes.LOCK_WORKSPACE, [workspace_id])
     parent_type = await conn.execute(_ITEM_TYPE, [workspace_id, parent]) if parent else None
     current = await conn.execute(_LOCK_ITEM, [workspace_id, path])
     locked = await workspace.fetchone()
@@ -274,55 +237,6 @@ async def lock_for_write(
     old = cast(ItemRow | None, await current.fetchone())
     _refuse_directory(old, path)
     return int(locked["bytes_used"]), old
-
-
-def check_if_match(old: ItemRow | None, if_match: Sequence[str] | None, path: str) -> None:
-    """``EditConflict`` unless the stored file's sha256 is one of the client's entity tags."""
-    if if_match is None:
-        return
-    if old is not None and old["sha256"] is not None:
-        current = old["sha256"].hex()
-        if any(tag == "*" or tag.lower() == current for tag in if_match):
-            return
-    msg = (
-        f"{path} was changed by someone else since you loaded it (its If-Match no longer "
-        "matches). Reload it, or save without If-Match to overwrite."
-    )
-    raise EditConflict(msg)
-
-
-def check_quota(bytes_used: int, delta: int, quota: int, path: str) -> None:
-    """``QuotaExceeded`` if growing the workspace by ``delta`` bytes takes it over ``quota``."""
-    if quota > 0 and delta > 0 and bytes_used + delta > quota:
-        msg = (
-            f"Cannot save {path}: the workspace would store {_human(bytes_used + delta)}, over "
-            f"its quota of {_human(quota)}. Delete some files or checkpoints first."
-        )
-        raise QuotaExceeded(msg)
-
-
-async def check_growth(
-    conn: Connection, workspace_id: uuid.UUID, before: int, quota: int, path: str
-) -> None:
-    """``check_quota`` of what this transaction's writes stored, once they are done.
-
-    Called after a write, with ``before`` the ``bytes_used`` read when the workspace was
-    locked: only then is it known whether the content a write replaced is released or still
-    kept by a checkpoint or a copy. The caller's transaction then rolls back.
-    """
-    if quota <= 0:
-        return
-    cur = await conn.execute("SELECT bytes_used FROM workspaces WHERE id = %s", [workspace_id])
-    row = await cur.fetchone()
-    assert row is not None  # noqa: S101 (the workspace is locked)
-    check_quota(before, int(row["bytes_used"]) - before, quota, path)
-
-
-def check_size(size: int, max_size: int, path: str) -> None:
-    """``TooLarge`` if a file of ``size`` bytes is over ``max_size`` (0: no limit)."""
-    if max_size > 0 and size > max_size:
-        msg = f"Cannot save {path}: files are limited to {_human(max_size)}."
-        raise TooLarge(msg)
 
 
 async def _check_moved_paths_fit(
@@ -410,20 +324,6 @@ async def _touch(conn: Connection, workspace_id: uuid.UUID, path: str) -> ItemRo
     return cast(ItemRow, await cur.fetchone())
 
 
-async def store_content(conn: Connection, workspace_id: uuid.UUID, data: bytes) -> None:
-    """Store ``data`` as a new content of the workspace, in parts; its id is then
-    ``currval('content_ids')`` on this connection (nothing is fetched, so a pipelined
-    transaction does not wait here)."""
-    await conn.execute("SELECT nextval('content_ids')")
-    view = memoryview(data)
-    for seq, start in enumerate(range(0, len(data), PART_SIZE), start=1):
-        await conn.execute(
-            """INSERT INTO content_parts (content_id, seq, data, workspace_id)
-               VALUES (currval('content_ids'), %s, %s, %s)""",
-            [seq, view[start : start + PART_SIZE], workspace_id],
-        )
-
-
 async def write_file(
     conn: Connection,
     workspace_id: uuid.UUID,
@@ -440,16 +340,16 @@ async def write_file(
     stored one matches, checked under the row lock.
     """
     bytes_used, old = await lock_for_write(conn, workspace_id, path)
-    check_if_match(old, if_match, path)
+    writes.check_if_match(old, if_match, path)
     delta = len(content) - (old["size"] if old else 0)
-    check_quota(bytes_used, delta, quota, path)
+    writes.check_quota(bytes_used, delta, quota, path)
     if old is not None and old["sha256"] == sha256:
         # The same bytes again (a save with no change): a new date, and no content rewritten.
         row = await _touch(conn, workspace_id, path)
     else:
         # Nothing here waits for an answer until the upsert's row: in a pipelined transaction,
         # the parts and the file travel together.
-        await store_content(conn, workspace_id, content)
+        await writes.store_content(conn, workspace_id, content)
         row = await upsert(
             conn,
             workspace_id,
@@ -461,13 +361,13 @@ async def write_file(
             {"size": len(content), "sha256": sha256},
         )
         # The replaced content stays stored if a checkpoint or a copy keeps it.
-        await check_growth(conn, workspace_id, bytes_used, quota, path)
+        await writes.check_growth(conn, workspace_id, bytes_used, quota, path)
     return row
 
 
 async def make_directory(conn: Connection, workspace_id: uuid.UUID, path: str) -> ItemRow:
     """Create the directory ``path`` (its parent must exist); an existing one is kept as is."""
-    await lock_workspace(conn, workspace_id)
+    await writes.lock_workspace(conn, workspace_id)
     await _require_directory(conn, workspace_id, paths.split(path)[0])
     old = await _current(conn, workspace_id, path)
     if old is not None:
@@ -504,23 +404,12 @@ async def make_directories(conn: Connection, workspace_id: uuid.UUID, path: str)
     return made
 
 
-async def sha256_of(data: bytes) -> bytes:
-    """The SHA-256 of ``data``; off the event loop when large (1 MB hashes in ~1 ms)."""
-    if len(data) > _THREAD_THRESHOLD:
-        return await asyncio.to_thread(_sha256, data)
-    return _sha256(data)
-
-
-def _sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
 # --- deleting, renaming, copying -----------------------------------------------------------
 
 
 async def delete_item(conn: Connection, workspace_id: uuid.UUID, path: str) -> None:
     """Delete a file, or a directory with everything in it, and their checkpoints."""
-    await lock_workspace(conn, workspace_id)
+    await writes.lock_workspace(conn, workspace_id)
     params = {"ws": workspace_id, "path": path}
     cur = await conn.execute(
         sql.SQL(
@@ -551,7 +440,7 @@ async def rename_item(
 
     ``Conflict`` if ``new_path`` exists (nothing is overwritten); its parent must exist.
     """
-    await lock_workspace(conn, workspace_id)
+    await writes.lock_workspace(conn, workspace_id)
     kind = await item_type(conn, workspace_id, old_path)
     if kind is None:
         msg = f"File or directory does not exist: {old_path}"
@@ -605,7 +494,7 @@ async def copy_item(
 
     Copies share their originals' contents: no bytes move, and none count against the quota.
     """
-    bytes_used = await lock_workspace(conn, workspace_id)
+    bytes_used = await writes.lock_workspace(conn, workspace_id)
     kind = await item_type(conn, workspace_id, from_path)
     if kind is None:
         msg = f"No such file or directory: {from_path}"
@@ -622,7 +511,7 @@ async def copy_item(
             ),
             {"from": from_path},
         )
-        await check_growth(conn, workspace_id, bytes_used, quota, to_path)
+        await writes.check_growth(conn, workspace_id, bytes_used, quota, to_path)
         return row
 
     to_parent, to_name = paths.split(to_path)
@@ -652,7 +541,7 @@ async def copy_item(
         ).format(subtree=IN_SUBTREE),
         params,
     )
-    await check_growth(conn, workspace_id, bytes_used, quota, to_path)
+    await writes.check_growth(conn, workspace_id, bytes_used, quota, to_path)
     copied = await _current(conn, workspace_id, to_path)
     assert copied is not None  # noqa: S101 (inserted above)
     return copied

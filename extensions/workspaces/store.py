@@ -9,7 +9,7 @@ from typing import TypedDict, cast
 
 from psycopg import sql
 
-from extensions.workspaces import items
+from extensions.workspaces import items, writes
 from platform_server.db import Connection
 from platform_server.errors import Conflict, NotFound
 
@@ -58,7 +58,7 @@ async def create_workspace(
     workspace = cast(WorkspaceRow, await cur.fetchone())
     for path, content in files.items():
         # Storing the parts counts them in bytes_used (triggers of migration 0008).
-        await items.store_content(conn, workspace["id"], content)
+        await writes.store_content(conn, workspace["id"], content)
         await conn.execute(
             """INSERT INTO workspace_items
                    (workspace_id, path, parent, name, type, content_id, size, sha256, mimetype)
@@ -73,7 +73,7 @@ async def create_workspace(
             ],
         )
     if files:
-        workspace["bytes_used"] = await items.lock_workspace(conn, workspace["id"])
+        workspace["bytes_used"] = await writes.lock_workspace(conn, workspace["id"])
     return workspace
 
 

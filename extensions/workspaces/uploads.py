@@ -15,7 +15,7 @@ from typing import Any, TypedDict, cast
 
 from psycopg import sql
 
-from extensions.workspaces import items
+from extensions.workspaces import items, writes
 from platform_server.db import Connection
 from platform_server.errors import InvalidInput
 
@@ -119,14 +119,14 @@ async def append_chunk(
     """
     bytes_used, old = await items.lock_for_write(conn, workspace_id, path)
     if chunk == 1:
-        items.check_if_match(old, if_match, path)
+        writes.check_if_match(old, if_match, path)
         # This path's previous upload, and abandoned ones, go (with their parts: triggers).
         await conn.execute(
             """DELETE FROM uploads WHERE workspace_id = %(ws)s AND (path = %(path)s
                OR updated < now() - make_interval(secs => %(idle)s))""",
             {"ws": workspace_id, "path": path, "idle": expiry},
         )
-        bytes_used = await items.lock_workspace(conn, workspace_id)  # less what those held
+        bytes_used = await writes.lock_workspace(conn, workspace_id)  # less what those held
         received = replaced = 0
     else:
         upload = await _upload_state(conn, workspace_id, path, besides=chunk)
@@ -135,10 +135,10 @@ async def append_chunk(
             raise InvalidInput(msg)
         received, replaced = upload["received"], upload["replaced"]
     total = received + len(data)
-    items.check_size(total, max_size, path)
+    writes.check_size(total, max_size, path)
     # bytes_used holds every upload in progress (unfinished uploads cannot fill the database)
     # and the file this one replaces, counted as gone: it is, once the upload finishes.
-    items.check_quota(bytes_used - (old["size"] if old else 0), len(data) - replaced, quota, path)
+    writes.check_quota(bytes_used - (old["size"] if old else 0), len(data) - replaced, quota, path)
     cur = await conn.execute(
         """INSERT INTO uploads (workspace_id, path, content_id)
            VALUES (%(ws)s, %(path)s, nextval('content_ids'))
@@ -176,18 +176,18 @@ async def finish_upload(
     progress is a whole file.
     """
     bytes_used, old = await items.lock_for_write(conn, workspace_id, path)
-    items.check_if_match(old, if_match, path)
+    writes.check_if_match(old, if_match, path)
     upload = await _upload_state(conn, workspace_id, path)
     received = 0 if upload is None else upload["received"]
     total = received + len(data)
-    items.check_size(total, max_size, path)
+    writes.check_size(total, max_size, path)
     # The chunks received are in bytes_used already; the replaced file may be released.
-    items.check_quota(bytes_used - (old["size"] if old else 0), len(data), quota, path)
+    writes.check_quota(bytes_used - (old["size"] if old else 0), len(data), quota, path)
     content: sql.Composable
     if upload is None:
-        await items.store_content(conn, workspace_id, data)
+        await writes.store_content(conn, workspace_id, data)
         content = sql.SQL("currval('content_ids')")
-        digest = await items.sha256_of(data)
+        digest = await writes.sha256_of(data)
     else:
         await conn.execute(
             """INSERT INTO content_parts (content_id, seq, data, workspace_id)
@@ -208,7 +208,7 @@ async def finish_upload(
     )
     # After the upsert: the file holds the content now, so the upload's end keeps its parts.
     await discard_upload(conn, workspace_id, path)
-    await items.check_growth(conn, workspace_id, bytes_used, quota, path)
+    await writes.check_growth(conn, workspace_id, bytes_used, quota, path)
     return row
 
 
@@ -235,7 +235,7 @@ async def discard_upload(conn: Connection, workspace_id: uuid.UUID, path: str) -
     """Drop the upload to ``path``, if any (its parts go with it unless the file has them)."""
     # Releasing parts updates bytes_used: the workspace is locked first, as by every writer,
     # so that this and another write never wait on each other's locks in opposite orders.
-    await items.lock_workspace(conn, workspace_id)
+    await writes.lock_workspace(conn, workspace_id)
     await conn.execute(
         "DELETE FROM uploads WHERE workspace_id = %s AND path = %s", [workspace_id, path]
     )

@@ -1,47 +1,36 @@
 """``KubernetesSpawner``: one pod per sandbox, in a namespace under the restricted Pod Security
 Standard, found again by its labels after a platform restart.
 
-The pod is built by ``k8s_objects.make_sandbox_pod`` (pure), the API is called only through
-``k8s_client`` (a bounded thread pool), and a start waits on one shared watch of the sandbox
-pods (``k8s_reflector``), turning pod status and events into progress and clear failures
-(``k8s_status``). The agent starts without a token (``--token-on-first-contact``); the start
-hands it over (``PUT /api/token``) as soon as the pod answers, before it reports the sandbox
-started. The token is never in the pod spec, its environment, a command line, or a log.
+The options live in ``k8s_settings``; the pod is built by ``k8s_objects.make_sandbox_pod``
+(pure), the API is called only through ``k8s_client`` (a bounded thread pool), and a start
+waits on one shared watch of the sandbox pods (``k8s_reflector``), turning pod status and
+events into progress and clear failures (``k8s_status``). The agent starts without a token
+(``--token-on-first-contact``); the start hands it over (``k8s_handover``: ``PUT /api/token``)
+as soon as the pod answers, before it reports the sandbox started. The token is never in the
+pod spec, its environment, a command line, or a log.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
-
-from tornado.httpclient import HTTPClientError
-from tornado.simple_httpclient import SimpleAsyncHTTPClient
-from traitlets import Bool, Dict, Enum, Float, Integer, List, TraitError, Unicode, validate
 
 from extensions.sandboxes.spawners.base import (
     AgentEndpoint,
     KnownIds,
     Progress,
     SandboxHandle,
-    Spawner,
     SpawnerError,
     report_progress,
 )
 from extensions.sandboxes.spawners.k8s_client import JsonObject, Kind, KubeClient, KubeError
+from extensions.sandboxes.spawners.k8s_handover import hand_over
 from extensions.sandboxes.spawners.k8s_objects import (
-    AGENT_PORT,
-    LABEL_PREFIX,
     SANDBOX_LABEL,
-    PodOptions,
-    check_labels,
     make_sandbox_pod,
-    parse_quantity,
     pod_name,
-    sandbox_labels,
     selector,
 )
 from extensions.sandboxes.spawners.k8s_reflector import (
@@ -49,170 +38,16 @@ from extensions.sandboxes.spawners.k8s_reflector import (
     Reflector,
     by_involved_object,
 )
+from extensions.sandboxes.spawners.k8s_settings import KubernetesSettings
 from extensions.sandboxes.spawners.k8s_status import (
-    DEFAULT_FATAL_REASONS,
     PodState,
     event_note,
     pod_state,
 )
 
-NO_ANSWER = 599  # tornado's code for an answer that never came (a timeout, a lost connection)
 
-
-class KubernetesSpawner(Spawner):
+class KubernetesSpawner(KubernetesSettings):
     """Starts each sandbox as a pod running the agent image, reached at the pod's IP."""
-
-    namespace = Unicode(
-        "code-execution-sandboxes",
-        help="Namespace of the sandbox pods. Label it "
-        "pod-security.kubernetes.io/enforce=restricted; keep nothing else in it.",
-    ).tag(config=True)
-
-    kubeconfig = Unicode(
-        "",
-        help="Path of a kubeconfig file. Empty: the pod's service account when the platform "
-        "runs in a cluster, else $KUBECONFIG or ~/.kube/config.",
-    ).tag(config=True)
-
-    context = Unicode("", help="Context of the kubeconfig to use. Empty: its current one.").tag(
-        config=True
-    )
-
-    instance = Unicode(
-        "default",
-        help="Name of this platform installation, in every sandbox's app.kubernetes.io/instance "
-        "label: installations sharing a namespace never see, nor reap, each other's sandboxes.",
-    ).tag(config=True)
-
-    image = Unicode(
-        "code-execution-platform/kernel:0.1.0",
-        help="The sandbox image (kernel_image/Dockerfile). Pin a version or a digest.",
-    ).tag(config=True)
-
-    image_pull_policy = Enum(
-        ["Always", "IfNotPresent", "Never"], "IfNotPresent", help="The pod's imagePullPolicy."
-    ).tag(config=True)
-
-    image_pull_secrets = List(
-        Unicode(), help="Names of Secrets (in the sandbox namespace) for a private registry."
-    ).tag(config=True)
-
-    cpu_request = Unicode("500m", help="CPU reserved for a sandbox (Kubernetes quantity).").tag(
-        config=True
-    )
-    cpu_limit = Unicode("500m", help="Most CPU a sandbox may use (Kubernetes quantity).").tag(
-        config=True
-    )
-    memory_request = Unicode(
-        "512Mi", help="Memory reserved for a sandbox (Kubernetes quantity)."
-    ).tag(config=True)
-    memory_limit = Unicode(
-        "512Mi", help="Most memory a sandbox may use; beyond it, it is OOM-killed."
-    ).tag(config=True)
-    disk_limit = Unicode(
-        "1Gi", help="Size limit of /workspace (an emptyDir; Kubernetes quantity)."
-    ).tag(config=True)
-    tmp_limit = Unicode("256Mi", help="Size limit of /tmp (an emptyDir).").tag(config=True)
-    ephemeral_storage_limit = Unicode(
-        "",
-        help="The pod's ephemeral-storage request and limit. Empty: disk_limit + tmp_limit + "
-        "256Mi for logs.",
-    ).tag(config=True)
-
-    runtime_class_name = Unicode(
-        "", help="RuntimeClass of sandbox pods (e.g. gvisor or kata). Empty: the node's default."
-    ).tag(config=True)
-    priority_class_name = Unicode("", help="PriorityClass of sandbox pods. Empty: none.").tag(
-        config=True
-    )
-    node_selector = Dict(
-        value_trait=Unicode(), help="Node labels a sandbox pod's node must have."
-    ).tag(config=True)
-    tolerations = List(
-        Dict(),
-        help='Tolerations of sandbox pods, written as in a manifest: [{"key": "sandboxes", '
-        '"operator": "Exists", "effect": "NoSchedule"}].',
-    ).tag(config=True)
-    user_namespaces = Bool(
-        False,
-        help="Run sandboxes in a user namespace (hostUsers: false; needs Kubernetes 1.33+ or "
-        "the UserNamespacesSupport feature, and a runtime that supports it).",
-    ).tag(config=True)
-    extra_labels = Dict(value_trait=Unicode(), help="More labels on every sandbox pod.").tag(
-        config=True
-    )
-    extra_annotations = Dict(value_trait=Unicode(), help="Annotations on every sandbox pod.").tag(
-        config=True
-    )
-
-    agent_port = Integer(
-        AGENT_PORT, help="Port the agent listens on in its pod (the container port 'agent')."
-    ).tag(config=True)
-
-    launch_timeout = Float(
-        50.0,
-        help="Seconds a pod may take to be scheduled, pull its image and pass its readiness "
-        "probe (formerly start_timeout, still accepted for one release). Keep it below "
-        "Sandboxes.start_timeout, or that one ends the start first.",
-    ).tag(config=True)
-
-    stop_grace_period = Float(
-        5.0,
-        help="Seconds a deleted sandbox's agent gets between SIGTERM and SIGKILL (the pod's "
-        "terminationGracePeriodSeconds, rounded up to whole seconds).",
-    ).tag(config=True)
-
-    watch_fallback_interval = Float(
-        2.0,
-        help="Seconds between two reads of a starting pod while the pod watch is broken (it "
-        "reconnects by itself).",
-    ).tag(config=True)
-
-    api_threads = Integer(
-        8,
-        help="Threads that make blocking Kubernetes API calls (creates, deletes, lists). "
-        "Watches have their own thread each.",
-    ).tag(config=True)
-
-    request_timeout = Float(
-        30.0, help="Seconds one Kubernetes API call may take before it fails."
-    ).tag(config=True)
-
-    events_enabled = Bool(
-        True,
-        help="Watch the namespace's pod Events, for progress messages (pulling the image, ...) "
-        "and the words of warnings (FailedScheduling, ...). The pods' status is used either way.",
-    ).tag(config=True)
-
-    fail_fast_reasons = List(
-        Unicode(),
-        list(DEFAULT_FATAL_REASONS),
-        help="Container waiting reasons that fail a start at once instead of at launch_timeout. "
-        "Add 'Unschedulable' to fail when no node fits (without a cluster autoscaler).",
-    ).tag(config=True)
-
-    @validate(
-        "cpu_request", "cpu_limit", "memory_request", "memory_limit", "disk_limit", "tmp_limit"
-    )
-    def _valid_quantity(self, proposal: dict[str, Any]) -> str:
-        try:
-            parse_quantity(proposal["value"])
-        except ValueError as e:
-            raise TraitError(str(e)) from e
-        return str(proposal["value"])
-
-    @validate("ephemeral_storage_limit")
-    def _valid_optional_quantity(self, proposal: dict[str, Any]) -> str:
-        return self._valid_quantity(proposal) if proposal["value"] else ""
-
-    @validate("instance")
-    def _valid_instance(self, proposal: dict[str, Any]) -> str:
-        try:
-            sandbox_labels(proposal["value"])
-        except ValueError as e:
-            msg = f"KubernetesSpawner.instance: {e}"
-            raise TraitError(msg) from e
-        return str(proposal["value"])
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -220,54 +55,6 @@ class KubernetesSpawner(Spawner):
         self._pods: Reflector | None = None
         self._events: Reflector | None = None
         self._lock = asyncio.Lock()
-
-    # --- what a sandbox is made of ---------------------------------------------------------
-
-    @property
-    def match_labels(self) -> dict[str, str]:
-        """The labels that all of this installation's sandbox objects carry."""
-        return sandbox_labels(self.instance)
-
-    def object_labels(self, sandbox_id: str, labels: Mapping[str, str] | None) -> dict[str, str]:
-        """Labels of a sandbox's pod: ours, ``extra_labels``, and the caller's
-        (``workspace-id`` becomes ``code-execution-platform/workspace-id``)."""
-        extra = dict(self.extra_labels)
-        for key, value in (labels or {}).items():
-            name = key if "/" in key else LABEL_PREFIX + key
-            try:
-                check_labels({name: value})
-            except ValueError as e:
-                self.log.warning("sandbox %s | label ignored: %s", sandbox_id, e)
-                continue
-            extra[name] = value
-        return sandbox_labels(self.instance, sandbox_id, extra)
-
-    def pod_options(self, sandbox_id: str, labels: Mapping[str, str]) -> PodOptions:
-        """The options of a sandbox's pod. Override in a subclass to change the pod."""
-        return PodOptions(
-            sandbox_id=sandbox_id,
-            namespace=self.namespace,
-            image=self.image,
-            labels=labels,
-            annotations=dict(self.extra_annotations),
-            image_pull_policy=self.image_pull_policy,
-            image_pull_secrets=tuple(self.image_pull_secrets),
-            agent_port=self.agent_port,
-            agent_options=tuple(self.lifetime.args()),
-            cpu_request=self.cpu_request,
-            cpu_limit=self.cpu_limit,
-            memory_request=self.memory_request,
-            memory_limit=self.memory_limit,
-            disk_limit=self.disk_limit,
-            tmp_limit=self.tmp_limit,
-            ephemeral_storage_limit=self.ephemeral_storage_limit,
-            runtime_class_name=self.runtime_class_name,
-            priority_class_name=self.priority_class_name,
-            node_selector=dict(self.node_selector),
-            tolerations=tuple(self.tolerations),
-            user_namespaces=self.user_namespaces,
-            termination_grace_period=self._grace_seconds,
-        )
 
     # --- the API and the watches ------------------------------------------------------------
 
@@ -381,7 +168,15 @@ class KubernetesSpawner(Spawner):
             made.append("pods")
             self.log.info("sandbox %s | pod %s/%s created", sandbox_id, self.namespace, name)
             state, uid = await self._wait_ready(kube, sandbox_id, created, queue, progress)
-            await self._hand_over(sandbox_id, state, token, started + self.launch_timeout)
+            await hand_over(
+                sandbox_id,
+                f"http://{state.ip}:{state.port or self.agent_port}/api/token",
+                token,
+                started + self.launch_timeout,
+                image=self.image,
+                launch_timeout=self.launch_timeout,
+                log=self.log,
+            )
         except BaseException as e:
             if made:
                 try:
@@ -475,65 +270,6 @@ class KubernetesSpawner(Spawner):
                 self.log.info("sandbox %s | %s", sandbox_id, note.message)
             await tell(note.percent or 0, note.message, problem=note.warning)
 
-    async def _hand_over(
-        self, sandbox_id: str, state: PodState, token: str, deadline: float
-    ) -> None:
-        """``PUT /api/token`` to the ready pod's agent (``deadline``: ``time.monotonic()``).
-
-        204 is success, also when the agent has this token already (another replica, or a
-        retry after a lost answer: replicas derive the same token from the sandbox id). 409
-        means that someone else claimed the agent first: the start fails (and the pod is
-        deleted). A connection that fails is tried again until the deadline.
-        """
-        assert state.ip is not None  # noqa: S101
-        url = f"http://{state.ip}:{state.port or self.agent_port}/api/token"
-        body = json.dumps({"token": token})
-        http = SimpleAsyncHTTPClient(force_instance=True)
-        try:
-            while True:
-                remaining = max(0.5, deadline - time.monotonic())
-                try:
-                    await http.fetch(
-                        url,
-                        method="PUT",
-                        body=body,
-                        headers={"Content-Type": "application/json"},
-                        connect_timeout=min(5.0, remaining),
-                        request_timeout=min(10.0, remaining),
-                    )
-                except HTTPClientError as e:
-                    if e.code == 409:
-                        msg = (
-                            f"Sandbox {sandbox_id} was claimed by someone else before the "
-                            "platform handed its agent the token; the pod was deleted. Check "
-                            "that the cluster enforces the sandbox NetworkPolicy "
-                            "(k8s/base/networkpolicies.yaml): only the platform may reach the "
-                            "agent port."
-                        )
-                        raise SpawnerError(msg) from None
-                    if e.code != NO_ANSWER:
-                        msg = (
-                            f"Sandbox {sandbox_id}: its agent refused the token ({e.code}: "
-                            f"{_agent_message(e)}). Is {self.image} the agent image of this "
-                            "platform's version?"
-                        )
-                        raise SpawnerError(msg) from None
-                    failure = str(e)
-                except OSError as e:
-                    failure = str(e)
-                else:
-                    self.log.info("sandbox %s | token handed to its agent", sandbox_id)
-                    return
-                if time.monotonic() >= deadline:
-                    msg = (
-                        f"Sandbox {sandbox_id}: its agent did not take the token within "
-                        f"{self.launch_timeout:.0f} s ({failure})."
-                    )
-                    raise SpawnerError(msg)
-                await asyncio.sleep(0.2)
-        finally:
-            http.close()
-
     def _late(self, state: PodState, warning: str | None) -> str:
         why = state.problem or warning or f"it was at: {state.message}"
         pods = self._pods
@@ -547,11 +283,6 @@ class KubernetesSpawner(Spawner):
         data = {"pod": pod_name(sandbox_id), "namespace": self.namespace, "uid": uid,
                 "node": state.node}  # fmt: skip
         return SandboxHandle(sandbox_id, endpoint, data)
-
-    @property
-    def _grace_seconds(self) -> int:
-        """``stop_grace_period`` in whole seconds, as Kubernetes takes it (rounded up)."""
-        return math.ceil(self.stop_grace_period)
 
     # --- stop, poll, find, reap ------------------------------------------------------------
 
@@ -630,19 +361,6 @@ class KubernetesSpawner(Spawner):
             self.log.info("sandbox %s | not known to the platform: removing it", sandbox_id)
             await self._remove(kube, sandbox_id, ["pods"])
         return orphans
-
-
-def _agent_message(error: HTTPClientError) -> str:
-    """What an agent's JSON error says, else the HTTP reason."""
-    response = error.response
-    if response is not None:
-        try:
-            message = json.loads(response.body).get("message")
-        except (ValueError, AttributeError):
-            message = None
-        if isinstance(message, str):
-            return message
-    return str(error.message)
 
 
 def _sandbox_id(obj: JsonObject) -> str | None:
