@@ -1,13 +1,15 @@
 // Kernel help at the console's prompt, as in JupyterLab's console: Tab completes the name before
 // the caret (complete_request), Shift+Tab shows its documentation (inspect_request). Both ask
-// only an idle kernel: a busy one would answer after its running code, a missing one is not
-// started for this.
+// only a kernel running none of the console's code (it would answer after that code); a missing
+// one is not started for this.
 import type { Kernel } from '@jupyterlab/services';
 import { h } from '../common/dom';
 import { ansiToNodes } from './ansi';
 
-/** How long a completion or documentation request may take before it is dropped, in ms. */
-const REPLY_TIMEOUT = 5000;
+/** How long a completion or documentation request may take before it is given up, in ms (the
+ * kernel's first completions, jedi's, can take seconds on a loaded machine). */
+const REPLY_TIMEOUT = 30000;
+const NO_ANSWER = 'The kernel did not answer in time: try again.';
 
 /** The most matches the list shows. */
 const MAX_MATCHES = 200;
@@ -136,7 +138,11 @@ export class PromptHelp {
       return; // The kernel went away meanwhile: nothing to offer.
     }
     if (generation !== this.generation || this.input.value !== code || this.input.selectionStart !== caret) return;
-    if (reply?.content.status !== 'ok') return;
+    if (reply === null) {
+      this.showTooltip([document.createTextNode(NO_ANSWER)], true);
+      return;
+    }
+    if (reply.content.status !== 'ok') return;
     const content = reply.content;
     const matches = [...new Set(content.matches)].slice(0, MAX_MATCHES);
     const start = stringIndex(code, content.cursor_start);
@@ -162,7 +168,11 @@ export class PromptHelp {
       return;
     }
     if (generation !== this.generation || this.input.value !== code) return;
-    if (reply?.content.status !== 'ok') return;
+    if (reply === null) {
+      this.showTooltip([document.createTextNode(NO_ANSWER)], true);
+      return;
+    }
+    if (reply.content.status !== 'ok') return;
     const text = reply.content.found ? reply.content.data['text/plain'] : undefined;
     if (typeof text === 'string' && text.trim()) this.showTooltip(ansiToNodes(text), false);
     else this.showTooltip([document.createTextNode('No documentation for this.')], true);

@@ -83,6 +83,8 @@ export class ConsolePanel {
   private readonly history: string[] = [];
   /** Where ArrowUp/ArrowDown are in the history (its length: the text being written). */
   private historyIndex = 0;
+  /** The console's runs started and not yet finished. */
+  private runs = 0;
   private wasAlive = false;
   /** A restart asked for here (any other is the kernel's own, after it died). */
   private restartRequested = false;
@@ -166,6 +168,7 @@ export class ConsolePanel {
       return;
     }
     cell.dataset.state = 'running';
+    this.runs += 1;
     // Each run stands alone, as typed at a prompt: an error does not cancel the runs queued after it.
     const future = kernel.requestExecute({ code, stop_on_error: false, store_history: true, allow_stdin: false });
     future.onIOPub = (message) => {
@@ -186,6 +189,8 @@ export class ConsolePanel {
       if (reply.content.status === 'aborted') say('aborted', 'Not run: the kernel aborted it.');
     } catch {
       say('cancelled', 'Stopped: the kernel restarted or stopped before this finished.');
+    } finally {
+      this.runs -= 1;
     }
   }
 
@@ -264,7 +269,10 @@ export class ConsolePanel {
   /** The kernel Tab and Shift+Tab may ask, or why there is none. */
   private helpKernel(): KernelOrReason {
     const state = this.kernel.state;
-    return this.kernel.idleKernel ?? NO_HELP[state] ?? `${WORDS[state]}: Tab and Shift+Tab work once it is idle.`;
+    // Busy with none of the console's runs: busy answering an earlier Tab, which is no reason
+    // to refuse the next one.
+    const kernel = this.runs === 0 ? this.kernel.liveKernel : this.kernel.idleKernel;
+    return kernel ?? NO_HELP[state] ?? `${WORDS[state]}: Tab and Shift+Tab work once it is idle.`;
   }
 
   private onInputKey(event: KeyboardEvent): void {

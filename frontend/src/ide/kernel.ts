@@ -143,6 +143,13 @@ export class ConsoleKernel {
     return this.state === 'idle' ? kernel : null;
   }
 
+  /** The kernel while it is connected, idle or busy (busy with whatever: a completion
+   * request makes it busy too), never starting one. */
+  get liveKernel(): Kernel.IKernelConnection | null {
+    const kernel = this.session?.kernel ?? null;
+    return this.state === 'idle' || this.state === 'busy' ? kernel : null;
+  }
+
   /** Whether there is a kernel to interrupt or restart. */
   get running(): boolean {
     return (this.session?.kernel ?? null) !== null && this.state !== 'dead';
