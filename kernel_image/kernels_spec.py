@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,19 @@ def resource_dir() -> str | None:
     return str(folder) if folder.is_dir() else None
 
 
+def kernel_python() -> str:
+    """The interpreter kernels run: the workspace venv's when the agent made one (so kernels
+    import what users install, as ``python`` in a terminal does), else the agent's own."""
+    venv = os.environ.get("VIRTUAL_ENV")
+    if venv and Path(venv, "bin", "python").exists():
+        return str(Path(venv, "bin", "python"))
+    return sys.executable
+
+
 def python3_spec() -> dict[str, Any]:
     """The kernelspec's ``kernel.json`` content, as ipykernel's ``get_kernel_dict`` makes it."""
     return {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": [kernel_python(), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "env": {},
         "display_name": f"Python {sys.version_info[0]} (ipykernel)",
         "language": "python",

@@ -15,3 +15,14 @@ DATABASE_RESTARTS = Counter(
     "platform_database_restarts_total",
     "Restarts of the embedded PostgreSQL after it was found gone.",
 )
+PACKAGE_DOWNLOADS = Counter(
+    "platform_package_downloads_total", "Package files sandboxes fetched from the package cache."
+)
+PACKAGE_DOWNLOAD_BYTES = Counter(
+    "platform_package_download_bytes_total", "Bytes of package files sandboxes fetched."
+)
+PACKAGE_REFUSALS = Counter(
+    "platform_package_refusals_total",
+    "Package index requests from sandboxes the platform refused, by why.",
+    ["reason"],
+)

@@ -12,6 +12,8 @@ from extensions.sandboxes import events_handler
 from extensions.sandboxes.events import EventHub
 from extensions.sandboxes.handlers import default_handlers
 from extensions.sandboxes.manager import Sandboxes
+from extensions.sandboxes.packages import handlers as package_handlers
+from extensions.sandboxes.packages.index import PackageIndex
 from extensions.sandboxes.spawners.base import Spawner
 from platform_server.app import PlatformApp
 from platform_server.db.secrets import load_or_create_secret
@@ -67,6 +69,7 @@ class SandboxesApp(ExtensionApp):
             spawner=spawner,
             events=EventHub(platform.db.conninfo, self.log),
             token_key=load_or_create_secret(platform.db.conninfo, "agent_token_key"),
+            package_index=PackageIndex(parent=self, data_dir=platform.data_dir),
         )
         self.settings["sandboxes"] = sandboxes
 
@@ -74,6 +77,7 @@ class SandboxesApp(ExtensionApp):
         """Register the REST handlers."""
         self.handlers.extend(default_handlers)
         self.handlers.extend(events_handler.default_handlers)
+        self.handlers.extend(package_handlers.default_handlers)
 
     @property
     def sandboxes(self) -> Sandboxes:

@@ -34,10 +34,13 @@ from extensions.sandboxes.events import EventHub
 from extensions.sandboxes.health import HealthChecks
 from extensions.sandboxes.locks import advisory_lock, lock_key
 from extensions.sandboxes.mirror import Mirror
+from extensions.sandboxes.packages.index import AGENT_INDEX_PORT, PackageIndex
+from extensions.sandboxes.packages.service import Packages
 from extensions.sandboxes.pool import WarmPool
 from extensions.sandboxes.spawners.base import (
     AgentEndpoint,
     AgentLifetime,
+    AgentPackages,
     SandboxHandle,
     Spawner,
     SpawnerError,
@@ -161,6 +164,7 @@ class Sandboxes(LoggingConfigurable):
     db = Instance(Database)
     spawner = Instance(Spawner)
     events = Instance(EventHub)
+    package_index = Instance(PackageIndex)
     token_key = Bytes(help="Secret from which agent tokens are derived (shared by replicas).")
 
     _clients: dict[uuid.UUID, AgentClient]
@@ -174,6 +178,9 @@ class Sandboxes(LoggingConfigurable):
         self.pool = WarmPool(self)
         self.culler = Culler(self)
         self.health = HealthChecks(self)
+        self.packages = Packages(self, self.package_index)
+        if self.package_index.enabled:
+            self.spawner.packages = AgentPackages(index_port=AGENT_INDEX_PORT)
 
     def agent_lifetime(self) -> AgentLifetime:
         """The limits agents keep by themselves: culling's, ``self_stop_margin`` later."""
@@ -358,20 +365,7 @@ class Sandboxes(LoggingConfigurable):
         self.log.info("sandbox %s | starting for workspace %s", sandbox_id, workspace_id)
 
         async def progress(percent: int, message: str) -> None:
-            async with self.db.transaction() as conn:
-                await store.set_progress(conn, sandbox_id, percent, message)
-                if workspace_id is None:
-                    return
-                await publish(
-                    conn,
-                    workspace_id,
-                    {
-                        "type": "sandbox",
-                        "state": "starting",
-                        "progress": percent,
-                        "message": message,
-                    },
-                )
+            await self.report_progress(sandbox_id, workspace_id, percent, message)
 
         handle: SandboxHandle | None = None
         try:
@@ -401,6 +395,7 @@ class Sandboxes(LoggingConfigurable):
                     await progress(80, "Loading your files")
                     load_began = datetime.now(UTC)
                     loaded = await self.load_files(workspace_id, client)
+                    await self.packages.restore(row, progress)
                 row = await self.set_state(sandbox_id, "running")
                 if workspace_id is not None:
                     await self.mirror.catch_up(workspace_id, client, load_began)
@@ -427,6 +422,20 @@ class Sandboxes(LoggingConfigurable):
             loaded,
         )
         return row
+
+    async def report_progress(
+        self, sandbox_id: uuid.UUID, workspace_id: uuid.UUID | None, percent: int, message: str
+    ) -> None:
+        """Record how far a start is, and tell the workspace's open pages."""
+        async with self.db.transaction() as conn:
+            await store.set_progress(conn, sandbox_id, percent, message)
+            if workspace_id is None:
+                return
+            await publish(
+                conn,
+                workspace_id,
+                {"type": "sandbox", "state": "starting", "progress": percent, "message": message},
+            )
 
     async def ended(self, handle: SandboxHandle, within: float) -> bool:
         """Whether the sandbox has ended, or ends within ``within`` seconds."""
@@ -516,6 +525,7 @@ class Sandboxes(LoggingConfigurable):
         await self.pool.close()
         await self.sync_leases.close()
         await self.mirror.close()
+        await self.packages.close()
 
 
 # Why a start failed, when the sandbox ended while it started (its agent killed, or OOM).

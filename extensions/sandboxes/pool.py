@@ -4,6 +4,7 @@ that needs one, and refilled."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from datetime import UTC, datetime
@@ -45,6 +46,9 @@ class WarmPool(SandboxesPart):
             load_began = datetime.now(UTC)
             async with asyncio.timeout(sandboxes.start_timeout):
                 loaded = await sandboxes.load_files(workspace_id, sandboxes.client(row))
+
+            progress = functools.partial(sandboxes.report_progress, row["id"], workspace_id)
+            await sandboxes.packages.restore(row, progress)
         except (AgentError, TimeoutError) as e:
             why = str(e) or f"no files loaded within {sandboxes.start_timeout:g} s"
             self.log.warning("sandbox %s | pooled sandbox unusable (%s)", row["id"], why)

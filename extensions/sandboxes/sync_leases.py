@@ -44,6 +44,7 @@ class SyncLeases(SandboxesPart):
 
     def run(self, row: SandboxRow) -> None:
         """Consume the sandbox's changes in the background (one consumer per sandbox here)."""
+        self.sandboxes.packages.run(row)
         if row["id"] in self._consumers:
             return
         consumer = self._consumer(row)
@@ -68,6 +69,7 @@ class SyncLeases(SandboxesPart):
 
     def stop(self, sandbox_id: uuid.UUID) -> None:
         """Stop consuming one sandbox's changes."""
+        self.sandboxes.packages.stop(sandbox_id)
         consumer = self._consumers.pop(sandbox_id, None)
         if consumer is not None:
             consumer.close()

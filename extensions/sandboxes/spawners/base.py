@@ -74,6 +74,18 @@ class AgentLifetime:
         ]
 
 
+@dataclass(frozen=True)
+class AgentPackages:
+    """The workspace venv every agent makes, and the loopback port of its package index
+    relay (0: none); see the agent's ``--workspace-env`` and ``--package-index-port``."""
+
+    index_port: int = 0
+
+    def args(self) -> list[str]:
+        """The agent's command-line options for these."""
+        return ["--workspace-env", f"--package-index-port={self.index_port}"]
+
+
 class SpawnerError(Exception):
     """A sandbox could not be started; the message says why and what to do."""
 
@@ -115,6 +127,10 @@ class Spawner(LoggingConfigurable):
     lifetime = AgentLifetime()
     """The limits every agent this spawner starts keeps by itself; set by ``Sandboxes`` from
     its culling settings. Pass ``lifetime.args()`` on the agent's command line."""
+
+    packages = AgentPackages()
+    """The agents' venv and package index relay; set by ``Sandboxes`` from ``PackageIndex``.
+    Pass ``packages.args()`` on the agent's command line."""
 
     async def check(self) -> None:
         """Raise ``SpawnerError`` if this host cannot run sandboxes. Override in a subclass."""

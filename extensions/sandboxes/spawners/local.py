@@ -416,7 +416,7 @@ class LocalSpawner(Spawner):
         self, spec: SandboxSpec, plan: cgroups.CgroupPlan, fd: int, token_fd: int, log_fd: int
     ) -> list[str]:
         """The agent command with its lifetime limits, behind the rlimit wrapper."""
-        agent = [*self.agent_command(fd), *self.lifetime.args()]
+        agent = [*self.agent_command(fd), *self.lifetime.args(), *self.packages.args()]
         return local_launch.wrapped_command(spec, plan, agent, token_fd, log_fd)
 
     # --- stop, poll, find ------------------------------------------------------------------
