@@ -127,8 +127,10 @@ class InstallHandler(AgentHandler):
     them all). Answers ``{"installed": [names], "failed": [{"name", "reason"}]}``."""
 
     async def post(self) -> None:
-        env: WorkspaceEnv = self.settings["workspace_env"]
-        recorder: EnvironmentRecorder = self.settings["environment_recorder"]
+        env: WorkspaceEnv | None = self.settings["workspace_env"]
+        recorder: EnvironmentRecorder | None = self.settings["environment_recorder"]
+        if env is None or recorder is None:
+            raise ApiError(404, "this agent has no workspace venv (--workspace-env)")
         packages = self.read_json_object().get("packages")
         if not isinstance(packages, list) or len(packages) > MAX_PACKAGES:
             raise ApiError(400, f"'packages' must be a list of at most {MAX_PACKAGES}")

@@ -62,6 +62,8 @@ class IndexRelayHandler(web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """A short plain-text reason (pip shows the status line; curl the body)."""
         self.set_header("Content-Type", "text/plain; charset=utf-8")
+        if status_code == 405:
+            self.set_header("Allow", "GET, HEAD")
         self.finish(f"{status_code} {self._reason}\n")
 
     async def get(self) -> None:
@@ -73,7 +75,6 @@ class IndexRelayHandler(web.RequestHandler):
         await self.relay("HEAD")
 
     def _refuse(self) -> None:
-        self.set_header("Allow", "GET, HEAD")
         self.send_error(405, reason="The package index is read-only: only GET and HEAD")
 
     post = put = delete = patch = options = _refuse

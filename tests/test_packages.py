@@ -36,7 +36,9 @@ def build_wheel(name: str, version: str, value: str) -> tuple[str, bytes]:
     dist_info = f"{module}-{version}.dist-info"
     files = {
         f"{module}/__init__.py": f"VALUE = {value!r}\n".encode(),
-        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist_info}/METADATA": (
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
+        ),
         f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
         b"Tag: py3-none-any\n",
     }
@@ -123,12 +125,17 @@ def upstream(jp_asyncio_loop: Any) -> Iterator[Upstream]:
 
 
 @pytest.fixture
-def jp_server_config(upstream: Upstream, tmp_path: Path) -> dict[str, Any]:
+def jp_server_config(
+    upstream: Upstream, tmp_path: Path, request: pytest.FixtureRequest
+) -> dict[str, Any]:
+    """The module's upstream and deny list, and a test's ``package_index`` marker's traits."""
+    marker = request.node.get_closest_marker("package_index")
     return {
         "PackageIndex": {
             "upstream_url": upstream.url,
             "cache_dir": str(tmp_path / "package-cache"),
             "deny": [DENIED],
+            **(marker.kwargs if marker else {}),
         }
     }
 
@@ -199,7 +206,8 @@ async def test_pip_install_works_is_recorded_and_comes_back_in_a_new_sandbox(
     db = jp_serverapp.web_app.settings["sandboxes"].db
     async with db.connection() as conn:
         cur = await conn.execute(
-            "SELECT project, version, filename, bytes FROM package_downloads WHERE workspace_id = %s",
+            """SELECT project, version, filename, bytes FROM package_downloads
+               WHERE workspace_id = %s""",
             [ws],
         )
         trail = await cur.fetchall()
@@ -211,7 +219,8 @@ async def test_pip_install_works_is_recorded_and_comes_back_in_a_new_sandbox(
     terminal, progress = await restart_sandbox(base_url, api, ws, token)
     assert "Installing your packages: tinypkg 1.0" in progress, progress
     out = await terminal.run('python -c "import tinypkg; print(tinypkg.VALUE)"', "AGAIN")
-    assert "42" in out and "Error" not in out, out
+    assert "42" in out, out
+    assert "Error" not in out, out
 
     # Uninstalling is remembered too.
     out = await terminal.run("pip uninstall -y tinypkg", "REMOVED")
@@ -242,7 +251,8 @@ async def test_second_install_comes_from_the_cache_and_workspaces_are_apart(
     out = await second.run("uv pip install --color never otherpkg", "SECOND")
     assert "+ otherpkg==1.0" in out, out
     out = await second.run('python -c "import otherpkg; print(otherpkg.VALUE)"', "USED")
-    assert "7" in out and "Error" not in out, out
+    assert "7" in out, out
+    assert "Error" not in out, out
     assert upstream.file_requests("otherpkg-1.0-py3-none-any.whl") == 1
 
 
@@ -286,7 +296,9 @@ async def test_the_index_is_read_only_and_nothing_else_is_reachable(
     assert "DELETE-cache 404" in out, out
     assert "GET-cache 404" in out, out
     assert "GET-health 404" in out, out
-    assert "GET-outside 200" not in out and "GET-pypi 200" not in out, out
+    # No route out: the outside is unreachable (URLError), not refused by someone.
+    assert "GET-outside URLError" in out, out
+    assert "GET-pypi URLError" in out, out
 
 
 async def test_a_denied_project_is_refused_with_the_reason_pip_shows(
@@ -296,5 +308,79 @@ async def test_a_denied_project_is_refused_with_the_reason_pip_shows(
     _, terminal = await open_terminal(base_url, ws, token)
     out = await terminal.run(f"pip install {DENIED}", "REFUSED")
     assert "not allowed by this platform's package policy" in out, out
-    assert f"Successfully installed" not in out, out
+    assert "Successfully installed" not in out, out
     assert upstream.file_requests("forbidden_pkg-1.0-py3-none-any.whl") == 0
+
+
+@pytest.mark.package_index(max_file_size=500)
+async def test_a_file_over_the_size_limit_is_refused_with_the_reason(
+    make_user: Any, base_url: str
+) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    _, terminal = await open_terminal(base_url, ws, token)
+    out = await terminal.run("pip install tinypkg", "TOOBIG")
+    assert "is larger than this platform's limit" in out, out
+    assert "Successfully installed" not in out, out
+
+
+@pytest.mark.package_index(bytes_per_day=1500)
+async def test_a_workspace_over_its_daily_bytes_is_refused_until_later(
+    make_user: Any, base_url: str
+) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    _, terminal = await open_terminal(base_url, ws, token)
+    out = await terminal.run("pip install tinypkg", "FIRST")
+    assert "Successfully installed tinypkg-1.0" in out, out
+    out = await terminal.run("pip install otherpkg", "SECOND")
+    assert "MB of packages for the last 24 hours" in out, out
+    assert "Successfully installed" not in out, out
+
+
+@pytest.mark.package_index(requests_per_second=0.01)
+async def test_too_many_requests_are_refused_with_429(make_user: Any, base_url: str) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    _, terminal = await open_terminal(base_url, ws, token)
+    out = await terminal.run(
+        "for i in 1 2 3; do curl -s -o /dev/null -w '%{http_code} ' "
+        "http://127.0.0.1:3141/index/tinypkg/; done",
+        "RATED",
+    )
+    assert "429" in out, out
+
+
+async def test_packages_that_cannot_come_back_are_said_and_stay_recorded(
+    make_user: Any, base_url: str, jp_serverapp: PlatformApp
+) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    api = Client(base_url, token=token)
+    db = jp_serverapp.web_app.settings["sandboxes"].db
+    async with db.transaction() as conn:
+        await conn.execute(
+            """INSERT INTO workspace_packages (workspace_id, name, display_name, version)
+               VALUES (%s, 'vanished', 'vanished', '9.9'), (%s, 'tinypkg', 'tinypkg', '1.0')""",
+            [ws, ws],
+        )
+    url = base_url.replace("http", "ws", 1) + f"/w/{ws}/api/events?token={token}"
+    events = await websocket_connect(url)
+    _, terminal = await open_terminal(base_url, ws, token)
+
+    async def notice() -> str | None:
+        event = json.loads(await asyncio.wait_for(events.read_message(), 30) or "{}")
+        return str(event["message"]) if event.get("type") == "packages" else None
+
+    message = await until(notice, "a notice about the packages", interval=0)
+    events.close()
+    assert "vanished" in message, message
+    assert "next sandbox tries again" in message, message
+    assert "tinypkg" not in message, message
+    out = await terminal.run('python -c "import tinypkg; print(tinypkg.VALUE)"', "KEPT")
+    assert "42" in out, out
+    names = [p["name"] for p in await recorded(api, ws)]
+    assert names == ["tinypkg", "vanished"]
+
+    assert (await api.delete(f"/api/workspaces/{ws}/packages/vanished")).status == 204
+    assert [p["name"] for p in await recorded(api, ws)] == ["tinypkg"]
+    missing = await api.delete(f"/api/workspaces/{ws}/packages/vanished")
+    assert missing.status == 404, missing.body
+    other = await make_user("mallory")
+    assert (await other.get(f"/api/workspaces/{ws}/packages")).status == 404

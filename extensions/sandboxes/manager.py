@@ -179,8 +179,8 @@ class Sandboxes(LoggingConfigurable):
         self.culler = Culler(self)
         self.health = HealthChecks(self)
         self.packages = Packages(self, self.package_index)
-        if self.package_index.enabled:
-            self.spawner.packages = AgentPackages(index_port=AGENT_INDEX_PORT)
+        index_port = AGENT_INDEX_PORT if self.package_index.enabled else 0
+        self.spawner.packages = AgentPackages(workspace_env=True, index_port=index_port)
 
     def agent_lifetime(self) -> AgentLifetime:
         """The limits agents keep by themselves: culling's, ``self_stop_margin`` later."""

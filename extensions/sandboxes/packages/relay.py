@@ -252,17 +252,22 @@ class PackageRelay:
             rate = self.index.requests_per_second
             reason = f"Too many package index requests from this sandbox (more than {rate:g}/s)"
             raise Refused(429, reason, "rate")
-        if filename is not None and self.index.bytes_per_day > 0:
-            async with self.db.connection() as conn:
-                used = await store.bytes_today(conn, self.workspace_id)
-            if used >= self.index.bytes_per_day:
-                limit = self.index.bytes_per_day / 1024**2
-                reason = (
-                    f"This workspace fetched its {limit:.0f} MB of packages for the last 24 "
-                    "hours; try later"
-                )
-                raise Refused(429, reason, "daily_bytes")
         return project, filename
+
+    async def check_daily_bytes(self, size: int) -> None:
+        """``Refused`` if a file of ``size`` bytes would take the workspace over its bytes
+        for the last 24 hours."""
+        allowed = self.index.bytes_per_day
+        if allowed <= 0:
+            return
+        async with self.db.connection() as conn:
+            used = await store.bytes_today(conn, self.workspace_id)
+        if used + size > allowed:
+            reason = (
+                f"This workspace fetched {used / 1024**2:.1f} of its {allowed / 1024**2:.1f} MB "
+                "of packages for the last 24 hours; try later"
+            )
+            raise Refused(429, reason, "daily_bytes")
 
     async def forward(
         self,
@@ -290,6 +295,8 @@ class PackageRelay:
                 # The cache gave up waiting for its upstream and points there: out of reach.
                 raise Refused(504, "The package cache is still downloading it; try again", "cache")
             size = response.content_length
+            if filename is not None:
+                await self.check_daily_bytes(size or 0)
             limit = self.index.max_file_size
             if filename is not None and limit > 0 and size is not None and size > limit:
                 reason = (

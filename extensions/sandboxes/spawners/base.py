@@ -76,14 +76,16 @@ class AgentLifetime:
 
 @dataclass(frozen=True)
 class AgentPackages:
-    """The workspace venv every agent makes, and the loopback port of its package index
+    """Whether agents make the workspace venv, and the loopback port of their package index
     relay (0: none); see the agent's ``--workspace-env`` and ``--package-index-port``."""
 
+    workspace_env: bool = False
     index_port: int = 0
 
     def args(self) -> list[str]:
-        """The agent's command-line options for these."""
-        return ["--workspace-env", f"--package-index-port={self.index_port}"]
+        """The agent's command-line options for these (none by default)."""
+        env = ["--workspace-env"] if self.workspace_env else []
+        return [*env, *([f"--package-index-port={self.index_port}"] if self.index_port else [])]
 
 
 class SpawnerError(Exception):

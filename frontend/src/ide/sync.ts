@@ -17,11 +17,19 @@ export interface SandboxEvent {
   reason?: string | null;
 }
 
+/** Something about the workspace that people must read (packages a new sandbox could not
+ * install again). */
+export interface NoticeEvent {
+  type: 'packages';
+  message: string;
+}
+
 export type SyncMode = 'live' | 'polling';
 
 export interface SyncHandlers {
   file(event: FileEvent): void;
   sandbox(event: SandboxEvent): void;
+  notice(event: NoticeEvent): void;
   /** Compare what is shown with the server (polling, and once after each reconnection). */
   poll(): Promise<void>;
   mode(mode: SyncMode): void;
@@ -40,6 +48,12 @@ function isSandboxEvent(data: unknown): data is SandboxEvent {
   if (typeof data !== 'object' || data === null) return false;
   const event = data as Record<string, unknown>;
   return event.type === 'sandbox' && typeof event.state === 'string';
+}
+
+function isNoticeEvent(data: unknown): data is NoticeEvent {
+  if (typeof data !== 'object' || data === null) return false;
+  const event = data as Record<string, unknown>;
+  return event.type === 'packages' && typeof event.message === 'string';
 }
 
 export class ChangeFeed {
@@ -98,6 +112,7 @@ export class ChangeFeed {
       }
       if (isFileEvent(data)) this.handlers.file(data);
       else if (isSandboxEvent(data)) this.handlers.sandbox(data);
+      else if (isNoticeEvent(data)) this.handlers.notice(data);
     };
     socket.onclose = () => {
       if (this.socket !== socket) return;
