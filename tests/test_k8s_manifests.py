@@ -5,6 +5,7 @@ their security properties asserted on the rendered objects, and both Dockerfiles
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import ipaddress
 import json
@@ -15,11 +16,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 import kubernetes_validate
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
+from kubernetes.utils import parse_quantity
 from traitlets import Type
 from traitlets.config import Configurable
 
@@ -27,7 +31,9 @@ import kernel_image
 import platform_server
 from extensions.sandboxes.app import SandboxesApp
 from extensions.sandboxes.manager import Sandboxes
+from extensions.sandboxes.packages.index import AGENT_INDEX_PORT, PackageIndex
 from extensions.sandboxes.python_env import REQUIREMENTS
+from extensions.sandboxes.spawners.base import AgentPackages
 from extensions.sandboxes.spawners.k8s_objects import (
     AGENT_PORT,
     SANDBOX_GID,
@@ -42,6 +48,7 @@ from extensions.sandboxes.spawners.kubernetes import KubernetesSpawner
 from platform_server.app import PlatformApp
 from tests.fake_kube import restricted_violations
 from tests.missing import skip_or_fail
+from tests.waiting import until
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
@@ -88,6 +95,11 @@ def one(objects: list[Obj], kind: str, name: str) -> Obj:
     return found
 
 
+def platform_config(objects: list[Obj]) -> dict[str, Any]:
+    text = one(objects, "ConfigMap", "platform-config")["data"]["platform_server_config.json"]
+    return dict(json.loads(text))
+
+
 def examples() -> Iterator[Obj]:
     for path in sorted((K8S / "examples").glob("*.yaml")):
         yield from (doc for doc in yaml.safe_load_all(path.read_text()) if doc)
@@ -129,6 +141,10 @@ def test_the_base_has_what_a_deployment_needs(base: list[Obj]) -> None:
             ("NetworkPolicy", "sandbox-egress"),
             ("NetworkPolicy", "platform-ingress"),
             ("ResourceQuota", "sandboxes"),
+            ("PersistentVolumeClaim", "package-cache"),
+            ("Deployment", "package-cache"),
+            ("Service", "package-cache"),
+            ("NetworkPolicy", "package-cache-ingress"),
         ]
     )
     for obj in base:
@@ -137,12 +153,13 @@ def test_the_base_has_what_a_deployment_needs(base: list[Obj]) -> None:
 
 
 def test_images_are_pinned(base: list[Obj]) -> None:
-    deployment = one(base, "Deployment", "platform-server")
-    images = [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]]
-    config = json.loads(
-        one(base, "ConfigMap", "platform-config")["data"]["platform_server_config.json"]
-    )
-    images.append(config["KubernetesSpawner"]["image"])
+    images = [
+        c["image"]
+        for o in base
+        if o["kind"] == "Deployment"
+        for c in o["spec"]["template"]["spec"]["containers"]
+    ]
+    images.append(platform_config(base)["KubernetesSpawner"]["image"])
     for image in images:
         name, _, tag = image.rpartition(":")
         assert name, f"{image} has no tag"
@@ -207,6 +224,7 @@ def test_the_config_selects_the_kubernetes_spawner(base: list[Obj]) -> None:
         "SandboxesApp": SandboxesApp,
         "Sandboxes": Sandboxes,
         "KubernetesSpawner": KubernetesSpawner,
+        "PackageIndex": PackageIndex,
     }
     for section, values in config.items():
         traits = classes[section].class_traits(config=True)
@@ -236,6 +254,7 @@ def test_the_platform_reads_the_mounted_config(
     app.load_config_file()
     assert app.config.SandboxesApp.spawner_class == "kubernetes"
     assert app.config.KubernetesSpawner.namespace == SANDBOX_NS
+    assert app.config.PackageIndex.cache_url == "http://package-cache:3141"
 
 
 def test_secrets_are_never_in_the_base(base: list[Obj]) -> None:
@@ -257,6 +276,20 @@ def test_secrets_are_never_in_the_base(base: list[Obj]) -> None:
 # --- the platform's pods -------------------------------------------------------------------------
 
 
+def assert_restricted(pod: Obj) -> None:
+    """A platform-namespace pod spec: non-root, RuntimeDefault seccomp, and each container
+    without privilege escalation or capabilities, on a read-only root filesystem."""
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in pod["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["capabilities"] == {"drop": ["ALL"]}
+    assert restricted_violations({"spec": pod}) == []
+
+
 def test_the_platform_deployment_is_safe_and_highly_available(base: list[Obj]) -> None:
     deployment = one(base, "Deployment", "platform-server")
     spec = deployment["spec"]
@@ -264,14 +297,7 @@ def test_the_platform_deployment_is_safe_and_highly_available(base: list[Obj]) -
     (container,) = pod["containers"]
     assert spec["replicas"] == 2
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] != 0
-    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    context = container["securityContext"]
-    assert context["allowPrivilegeEscalation"] is False
-    assert context["readOnlyRootFilesystem"] is True
-    assert context["capabilities"] == {"drop": ["ALL"]}
-    assert restricted_violations({"spec": pod}) == []
+    assert_restricted(pod)
     for probe in ("readinessProbe", "startupProbe"):
         assert container[probe]["httpGet"] == {"path": "/api/health", "port": "http"}
     # Liveness never depends on PostgreSQL: a restart cannot fix a database outage.
@@ -409,6 +435,202 @@ def test_the_no_internet_overlay_closes_every_way_out(no_internet: list[Obj]) ->
         assert not egress_allows(policies, sandbox_pod_labels(), ip, port)
 
 
+# --- the package cache ----------------------------------------------------------------------
+
+
+def cache_container(objects: list[Obj]) -> Obj:
+    pod = one(objects, "Deployment", "package-cache")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return dict(container)
+
+
+def cache_environment(objects: list[Obj]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in cache_container(objects)["env"]}
+
+
+def test_the_package_cache_runs_the_platform_image_restricted(base: list[Obj]) -> None:
+    deployment = one(base, "Deployment", "package-cache")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    container = cache_container(base)
+    assert deployment["metadata"]["namespace"] == PLATFORM_NS
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}  # its volume is ReadWriteOnce
+    labels = spec["template"]["metadata"]["labels"]
+    assert labels == {
+        "app.kubernetes.io/name": "code-execution-platform",
+        "app.kubernetes.io/component": "package-cache",
+    }
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    platform = one(base, "Deployment", "platform-server")["spec"]["template"]["spec"]
+    assert container["image"] == platform["containers"][0]["image"]
+    assert container["command"][:3] == ["python", "-m", "gunicorn"]
+    assert container["command"][-1] == "proxpi.server:app"
+    (port,) = container["ports"]
+    assert container["command"][container["command"].index("--bind") + 1] == (
+        f"0.0.0.0:{port['containerPort']}"
+    )
+    assert pod["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in pod
+    assert_restricted(pod)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]  # noqa: S108 (the pod's own /tmp)
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": port["name"]}
+    assert container["resources"]["requests"].keys() == {"cpu", "memory"}
+    assert container["resources"]["limits"].keys() == {"cpu", "memory"}
+
+
+def test_the_package_cache_keeps_its_files_on_its_volume(base: list[Obj]) -> None:
+    claim = one(base, "PersistentVolumeClaim", "package-cache")
+    assert claim["metadata"]["namespace"] == PLATFORM_NS
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    capacity = int(parse_quantity(claim["spec"]["resources"]["requests"]["storage"]))
+    assert capacity == 20 * 1024**3
+    pod = one(base, "Deployment", "package-cache")["spec"]["template"]["spec"]
+    container = cache_container(base)
+    (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert volume["persistentVolumeClaim"] == {"claimName": "package-cache"}
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    environment = cache_environment(base)
+    assert mount["mountPath"] == environment["PROXPI_CACHE_DIR"]
+    assert not mount.get("readOnly")
+    # The files fit, with room for downloads in progress (proxpi counts finished files only).
+    assert 0.8 * capacity <= int(environment["PROXPI_CACHE_SIZE"]) < capacity
+
+
+def test_the_package_cache_is_set_up_as_the_embedded_one(base: list[Obj]) -> None:
+    """The same proxpi settings PackageIndex gives the platform's own cache, with its default
+    upstream, download timeout and index TTL; only the size and the folder are the volume's."""
+    environment = cache_environment(base)
+    index = PackageIndex(cache_size=int(environment["PROXPI_CACHE_SIZE"]))
+    folder = Path(environment["PROXPI_CACHE_DIR"])
+    assert environment == index.proxpi_environment(folder)
+    assert environment["PROXPI_INDEX_URL"] == "https://pypi.org/simple/"
+    assert (environment["PROXPI_DOWNLOAD_TIMEOUT"], environment["PROXPI_INDEX_TTL"]) == (
+        "600", "1800"
+    )  # fmt: skip
+
+
+async def test_the_package_cache_command_serves_health_and_writes_only_its_cache(
+    base: list[Obj], tmp_path: Path
+) -> None:
+    """The container's command and environment, run here: the cache folder and /tmp become
+    folders of the test, and it listens on a Unix socket instead of the pod's port. Nothing
+    lands in its home or working folder (the pod's root filesystem is read-only)."""
+    command = cache_container(base)["command"]
+    socket_path = tmp_path / "cache.sock"
+    command = [sys.executable, *command[1:]]
+    command[command.index("--bind") + 1] = f"unix:{socket_path}"
+    home, workdir, temp, files = (tmp_path / n for n in ("home", "work", "tmp", "files"))
+    for folder in (home, workdir, temp):
+        folder.mkdir()
+    environment = {
+        **cache_environment(base),
+        "PROXPI_CACHE_DIR": str(files),
+        "HOME": str(home),
+        "TMPDIR": str(temp),
+        "PATH": str(Path(sys.executable).parent),
+    }
+    process = await asyncio.create_subprocess_exec(
+        *command, env=environment, cwd=workdir, stdin=asyncio.subprocess.DEVNULL
+    )
+    try:
+        probe = cache_container(base)["readinessProbe"]["httpGet"]["path"]
+        connector = aiohttp.UnixConnector(path=str(socket_path))
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def healthy() -> bool:
+                assert process.returncode is None, "the cache ended"
+                try:
+                    async with session.get(f"http://package-cache{probe}") as response:
+                        return response.status == 200
+                except (aiohttp.ClientError, OSError):
+                    return False
+
+            await until(healthy, "the package cache answers its probe")
+        assert list(home.iterdir()) == []
+        assert list(workdir.iterdir()) == []
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+def test_only_the_platform_reaches_the_package_cache(base: list[Obj]) -> None:
+    policy = one(base, "NetworkPolicy", "package-cache-ingress")
+    assert policy["metadata"]["namespace"] == PLATFORM_NS
+    cache_labels = one(base, "Deployment", "package-cache")["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    platform_labels = one(base, "Deployment", "platform-server")["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    assert selects(policy["spec"]["podSelector"], cache_labels)
+    assert not selects(policy["spec"]["podSelector"], platform_labels)
+    assert policy["spec"]["policyTypes"] == ["Ingress"]  # egress stays open: the upstream
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 3141}]
+    (peer,) = rule["from"]
+    # A pod selector alone: pods of the policy's own namespace, the platform's.
+    assert peer.keys() == {"podSelector"}
+    assert selects(peer["podSelector"], platform_labels)
+    assert not selects(peer["podSelector"], cache_labels)
+    assert not selects(peer["podSelector"], sandbox_pod_labels())
+    # The cache takes nothing else: no other policy of its namespace selects it.
+    others = [
+        o for o in base
+        if o["kind"] == "NetworkPolicy" and o["metadata"]["namespace"] == PLATFORM_NS
+        and o is not policy and selects(o["spec"]["podSelector"], cache_labels)
+    ]  # fmt: skip
+    assert others == []
+
+
+def test_the_platform_config_names_the_package_cache_service(base: list[Obj]) -> None:
+    url = urlsplit(platform_config(base)["PackageIndex"]["cache_url"])
+    service = one(base, "Service", url.hostname or "")
+    # A bare Service name resolves in the asking pod's namespace: the platform's.
+    assert service["metadata"]["namespace"] == PLATFORM_NS
+    assert one(base, "Deployment", "platform-server")["metadata"]["namespace"] == PLATFORM_NS
+    (port,) = service["spec"]["ports"]
+    assert (url.scheme, url.port, url.path) == ("http", port["port"], "")
+    cache = one(base, "Deployment", "package-cache")["spec"]["template"]
+    assert service["spec"]["selector"].items() <= cache["metadata"]["labels"].items()
+    (container_port,) = cache_container(base)["ports"]
+    assert port["targetPort"] == container_port["name"]
+    assert container_port["containerPort"] == port["port"]
+
+
+@pytest.mark.parametrize("variant", ["base", "no_internet"])
+def test_sandboxes_need_no_way_to_the_package_cache(
+    variant: str, request: pytest.FixtureRequest
+) -> None:
+    """pip in a sandbox asks the agent's index on the sandbox's loopback; the agent relays
+    over the platform's connection to it. No sandbox policy opens a way to the cache."""
+    objects: list[Obj] = request.getfixturevalue(variant)
+    policies = [
+        o for o in objects
+        if o["kind"] == "NetworkPolicy" and o["metadata"]["namespace"] == SANDBOX_NS
+    ]  # fmt: skip
+    (service_port,) = one(objects, "Service", "package-cache")["spec"]["ports"]
+    for policy in policies:
+        for rule in policy["spec"].get("egress") or []:
+            assert not any(p.get("port") == service_port["port"] for p in rule.get("ports") or [])
+            assert "package-cache" not in json.dumps(rule)
+    for address in ("10.96.12.34", "10.244.1.7", "100.64.3.2"):  # Service and pod IPs
+        assert not egress_allows(policies, sandbox_pod_labels(), address, service_port["port"])
+    config = platform_config(objects)
+    # A sandbox pod as the configured spawner makes it, with the package index the platform
+    # gives every agent when PackageIndex is enabled.
+    spawner = KubernetesSpawner(**config["KubernetesSpawner"])
+    spawner.packages = AgentPackages(workspace_env=True, index_port=AGENT_INDEX_PORT)
+    options = spawner.pod_options("abc", spawner.object_labels("abc", None))
+    pod = json.dumps(to_dict(make_sandbox_pod(options)))
+    assert f"--package-index-port={AGENT_INDEX_PORT}" in pod
+    assert "package-cache" not in pod
+    assert urlsplit(config["PackageIndex"]["cache_url"]).netloc not in pod
+
+
 # --- images ------------------------------------------------------------------------------------
 
 
@@ -486,8 +708,7 @@ def test_one_version_for_the_package_the_agent_the_images_and_the_manifests(
     deployment = one(base, "Deployment", "platform-server")
     (image,) = [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]]
     assert image.endswith(f":{version}"), image
-    config = one(base, "ConfigMap", "platform-config")["data"]["platform_server_config.json"]
-    sandbox_image = json.loads(config)["KubernetesSpawner"]["image"]
+    sandbox_image = platform_config(base)["KubernetesSpawner"]["image"]
     assert sandbox_image.endswith(f":{version}"), sandbox_image
 
 

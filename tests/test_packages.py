@@ -9,6 +9,7 @@ import base64
 import hashlib
 import io
 import json
+import uuid
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from tornado.websocket import websocket_connect
 
 from platform_server.app import PlatformApp
 from tests.client import Client
+from tests.test_sandbox_lifecycle import fill_warm_pool
 from tests.test_terminals import Terminal, open_terminal, workspace_with_token
 from tests.waiting import until
 
@@ -384,3 +386,25 @@ async def test_packages_that_cannot_come_back_are_said_and_stay_recorded(
     assert missing.status == 404, missing.body
     other = await make_user("mallory")
     assert (await other.get(f"/api/workspaces/{ws}/packages")).status == 404
+
+
+async def test_a_sandbox_from_the_warm_pool_gets_the_packages_too(
+    make_user: Any, base_url: str, jp_serverapp: PlatformApp
+) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    api = Client(base_url, token=token)
+    _, terminal = await open_terminal(base_url, ws, token)
+    out = await terminal.run("pip install tinypkg", "INSTALLED")
+    assert "Successfully installed tinypkg-1.0" in out, out
+    await until(lambda: recorded(api, ws), "the install is recorded")
+    assert (await api.delete(f"/api/workspaces/{ws}/sandbox")).status == 204
+
+    pooled = await fill_warm_pool(jp_serverapp.web_app.settings["sandboxes"])
+    _, terminal = await open_terminal(base_url, ws, token)
+    state = (await api.get(f"/api/workspaces/{ws}/sandbox")).json
+    assert state["state"] == "running"
+    out = await terminal.run('python -c "import tinypkg; print(tinypkg.VALUE)"', "POOLED")
+    assert "42" in out, out
+    sandboxes = jp_serverapp.web_app.settings["sandboxes"]
+    row = await sandboxes.current(uuid.UUID(ws))
+    assert str(row["id"]) == pooled

@@ -395,10 +395,12 @@ class Sandboxes(LoggingConfigurable):
                     await progress(80, "Loading your files")
                     load_began = datetime.now(UTC)
                     loaded = await self.load_files(workspace_id, client)
-                    await self.packages.restore(row, progress)
-                row = await self.set_state(sandbox_id, "running")
-                if workspace_id is not None:
-                    await self.mirror.catch_up(workspace_id, client, load_began)
+            # Bounded by PackageIndex.restore_timeout, not start_timeout: large packages may
+            # take minutes, and the sandbox is healthy meanwhile.
+            await self.packages.restore(row, progress)
+            row = await self.set_state(sandbox_id, "running")
+            if workspace_id is not None:
+                await self.mirror.catch_up(workspace_id, client, load_began)
         except Exception as e:
             reason = start_failure_reason(e, self.start_timeout)
             if isinstance(e, AgentError) and handle is not None:

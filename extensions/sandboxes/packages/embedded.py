@@ -59,6 +59,8 @@ class EmbeddedCache:
             "3",
             "--log-level",
             "warning",
+            # No control socket under $HOME (platforms sharing a HOME would contend for it).
+            "--no-control-socket",
             "proxpi.server:app",
         ]
 
