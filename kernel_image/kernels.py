@@ -42,6 +42,7 @@ from kernel_image.config import AgentConfig
 from kernel_image.kernel_clients import DELIMITER, ClientSocket, KernelClient, zmq_parts
 from kernel_image.kernels_spec import PYTHON3
 from kernel_image.kernels_wire import BadMessageError, Buffer, load_header, make_parts
+from kernel_image.spare_kernel import SpareKernel
 from kernel_image.timefmt import isoformat
 
 if TYPE_CHECKING:
@@ -97,6 +98,10 @@ class KernelsConfig:
     """Seconds a new or restarted kernel may take to answer before clients are let in anyway."""
     shutdown_wait: float = 3.0
     """Seconds a kernel gets to exit after a shutdown request (then SIGTERM, then SIGKILL)."""
+    spare: bool = False
+    """Start a kernel ahead of time for the first ``start`` (``kernel_image.spare_kernel``)."""
+    spare_timeout: float = 600.0
+    """Seconds after the workspace's files were loaded before an unused spare is shut down."""
 
 
 class KernelModel(TypedDict):
@@ -202,10 +207,12 @@ class Kernel:
             self._iopub_seen.set()
             try:
                 msg_type = load_header(parts[0]).get("msg_type")
-                parent_type = load_header(parts[1]).get("msg_type")
+                parent = load_header(parts[1])
             except BadMessageError:
                 continue
-            self._record(msg_type, parent_type, parts)
+            # The agent's own requests (a spare's set-up) are neither activity nor state.
+            if parent.get("session") != self.agent_session:
+                self._record(msg_type, parent.get("msg_type"), parts)
             droppable = msg_type in DROPPABLE
             for client in self.all_clients():
                 client.put("iopub", parts, droppable=droppable)
@@ -404,6 +411,9 @@ class Kernels:
         self._mkm: AsyncMultiKernelManager | None = None
         self._runtime_dir: str | None = None
         self._culler: asyncio.Task[None] | None = None
+        self.spare: SpareKernel | None = None
+        if config.spare:
+            self.spare = SpareKernel(self, config.spare_timeout)
 
     # -- activity -----------------------------------------------------------------------------
 
@@ -468,22 +478,37 @@ class Kernels:
         self.note_activity()
         self._starting += 1
         try:
-            mkm = self._manager()
-            kernel_id = await mkm.start_kernel(
-                kernel_name=name, cwd=cwd, env=self._env(session_name)
-            )
+            session_env = self._session_env(session_name) if session_name else {}
+            kernel = await self.spare.take(cwd, session_env) if self.spare else None
+            if kernel is None:
+                kernel = await self.launch(name, cwd, session_name)
         except Exception as e:
             log.exception("kernels | could not start a %s kernel", name)
             raise KernelStartError(str(e) or type(e).__name__) from e
         finally:
             self._starting -= 1
+        self.kernels[kernel.id] = kernel
+        log.info("kernel %s | started in %s", kernel.id, cwd)
+        return kernel
+
+    async def launch(self, name: str, cwd: str, session_name: str | None) -> Kernel:
+        """Start a kernel process and begin watching it, without listing it."""
+        mkm = self._manager()
+        kernel_id = await mkm.start_kernel(kernel_name=name, cwd=cwd, env=self._env(session_name))
         kernel = Kernel(
             self, kernel_id, name, cast("AsyncKernelManager", mkm.get_kernel(kernel_id))
         )
-        self.kernels[kernel_id] = kernel
         kernel.start()
-        log.info("kernel %s | started in %s", kernel_id, cwd)
         return kernel
+
+    async def stop_unlisted(self, kernel: Kernel) -> None:
+        """Stop a kernel that was never listed (a spare)."""
+        kernel.closing = True
+        try:
+            await self._manager().shutdown_kernel(kernel.id, now=True)
+        except Exception:
+            log.exception("kernel %s | shutdown failed", kernel.id)
+        kernel.close("The kernel was shut down.")
 
     # -- finding ------------------------------------------------------------------------------
 
@@ -591,6 +616,8 @@ class Kernels:
         """Shut every kernel down (at the agent's exit) and remove the private folder."""
         if self._culler is not None:
             self._culler.cancel()
+        if self.spare is not None:
+            await self.spare.discard("the agent is stopping")
         if self.kernels:
             log.info("kernels | shutting down %d kernel(s)", len(self.kernels))
         await asyncio.gather(

@@ -42,6 +42,7 @@ class Lifetime:
         activity: Callable[[], float | None],
         unsynced: Callable[[], bool],
         now: Callable[[], float] = time.time,
+        on_claim: Callable[[], None] | None = None,
     ) -> None:
         self.limits = limits
         self._activity = activity
@@ -51,6 +52,7 @@ class Lifetime:
         self.last_heard = self.started
         self.last_change = self.started
         self.claimed = False
+        self._on_claim = on_claim
 
     def heard(self, *, changes: bool) -> None:
         """An authenticated request; ``changes`` when it asks to change something."""
@@ -62,6 +64,8 @@ class Lifetime:
         """A workspace's files were loaded: the sandbox belongs to a workspace now."""
         self.claimed = True
         self.last_change = self._now()
+        if self._on_claim is not None:
+            self._on_claim()
 
     def last_activity(self) -> float:
         """The latest of the requests that changed something and the terminals' and kernels'

@@ -70,8 +70,9 @@ def platform_config(database_url: str, overrides: dict[str, Any]) -> Config:
         {
             "PlatformApp": {"db_url": database_url},
             "Accounts": {"bcrypt_cost": 4, "failure_delay": 0.0},
-            # Tests that want a warm pool ask for one; the others start sandboxes on demand.
-            "Spawner": {"warm_pool_size": 0},
+            # Tests that want a warm pool or a spare kernel ask for one; the others start
+            # sandboxes on demand, without a kernel.
+            "Spawner": {"warm_pool_size": 0, "spare_kernel": False},
         }
     )
     config.merge(Config(overrides))

@@ -33,7 +33,7 @@ from extensions.sandboxes.app import SandboxesApp
 from extensions.sandboxes.manager import Sandboxes
 from extensions.sandboxes.packages.index import AGENT_INDEX_PORT, PackageIndex
 from extensions.sandboxes.python_env import REQUIREMENTS
-from extensions.sandboxes.spawners.base import AgentPackages
+from extensions.sandboxes.spawners.base import AgentFeatures
 from extensions.sandboxes.spawners.k8s_objects import (
     AGENT_PORT,
     SANDBOX_GID,
@@ -623,7 +623,7 @@ def test_sandboxes_need_no_way_to_the_package_cache(
     # A sandbox pod as the configured spawner makes it, with the package index the platform
     # gives every agent when PackageIndex is enabled.
     spawner = KubernetesSpawner(**config["KubernetesSpawner"])
-    spawner.packages = AgentPackages(workspace_env=True, index_port=AGENT_INDEX_PORT)
+    spawner.features = AgentFeatures(workspace_env=True, index_port=AGENT_INDEX_PORT)
     options = spawner.pod_options("abc", spawner.object_labels("abc", None))
     pod = json.dumps(to_dict(make_sandbox_pod(options)))
     assert f"--package-index-port={AGENT_INDEX_PORT}" in pod

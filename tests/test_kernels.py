@@ -464,3 +464,18 @@ async def test_kernels_survive_a_platform_restart(
     assert missed["content"]["text"] == "while the platform was down\n"
     assert (await again.execute("x + 1")).results == ["42"]
     platform.kill()
+
+
+@pytest.mark.parametrize("jp_server_config", [{"Spawner": {"spare_kernel": True}}])
+async def test_the_first_kernel_of_a_workspace_is_ready_at_once(
+    make_user: Any, base_url: str
+) -> None:
+    api, ws = await workspace(make_user, base_url)
+    first = await start_kernel(api, ws, name="python3")
+    # Started ahead of time in the sandbox: idle when the start answers.
+    assert first["execution_state"] == "idle"
+    socket = await connect(base_url, api, ws, first["id"])
+    reply = await socket.execute("import os; print(os.getcwd())")
+    assert reply.stdout == "/workspace\n"
+    second = await start_kernel(api, ws, name="python3")
+    assert second["execution_state"] == "starting"

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
-from traitlets import Bytes, Float, Instance, Integer
+from traitlets import Bytes, Float, Instance, Integer, default
 from traitlets.config import LoggingConfigurable
 
 from extensions.sandboxes import loader, store
@@ -39,8 +39,8 @@ from extensions.sandboxes.packages.service import Packages
 from extensions.sandboxes.pool import WarmPool
 from extensions.sandboxes.spawners.base import (
     AgentEndpoint,
+    AgentFeatures,
     AgentLifetime,
-    AgentPackages,
     SandboxHandle,
     Spawner,
     SpawnerError,
@@ -165,6 +165,10 @@ class Sandboxes(LoggingConfigurable):
     spawner = Instance(Spawner)
     events = Instance(EventHub)
     package_index = Instance(PackageIndex)
+
+    @default("package_index")
+    def _default_package_index(self) -> PackageIndex:
+        return PackageIndex(parent=self)
     token_key = Bytes(help="Secret from which agent tokens are derived (shared by replicas).")
 
     _clients: dict[uuid.UUID, AgentClient]
@@ -180,7 +184,9 @@ class Sandboxes(LoggingConfigurable):
         self.health = HealthChecks(self)
         self.packages = Packages(self, self.package_index)
         index_port = AGENT_INDEX_PORT if self.package_index.enabled else 0
-        self.spawner.packages = AgentPackages(workspace_env=True, index_port=index_port)
+        self.spawner.features = AgentFeatures(
+            workspace_env=True, index_port=index_port, spare_kernel=self.spawner.spare_kernel
+        )
 
     def agent_lifetime(self) -> AgentLifetime:
         """The limits agents keep by themselves: culling's, ``self_stop_margin`` later."""

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from traitlets import Float, Integer, observe
+from traitlets import Bool, Float, Integer, observe
 from traitlets.config import LoggingConfigurable
 
 # Called with (percent 0-100, message) while a sandbox starts.
@@ -75,17 +75,22 @@ class AgentLifetime:
 
 
 @dataclass(frozen=True)
-class AgentPackages:
-    """Whether agents make the workspace venv, and the loopback port of their package index
-    relay (0: none); see the agent's ``--workspace-env`` and ``--package-index-port``."""
+class AgentFeatures:
+    """What agents do beyond the basics (none by default): make the workspace venv, serve the
+    package index relay on a loopback port (0: none), start a spare kernel. See the agent's
+    ``--workspace-env``, ``--package-index-port`` and ``--spare-kernel``."""
 
     workspace_env: bool = False
     index_port: int = 0
+    spare_kernel: bool = False
 
     def args(self) -> list[str]:
-        """The agent's command-line options for these (none by default)."""
-        env = ["--workspace-env"] if self.workspace_env else []
-        return [*env, *([f"--package-index-port={self.index_port}"] if self.index_port else [])]
+        """The agent's command-line options for these."""
+        return [
+            *(["--workspace-env"] if self.workspace_env else []),
+            *([f"--package-index-port={self.index_port}"] if self.index_port else []),
+            *(["--spare-kernel"] if self.spare_kernel else []),
+        ]
 
 
 class SpawnerError(Exception):
@@ -130,9 +135,16 @@ class Spawner(LoggingConfigurable):
     """The limits every agent this spawner starts keeps by itself; set by ``Sandboxes`` from
     its culling settings. Pass ``lifetime.args()`` on the agent's command line."""
 
-    packages = AgentPackages()
-    """The agents' venv and package index relay; set by ``Sandboxes`` from ``PackageIndex``.
-    Pass ``packages.args()`` on the agent's command line."""
+    spare_kernel = Bool(
+        False,
+        help="Start a kernel in every sandbox ahead of time, so that the workspace's first "
+        "kernel is ready at once (it costs the memory of an idle kernel per sandbox until it "
+        "is used, or shut down 10 minutes after the workspace opened unused).",
+    ).tag(config=True)
+
+    features = AgentFeatures()
+    """What the agents do beyond the basics; set by ``Sandboxes`` from ``PackageIndex`` and
+    ``spare_kernel``. Pass ``features.args()`` on the agent's command line."""
 
     async def check(self) -> None:
         """Raise ``SpawnerError`` if this host cannot run sandboxes. Override in a subclass."""

@@ -208,7 +208,7 @@ class KubernetesSettings(Spawner):
             image_pull_policy=self.image_pull_policy,
             image_pull_secrets=tuple(self.image_pull_secrets),
             agent_port=self.agent_port,
-            agent_options=(*self.lifetime.args(), *self.packages.args()),
+            agent_options=(*self.lifetime.args(), *self.features.args()),
             cpu_request=self.cpu_request,
             cpu_limit=self.cpu_limit,
             memory_request=self.memory_request,

@@ -85,6 +85,11 @@ class LocalSpawner(Spawner):
         "useradd if missing). Unused otherwise: sandboxes then run as the platform's user.",
     ).tag(config=True)
 
+    @default("spare_kernel")
+    def _default_spare_kernel(self) -> bool:
+        # On this machine a warm sandbox's idle kernel is cheap next to the wait it saves.
+        return True
+
     allow_network = Bool(
         False,
         help="Give sandboxes the host's network (its network namespace: that includes "
@@ -416,7 +421,7 @@ class LocalSpawner(Spawner):
         self, spec: SandboxSpec, plan: cgroups.CgroupPlan, fd: int, token_fd: int, log_fd: int
     ) -> list[str]:
         """The agent command with its lifetime limits, behind the rlimit wrapper."""
-        agent = [*self.agent_command(fd), *self.lifetime.args(), *self.packages.args()]
+        agent = [*self.agent_command(fd), *self.lifetime.args(), *self.features.args()]
         return local_launch.wrapped_command(spec, plan, agent, token_fd, log_fd)
 
     # --- stop, poll, find ------------------------------------------------------------------
