@@ -59,8 +59,11 @@ MEMORY_SAMPLE_SECONDS = 0.1
 PLATFORM_LIMITS = (
     "--Workspaces.max_workspaces_per_user=1000",
     "--Terminals.max_terminals_per_user=1000",
+    "--LocalSpawner.spare_kernel=False",
 )
-"""Every case opens a new terminal, the cold-open case a new workspace each round."""
+"""Every case opens a new terminal, the cold-open case a new workspace each round. Sandboxes
+start no spare kernel: these cases measure terminals (docs/performance.md has the spare's
+cost)."""
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,18 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets, bind_unix_socket
 
-from kernel_image import __version__, file_handlers, files, handlers, kernel_handlers
+from kernel_image import __version__, file_handlers, files, handlers, kernel_handlers, lsp_handlers
 from kernel_image.auth import AgentHandler, AgentToken, ApiError
 from kernel_image.config import AgentConfig
 from kernel_image.handlers import MIN_TOKEN_LENGTH
 from kernel_image.kernels import Kernels, KernelsConfig
 from kernel_image.lifetime import Lifetime, Limits
+from kernel_image.lsp_session import LanguageServerLimits, LanguageServers
+from kernel_image.lsp_specs import default_specs
+from kernel_image.package_channel import PackageChannel, PackageSocket
+from kernel_image.package_recorder import EnvironmentRecorder, InstallHandler
+from kernel_image.package_relay import INDEX_PREFIX, serve_index
+from kernel_image.pyenv import WorkspaceEnv
 from kernel_image.sync import DEFAULT_IGNORE, Ignore, SyncChannel, Watcher
 from kernel_image.sync_socket import SyncSocket
 from kernel_image.terminals import TerminalManager
@@ -67,6 +73,8 @@ def make_app(
     sync_channel: SyncChannel,
     kernels: Kernels | None = None,
     lifetime: Lifetime | None = None,
+    packages: Packages | None = None,
+    language_servers: LanguageServers | None = None,
 ) -> web.Application:
     """The Tornado application: every route, the settings handlers read."""
     return web.Application(
@@ -76,6 +84,9 @@ def make_app(
             *kernel_handlers.default_handlers,
             (r"/terminals/websocket/([^/]+)", TerminalSocket),
             (r"/api/sync", SyncSocket),
+            *lsp_handlers.default_handlers,
+            (r"/api/packages", PackageSocket),
+            (r"/api/packages/install", InstallHandler),
         ],
         default_handler_class=NotFoundHandler,
         agent_config=config,
@@ -84,12 +95,27 @@ def make_app(
         sync_channel=sync_channel,
         kernels=kernels or Kernels(KernelsConfig(root=config.root)),
         lifetime=lifetime,
+        language_servers=language_servers
+        or LanguageServers(default_specs(), config.root, LanguageServerLimits()),
+        package_channel=(packages or Packages()).channel,
+        workspace_env=packages.env if packages else None,
+        environment_recorder=packages.recorder if packages else None,
         started=time.time(),
         websocket_max_message_size=MAX_MESSAGE_BYTES,
         websocket_ping_interval=PING_INTERVAL,
         xsrf_cookies=False,
         serve_traceback=False,
     )
+
+
+@dataclasses.dataclass
+class Packages:
+    """The package channel, and with ``--workspace-env`` the workspace's venv and its
+    recorder (``POST /api/packages/install`` answers 404 without them)."""
+
+    channel: PackageChannel = dataclasses.field(default_factory=PackageChannel)
+    env: WorkspaceEnv | None = None
+    recorder: EnvironmentRecorder | None = None
 
 
 def defaults(settings: type[Any]) -> dict[str, Any]:
@@ -117,6 +143,7 @@ def _size(text: str) -> int:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (see docs/agent-protocol.md)."""
     agent, kernels, limits = defaults(AgentConfig), defaults(KernelsConfig), defaults(Limits)
+    lsp = defaults(LanguageServerLimits)
     parser = argparse.ArgumentParser(
         prog="python -s -m kernel_image",
         description="The sandbox agent: terminals, files and health over HTTP + WebSocket. "
@@ -235,6 +262,46 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="end the sandbox after this many seconds without any request while no "
         "workspace's files are loaded (a warm-pool sandbox left alone); 0: never (default)",
     )
+    parser.add_argument(
+        "--spare-kernel",
+        action="store_true",
+        help="start a kernel ahead of time: the first POST /api/kernels gets it, ready",
+    )
+    parser.add_argument(
+        "--spare-kernel-timeout",
+        type=float,
+        default=kernels["spare_timeout"],
+        help="seconds after a workspace's files are loaded before an unused spare kernel is "
+        f"shut down; 0: never (default {kernels['spare_timeout']:g})",
+    )
+    parser.add_argument(
+        "--workspace-env",
+        action="store_true",
+        help="make the workspace's Python venv at ROOT/.venv (over this interpreter's "
+        "packages), give it to terminals and kernels, and report what is installed in it",
+    )
+    parser.add_argument(
+        "--package-index-port",
+        type=_size,
+        default=0,
+        help="serve the package index relay on 127.0.0.1:N and point pip and uv at it; "
+        "0: none (default)",
+    )
+    parser.add_argument(
+        "--lsp-idle-timeout",
+        type=float,
+        default=lsp["idle_timeout"],
+        help="seconds a language server lives on without any client; 0: until the agent "
+        f"stops (default {lsp['idle_timeout']:g})",
+    )
+    parser.add_argument(
+        "--lsp-memory-limit",
+        type=_size,
+        default=lsp["memory_limit"],
+        help="resident bytes a language server and its subprocesses may use before they are "
+        f"killed (and started again by the next client); 0: no limit "
+        f"(default {in_bytes(lsp['memory_limit'])})",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument("--version", action="version", version=__version__)
     return parser.parse_args(argv)
@@ -292,6 +359,8 @@ async def serve(
             max_kernels=args.max_kernels,
             idle_timeout=args.kernel_idle_timeout,
             stalled_client_timeout=config.stalled_client_timeout,
+            spare=args.spare_kernel,
+            spare_timeout=args.spare_kernel_timeout,
         )
     )
     kernels.start_culling()
@@ -301,13 +370,24 @@ async def serve(
     files.written_hook = watcher.note_written
     sync_channel = SyncChannel(watcher, args.max_sync_bytes)
     sync_channel.start()
+    packages = start_packages(config.root, args.workspace_env, args.package_index_port)
     lifetime = Lifetime(
         Limits(args.idle_timeout, args.max_age, args.unclaimed_timeout),
         activity=lambda: latest(terminals.last_input, kernels.last_activity),
-        unsynced=sync_channel.has_unsynced,
+        unsynced=lambda: sync_channel.has_unsynced() or packages.channel.has_unreported(),
+        on_claim=kernels.spare.expire_later if kernels.spare else None,
+    )
+    if kernels.spare is not None:
+        kernels.spare.prepare()
+    language_servers = LanguageServers(
+        default_specs(),
+        config.root,
+        LanguageServerLimits(
+            idle_timeout=args.lsp_idle_timeout, memory_limit=args.lsp_memory_limit
+        ),
     )
     server = HTTPServer(
-        make_app(config, terminals, sync_channel, kernels, lifetime),
+        make_app(config, terminals, sync_channel, kernels, lifetime, packages, language_servers),
         max_body_size=file_handlers.MAX_SMALL_BODY,
     )
     server.add_sockets(sockets)
@@ -321,9 +401,30 @@ async def serve(
     log.info("agent | stopping")
     watch.cancel()
     server.stop()
-    await asyncio.gather(terminals.shutdown(), kernels.shutdown())
+    await asyncio.gather(terminals.shutdown(), kernels.shutdown(), language_servers.shutdown())
     with contextlib.suppress(Exception):
         await asyncio.wait_for(server.close_all_connections(), 2)
+
+
+def start_packages(root: str, workspace_env: bool, index_port: int) -> Packages:
+    """The package channel; the workspace venv (its variables in this process's environment,
+    which terminals, kernels and the language server inherit) and the loopback index relay, as
+    the command line asks."""
+    packages = Packages()
+    if index_port:
+        try:
+            serve_index(packages.channel, index_port)
+        except OSError as e:
+            log.warning("packages | no index relay on port %d: %s", index_port, e.strerror)
+            index_port = 0
+    if workspace_env:
+        index_url = f"http://127.0.0.1:{index_port}{INDEX_PREFIX}" if index_port else None
+        packages.env = WorkspaceEnv(root, index_url)
+        packages.env.create()
+        os.environ.update(packages.env.variables())
+        packages.recorder = EnvironmentRecorder(packages.env, packages.channel)
+        packages.recorder.start()
+    return packages
 
 
 def latest(*times: float | None) -> float | None:

@@ -48,6 +48,7 @@ PLATFORM_EXTENSIONS = (
     "extensions.sandboxes",
     "extensions.terminals",
     "extensions.kernels",
+    "extensions.language_servers",
     "extensions.ide",
 )
 

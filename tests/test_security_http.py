@@ -64,8 +64,12 @@ ALLOWED_HANDLERS = frozenset(
         "extensions.kernels.handlers.SessionRootHandler",
         "extensions.kernels.handlers.SessionHandler",
         "extensions.kernels.proxy.KernelProxyHandler",
+        "extensions.language_servers.handlers.LanguageServerStatusHandler",
+        "extensions.language_servers.handlers.LanguageServerProxyHandler",
         "extensions.sandboxes.handlers.SandboxListHandler",
         "extensions.sandboxes.handlers.SandboxHandler",
+        "extensions.sandboxes.packages.handlers.PackagesHandler",
+        "extensions.sandboxes.packages.handlers.PackageHandler",
         "extensions.sandboxes.handlers.SandboxProgressHandler",
         "extensions.sandboxes.events_handler.EventsHandler",
         "extensions.terminals.handlers.TerminalRootHandler",
@@ -77,6 +81,8 @@ ALLOWED_HANDLERS = frozenset(
         "extensions.workspaces.jupyter_handlers.WorkspaceModifyCheckpointsHandler",
         "extensions.workspaces.jupyter_handlers.WorkspaceContentsHandler",
         "extensions.workspaces.jupyter_handlers.WorkspaceFilesHandler",
+        "extensions.workspaces.search_handlers.SearchHandler",
+        "extensions.workspaces.search_handlers.FileNameSearchHandler",
     }
 )
 
