@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import time
@@ -80,6 +81,9 @@ class SpareKernel:
 
     async def _start(self) -> Kernel | None:
         try:
+            # jupyter_client takes a while to import: not on the loop, which is busy answering
+            # the platform while the sandbox starts.
+            await asyncio.to_thread(importlib.import_module, "kernel_image.kernels_backend")
             kernel = await self.kernels.launch(PYTHON3, self.kernels.config.root, None)
         except Exception:
             log.exception("kernels | the spare kernel could not be started")
