@@ -11,9 +11,7 @@ from typing import Any
 import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClosedError
-from traitlets import List, Unicode
 
-from extensions.sandboxes.spawners.local import LocalSpawner
 from tests.client import Client
 from tests.lsp_client import LspClient, diagnostic_codes, position
 from tests.test_terminals import Terminal, open_terminal
@@ -24,32 +22,6 @@ OPENED: list[LspClient] = []
 
 LIB = 'def helper(x):\n    """Double it."""\n    return 2 * x\n'
 MAIN = "from lib import helper\n\nprint(helper(2))\n"
-
-
-class LanguageServerLimitsSpawner(LocalSpawner):
-    """The local spawner, its agents given ``agent_args`` (the language server's limits)."""
-
-    agent_args = List(Unicode(), help="Added to the agent's command line.").tag(config=True)
-
-    def agent_command(self, fd: int) -> list[str]:
-        """The agent's command, then ``agent_args``."""
-        return [*super().agent_command(fd), *self.agent_args]
-
-
-@pytest.fixture
-def agent_args() -> list[str]:
-    """The agent's extra arguments; override with ``@pytest.mark.parametrize``."""
-    return []
-
-
-@pytest.fixture
-def jp_server_config(agent_args: list[str]) -> dict[str, Any]:
-    """Sandboxes whose agents get ``agent_args``."""
-    spawner = f"{__name__}.{LanguageServerLimitsSpawner.__name__}"
-    return {
-        "SandboxesApp": {"spawner_class": spawner},
-        "LanguageServerLimitsSpawner": {"agent_args": agent_args},
-    }
 
 
 @pytest.fixture(autouse=True)
@@ -313,7 +285,9 @@ async def test_a_killed_server_closes_the_sockets_and_a_new_socket_works(
     assert "dumps" in [item["insertText"] for item in reply["result"]["items"]]
 
 
-@pytest.mark.parametrize("agent_args", [["--lsp-memory-limit=1048576"]])
+@pytest.mark.parametrize(
+    "jp_server_config", [{"Spawner": {"language_server_memory_limit": 1048576}}]
+)
 async def test_a_server_over_its_memory_limit_is_restarted_not_the_sandbox(
     make_user: Any, base_url: str
 ) -> None:
@@ -327,7 +301,7 @@ async def test_a_server_over_its_memory_limit_is_restarted_not_the_sandbox(
     assert (await again.closed())[0] == 1012
 
 
-@pytest.mark.parametrize("agent_args", [["--lsp-idle-timeout=0.5"]])
+@pytest.mark.parametrize("jp_server_config", [{"Spawner": {"language_server_idle_timeout": 0.5}}])
 async def test_a_server_without_clients_stops(make_user: Any, base_url: str) -> None:
     api, ws = await workspace(make_user, base_url)
     client = await connect(base_url, api, ws)

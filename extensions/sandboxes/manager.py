@@ -169,6 +169,7 @@ class Sandboxes(LoggingConfigurable):
     @default("package_index")
     def _default_package_index(self) -> PackageIndex:
         return PackageIndex(parent=self)
+
     token_key = Bytes(help="Secret from which agent tokens are derived (shared by replicas).")
 
     _clients: dict[uuid.UUID, AgentClient]
@@ -185,7 +186,11 @@ class Sandboxes(LoggingConfigurable):
         self.packages = Packages(self, self.package_index)
         index_port = AGENT_INDEX_PORT if self.package_index.enabled else 0
         self.spawner.features = AgentFeatures(
-            workspace_env=True, index_port=index_port, spare_kernel=self.spawner.spare_kernel
+            workspace_env=True,
+            index_port=index_port,
+            spare_kernel=self.spawner.spare_kernel,
+            lsp_idle_timeout=self.spawner.language_server_idle_timeout,
+            lsp_memory_limit=self.spawner.language_server_memory_limit,
         )
 
     def agent_lifetime(self) -> AgentLifetime:

@@ -77,20 +77,28 @@ class AgentLifetime:
 @dataclass(frozen=True)
 class AgentFeatures:
     """What agents do beyond the basics (none by default): make the workspace venv, serve the
-    package index relay on a loopback port (0: none), start a spare kernel. See the agent's
-    ``--workspace-env``, ``--package-index-port`` and ``--spare-kernel``."""
+    package index relay on a loopback port (0: none), start a spare kernel, bound language
+    servers (None: the agent's defaults). See the agent's ``--workspace-env``,
+    ``--package-index-port``, ``--spare-kernel`` and ``--lsp-*`` options."""
 
     workspace_env: bool = False
     index_port: int = 0
     spare_kernel: bool = False
+    lsp_idle_timeout: float | None = None
+    lsp_memory_limit: int | None = None
 
     def args(self) -> list[str]:
         """The agent's command-line options for these."""
-        return [
-            *(["--workspace-env"] if self.workspace_env else []),
-            *([f"--package-index-port={self.index_port}"] if self.index_port else []),
-            *(["--spare-kernel"] if self.spare_kernel else []),
-        ]
+        args = ["--workspace-env"] if self.workspace_env else []
+        if self.index_port:
+            args.append(f"--package-index-port={self.index_port}")
+        if self.spare_kernel:
+            args.append("--spare-kernel")
+        if self.lsp_idle_timeout is not None:
+            args.append(f"--lsp-idle-timeout={self.lsp_idle_timeout:g}")
+        if self.lsp_memory_limit is not None:
+            args.append(f"--lsp-memory-limit={self.lsp_memory_limit}")
+        return args
 
 
 class SpawnerError(Exception):
@@ -140,6 +148,18 @@ class Spawner(LoggingConfigurable):
         help="Start a kernel in every sandbox ahead of time, so that the workspace's first "
         "kernel is ready at once (it costs the memory of an idle kernel per sandbox until it "
         "is used, or shut down 10 minutes after the workspace opened unused).",
+    ).tag(config=True)
+
+    language_server_idle_timeout = Float(
+        600.0,
+        help="Seconds a sandbox's language server (the editor's IntelliSense) lives on after "
+        "its last editor left. 0: until the sandbox stops.",
+    ).tag(config=True)
+
+    language_server_memory_limit = Integer(
+        400 * 1024**2,
+        help="Resident bytes a sandbox's language server (with what it starts) may use before "
+        "it is killed and started again (the sandbox lives on). 0: no limit.",
     ).tag(config=True)
 
     features = AgentFeatures()
