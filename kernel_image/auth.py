@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from tornado import web
+from tornado.websocket import WebSocketHandler
 
 from kernel_image.config import AgentConfig
 
@@ -54,10 +55,8 @@ class AgentToken:
 
 
 class AgentBase(web.RequestHandler):
-    """What every agent handler shares, REST or WebSocket: the token check and JSON errors.
-
-    Combine it with ``WebSocketHandler`` as ``class X(AgentBase, WebSocketHandler)``.
-    """
+    """What every agent handler shares, REST or WebSocket: the token check and JSON errors
+    (WebSocket handlers derive from ``AgentSocket``)."""
 
     @property
     def config(self) -> AgentConfig:
@@ -94,6 +93,21 @@ class AgentBase(web.RequestHandler):
         if status_code == 401:
             self.set_header("WWW-Authenticate", "token")
         self.finish(json.dumps({"message": message}))
+
+
+class AgentSocket(AgentBase, WebSocketHandler):
+    """Base of every WebSocket handler: any origin (only the token opens a socket, and
+    browsers cannot send that header); ``check_upgrade`` first in ``prepare``."""
+
+    def check_origin(self, origin: str) -> bool:
+        """Any origin."""
+        return True
+
+    def check_upgrade(self) -> None:
+        """Authenticate, and refuse a plain request, before the upgrade (as JSON errors)."""
+        self.check_token()
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            raise ApiError(400, "this URL only accepts a WebSocket upgrade")
 
 
 class AgentHandler(AgentBase):

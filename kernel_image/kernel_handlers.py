@@ -10,10 +10,10 @@ import re
 import uuid
 from typing import Any
 
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketClosedError
 
 from kernel_image import files
-from kernel_image.auth import AgentBase, AgentHandler, ApiError
+from kernel_image.auth import AgentHandler, AgentSocket, ApiError
 from kernel_image.kernel_clients import KernelClient
 from kernel_image.kernels import (
     Kernel,
@@ -162,7 +162,7 @@ class KernelActionHandler(KernelsBase):
         self.write_json(kernel.model())
 
 
-class KernelSocket(AgentBase, WebSocketHandler):
+class KernelSocket(AgentSocket):
     """``WS /api/kernels/<id>/channels[?session_id=...]``: one client of one kernel.
 
     Speaks ``v1.kernel.websocket.jupyter.org`` when the client offers it, else jupyter_server's
@@ -190,19 +190,13 @@ class KernelSocket(AgentBase, WebSocketHandler):
         """The negotiated subprotocol (``V1_PROTOCOL``), or None for legacy JSON."""
         return self._protocol
 
-    def check_origin(self, origin: str) -> bool:
-        """Any origin: only the token opens a socket, and browsers cannot send that header."""
-        return True
-
     def get_compression_options(self) -> None:
         """No compression (as jupyter_server's default)."""
         return
 
     async def prepare(self) -> None:
         """Authenticate, find the kernel and wait until it answers, before the upgrade."""
-        self.check_token()
-        if self.request.headers.get("Upgrade", "").lower() != "websocket":
-            raise ApiError(400, "this URL only accepts a WebSocket upgrade")
+        self.check_upgrade()
         kernel_id = self.path_kwargs.get("kernel_id", "")
         try:
             kernel = self.kernels.get(kernel_id)

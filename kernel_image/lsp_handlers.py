@@ -6,9 +6,9 @@ import json
 import logging
 from typing import Any
 
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketClosedError
 
-from kernel_image.auth import AgentBase, AgentHandler, ApiError
+from kernel_image.auth import AgentBase, AgentHandler, AgentSocket, ApiError
 from kernel_image.lsp_session import BadMessageError, LanguageServer, LanguageServers
 
 log = logging.getLogger(__name__)
@@ -56,14 +56,10 @@ def _servers(handler: AgentBase) -> LanguageServers:
     return servers
 
 
-class LanguageServerSocket(AgentBase, WebSocketHandler):
+class LanguageServerSocket(AgentSocket):
     """One client of one language server."""
 
     server: LanguageServer | None = None
-
-    def check_origin(self, origin: str) -> bool:
-        """Any origin: only the token opens a socket, and browsers cannot send that header."""
-        return True
 
     @property
     def max_message_size(self) -> int:
@@ -72,9 +68,7 @@ class LanguageServerSocket(AgentBase, WebSocketHandler):
 
     def prepare(self) -> None:
         """Authenticate and find the server before the upgrade (failures are JSON errors)."""
-        self.check_token()
-        if self.request.headers.get("Upgrade", "").lower() != "websocket":
-            raise ApiError(400, "this URL only accepts a WebSocket upgrade")
+        self.check_upgrade()
         name = self.path_args[0] if self.path_args else ""
         self.server = _servers(self).get(name)
         if self.server is None:

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketClosedError
 
-from kernel_image.auth import AgentBase, ApiError
+from kernel_image.auth import AgentSocket
 
 log = logging.getLogger("kernel_image.packages")
 
@@ -143,7 +143,7 @@ class PackageChannel:
             reply.chunks.put_nowait(b"")  # wakes a waiting reader, which then sees ``broken``
 
 
-class PackageSocket(AgentBase, WebSocketHandler):
+class PackageSocket(AgentSocket):
     """One platform connection to the package channel."""
 
     @property
@@ -152,15 +152,9 @@ class PackageSocket(AgentBase, WebSocketHandler):
         channel: PackageChannel = self.settings["package_channel"]
         return channel
 
-    def check_origin(self, origin: str) -> bool:
-        """Any origin: only the token opens the socket."""
-        return True
-
     def prepare(self) -> None:
         """Authenticate before the upgrade."""
-        self.check_token()
-        if self.request.headers.get("Upgrade", "").lower() != "websocket":
-            raise ApiError(400, "this URL only accepts a WebSocket upgrade")
+        self.check_upgrade()
 
     def open(self, *args: str, **kwargs: str) -> None:
         """Carry requests from now on."""

@@ -6,15 +6,15 @@ import asyncio
 import json
 from typing import Any
 
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketClosedError
 
-from kernel_image.auth import AgentBase, ApiError
+from kernel_image.auth import AgentSocket
 from kernel_image.sync import SenderGone, SyncChannel
 
 REPLACED = 4000
 
 
-class SyncSocket(AgentBase, WebSocketHandler):
+class SyncSocket(AgentSocket):
     """Streams change messages; takes ``{"ack": seq}`` and ``{"flush": id}``.
 
     A new connection replaces the previous one (any replica of the platform may take over).
@@ -26,15 +26,9 @@ class SyncSocket(AgentBase, WebSocketHandler):
         channel: SyncChannel = self.settings["sync_channel"]
         return channel
 
-    def check_origin(self, origin: str) -> bool:
-        """Any origin: only the token opens the socket."""
-        return True
-
     def prepare(self) -> None:
         """Authenticate before the upgrade."""
-        self.check_token()
-        if self.request.headers.get("Upgrade", "").lower() != "websocket":
-            raise ApiError(400, "this URL only accepts a WebSocket upgrade")
+        self.check_upgrade()
 
     def open(self, *args: str, **kwargs: str) -> None:
         """Become the channel's connection, replacing any previous one."""

@@ -12,9 +12,9 @@ import json
 import logging
 from typing import Any
 
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketClosedError
 
-from kernel_image.auth import AgentBase, ApiError
+from kernel_image.auth import AgentSocket, ApiError
 from kernel_image.terminals import (
     FRAME_BYTES,
     InputBacklogFullError,
@@ -51,7 +51,7 @@ def parse_size(command: list[Any]) -> tuple[int, int]:
     return rows, cols
 
 
-class TerminalSocket(AgentBase, WebSocketHandler):
+class TerminalSocket(AgentSocket):
     """One client of one terminal."""
 
     terminal: Terminal | None = None
@@ -66,15 +66,9 @@ class TerminalSocket(AgentBase, WebSocketHandler):
         manager: TerminalManager = self.settings["terminal_manager"]
         return manager
 
-    def check_origin(self, origin: str) -> bool:
-        """Any origin: only the token opens a socket, and browsers cannot send that header."""
-        return True
-
     def prepare(self) -> None:
         """Authenticate and validate before the upgrade, so failures are JSON errors."""
-        self.check_token()
-        if self.request.headers.get("Upgrade", "").lower() != "websocket":
-            raise ApiError(400, "this URL only accepts a WebSocket upgrade")
+        self.check_upgrade()
         name = self.path_args[0] if self.path_args else ""
         self.terminal = self.terminal_manager.get(name)
         if self.terminal is None:

@@ -11,8 +11,10 @@ import { ConsolePanel } from './console';
 import { EditorArea } from './editor';
 import { baseName, parentOf, WorkspaceFiles } from './files';
 import { LayoutStore, splitter } from './layout';
+import { PythonLanguageClient } from './lsp';
 import { configureWorkers, languageName } from './monaco';
 import { SandboxStatus } from './sandbox';
+import { installSearch } from './searchui';
 import { ChangeFeed, type FileEvent, type SyncMode } from './sync';
 import { TerminalPanel } from './terminals';
 import { FileTree } from './tree';
@@ -31,6 +33,7 @@ export class Ide {
   private readonly terminals: TerminalPanel;
   private readonly console: ConsolePanel;
   private readonly sandbox: SandboxStatus;
+  private readonly lsp: PythonLanguageClient;
   private readonly feed: ChangeFeed;
   private readonly runButton: HTMLButtonElement;
   private readonly runConsoleButton: HTMLButtonElement;
@@ -70,6 +73,7 @@ export class Ide {
       },
       reveal: (path) => this.tree.reveal(path),
       runSelection: () => this.runSelection(),
+      documentMoved: (model) => this.lsp.documentMoved(model),
     }, (path) => this.tree.entry(path));
     this.editor.titleSuffix = document.title;
     const sandboxStarting = (done: boolean): void => {
@@ -87,9 +91,12 @@ export class Ide {
       label: 'Resize the console', onResize: (width) => this.layout.update({ console: width }),
     });
     this.sandbox = new SandboxStatus(this.workspace.uuid);
+    this.lsp = new PythonLanguageClient(`${wsUrl}lsp/ws/pylsp`, this.files, this.editor);
+    this.sandbox.onStateChange((state) => this.lsp.sandboxChanged(state));
     this.feed = new ChangeFeed(`${wsUrl}api/events`, {
       file: (event) => this.onFileEvent(event),
       sandbox: (event) => this.sandbox.apply(event),
+      notice: (event) => toast(event.message, 'error'),
       poll: () => this.poll(),
       mode: (mode) => this.showSyncMode(mode),
     });
@@ -139,11 +146,11 @@ export class Ide {
       h('span', { class: 'spacer' }),
       this.historyButton, this.runButton, this.runConsoleButton, this.consoleToggle);
     const status = h('footer', { class: 'statusbar', id: 'statusbar' },
-      this.sandbox.element, this.syncBadge, h('span', { class: 'spacer' }), this.cursorInfo,
+      this.sandbox.element, this.syncBadge, this.lsp.status.element, h('span', { class: 'spacer' }), this.cursorInfo,
       h('span', { class: 'status-item who', id: 'username' }, username),
       h('button', { type: 'button', class: 'status-button', id: 'logout', onclick: () => void this.logout() }, icon('logout'), 'Log out'));
     document.body.append(h('div', { class: 'ide' }, header,
-      h('div', { class: 'ide-main' }, this.tree.element, sidebarBar, center), status));
+      h('div', { class: 'ide-main' }, this.tree.element, sidebarBar, installSearch(this.files, this.editor), center), status));
   }
 
   /** Load everything and start following changes. */

@@ -18,6 +18,8 @@ interface Tab {
   path: string;
   /** Null while loading, and for files that are not text or shown as a notebook. */
   model: monaco.editor.ITextModel | null;
+  /** The URI of the tab's model, known before the model exists (language services ask). */
+  uri: string | null;
   /** The rendered view of a notebook (null for every other tab). */
   notebook: NotebookView | null;
   /** A notebook the person chose to see as text (its JSON in Monaco). */
@@ -45,6 +47,8 @@ export interface EditorCallbacks {
   reveal(path: string): void;
   /** Shift+Enter in a Python file: run the selection or the current line in the console. */
   runSelection(): void;
+  /** A text tab's file has a new path (language services reopen it under that name). */
+  documentMoved(model: monaco.editor.ITextModel): void;
 }
 
 /** What is known on disk about a path: metadata, null (gone), undefined (unknown). */
@@ -68,10 +72,10 @@ function dedent(text: string): string {
 let modelCounter = 0;
 
 function modelUri(path: string): monaco.Uri {
-  // Unique per model (renames and reopenings never clash), ending in the real name so that
-  // language services see the extension.
+  // Unique per model (renames and reopenings never clash) through its query; the path is the
+  // file's, so that language services see the extension and a reference list shows the folder.
   modelCounter += 1;
-  return monaco.Uri.from({ scheme: 'file', path: `/${modelCounter}/${path}` });
+  return monaco.Uri.from({ scheme: 'file', path: `/${path}`, query: String(modelCounter) });
 }
 
 export class EditorArea {
@@ -114,6 +118,12 @@ export class EditorArea {
     onThemeChange((dark) => monaco.editor.setTheme(dark ? 'vs-dark' : 'vs'));
     this.editor.onDidChangeCursorPosition(() => this.reportCursor());
     this.editor.addCommand(monaco.KeyMod.Shift | monaco.KeyCode.Enter, () => callbacks.runSelection(), 'editorLangId == python');
+    // Format Document is Shift+Alt+F on every system (Monaco's default on Linux: Ctrl+Shift+I).
+    monaco.editor.addKeybindingRule({
+      keybinding: monaco.KeyMod.Shift | monaco.KeyMod.Alt | monaco.KeyCode.KeyF,
+      command: 'editor.action.formatDocument',
+      when: 'editorHasDocumentFormattingProvider && editorTextFocus && !editorReadonly',
+    });
     this.tabsBar.addEventListener('auxclick', (event) => {
       const path = this.tabPath(event.target);
       if (event.button === 1 && path !== null) void this.close(path);
@@ -138,6 +148,32 @@ export class EditorArea {
 
   get openPaths(): string[] {
     return this.tabs.map((t) => t.path);
+  }
+
+  /** The path of the tab a model belongs to (null for other models: a diff's, a copy's). */
+  pathOf(model: monaco.editor.ITextModel): string | null {
+    const uri = model.uri.toString();
+    return this.tabs.find((t) => t.uri === uri)?.path ?? null;
+  }
+
+  /** The model of the tab a file is open in as text, or null. */
+  modelOf(path: string): monaco.editor.ITextModel | null {
+    return this.find(path)?.model ?? null;
+  }
+
+  /** Open a file's tab with the cursor at a position or a selection (go to definition). */
+  async openAt(path: string, where?: monaco.IRange | monaco.IPosition): Promise<void> {
+    await this.open(path);
+    const model = this.find(path)?.model;
+    if (!where || !model || this.editor.getModel() !== model) return;
+    if ('startLineNumber' in where) {
+      this.editor.setSelection(where);
+      this.editor.revealRangeInCenterIfOutsideViewport(where);
+    } else {
+      this.editor.setPosition(where);
+      this.editor.revealPositionInCenterIfOutsideViewport(where);
+    }
+    this.editor.focus();
   }
 
   isDirty(tab: Tab): boolean {
@@ -196,7 +232,7 @@ export class EditorArea {
       return existing.loaded;
     }
     const tab: Tab = {
-      path, model: null, notebook: null, asText: false, binary: false, savedVersion: 0, diskModified: 0, viewState: null,
+      path, model: null, uri: null, notebook: null, asText: false, binary: false, savedVersion: 0, diskModified: 0, viewState: null,
       element: this.tabElement(path), conflict: null, saving: null, loaded: Promise.resolve(),
     };
     this.tabs.push(tab);
@@ -228,7 +264,9 @@ export class EditorArea {
     if (file.format !== 'text' || typeof file.content !== 'string') {
       tab.binary = true;
     } else {
-      const model = monaco.editor.createModel(file.content, languageFor(tab.path), modelUri(tab.path));
+      const uri = modelUri(tab.path);
+      tab.uri = uri.toString();
+      const model = monaco.editor.createModel(file.content, languageFor(tab.path), uri);
       tab.model = model;
       tab.savedVersion = model.getAlternativeVersionId();
       model.onDidChangeContent(() => this.updateTab(tab));
@@ -500,7 +538,10 @@ export class EditorArea {
       if (!isWithin(tab.path, from)) continue;
       tab.path = to + tab.path.slice(from.length);
       if (tab.conflict === 'deleted') tab.conflict = null;
-      if (tab.model) monaco.editor.setModelLanguage(tab.model, languageFor(tab.path));
+      if (tab.model) {
+        monaco.editor.setModelLanguage(tab.model, languageFor(tab.path));
+        this.callbacks.documentMoved(tab.model);
+      }
       this.updateTab(tab);
     }
     this.reportCursor();

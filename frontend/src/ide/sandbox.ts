@@ -38,6 +38,7 @@ export class SandboxStatus {
   private readonly note: HTMLElement;
   private readonly progressBox: HTMLElement;
   private source: EventSource | null = null;
+  private readonly stateListeners: ((state: SandboxState) => void)[] = [];
   model: SandboxModel = { state: 'stopped' };
 
   constructor(private readonly workspace: string) {
@@ -46,6 +47,11 @@ export class SandboxStatus {
     this.note = h('span', { class: 'progress-note', id: 'sandbox-progress-note' });
     this.progressBox = h('span', { class: 'sandbox-progress', id: 'sandbox-progress', hidden: true }, this.bar, this.note);
     this.element = h('span', { class: 'status-item sandbox' }, this.badge, this.progressBox);
+  }
+
+  /** Call ``listener`` with the new state each time it changes. */
+  onStateChange(listener: (state: SandboxState) => void): void {
+    this.stateListeners.push(listener);
   }
 
   /** Read the state from the server. */
@@ -76,6 +82,9 @@ export class SandboxStatus {
       toastError(`The sandbox failed: ${this.model.reason}`);
     }
     if (state === 'starting' && before !== 'starting') this.watchProgress();
+    if (state !== before) {
+      for (const listener of this.stateListeners) listener(state);
+    }
   }
 
   /** A start was requested (a terminal is being opened): show it at once. (An unresponsive
