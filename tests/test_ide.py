@@ -634,7 +634,7 @@ async def test_terminals_layout_and_theme(pages: Pages, make_user: Any) -> None:
     assert [t["name"] for t in listed.json] == ["1"]
 
     # The split is remembered for this workspace.
-    sidebar = page.locator(".sidebar")
+    sidebar = page.locator('.sidebar[aria-label="Explorer"]')
     width = (await sidebar.bounding_box() or {"width": 0})["width"]
     splitter = await page.locator(".splitter-vertical").bounding_box()
     assert splitter
