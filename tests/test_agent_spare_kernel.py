@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 from tests.test_agent import Agent, wait_listening
-from tests.test_agent_kernels import connect, start_agent, start_kernel
+from tests.test_agent_kernels import (  # noqa: F401 (close_sockets: a fixture)
+    close_sockets,
+    connect,
+    start_agent,
+    start_kernel,
+)
 from tests.test_agent_lifetime import empty_tar
 from tests.waiting import until
 

@@ -14,7 +14,11 @@ from tornado.websocket import WebSocketClosedError
 
 from tests.client import Client
 from tests.lsp_client import LspClient, diagnostic_codes, position
-from tests.test_terminals import Terminal, open_terminal
+from tests.test_terminals import (  # noqa: F401 (close_terminals: a fixture)
+    Terminal,
+    close_terminals,
+    open_terminal,
+)
 from tests.waiting import until
 
 TokenClientFactory = Callable[..., Awaitable[Client]]

@@ -25,8 +25,15 @@ from tornado.websocket import websocket_connect
 
 from platform_server.app import PlatformApp
 from tests.client import Client
+from tests.kernel_client import KernelSocket
+from tests.test_agent_kernels import close_sockets  # noqa: F401 (fixture: kernel sockets)
 from tests.test_sandbox_lifecycle import fill_warm_pool
-from tests.test_terminals import Terminal, open_terminal, workspace_with_token
+from tests.test_terminals import (  # noqa: F401 (close_terminals: a fixture)
+    Terminal,
+    close_terminals,
+    open_terminal,
+    workspace_with_token,
+)
 from tests.waiting import until
 
 DENIED = "forbidden-pkg"
@@ -189,8 +196,6 @@ async def test_pip_install_works_is_recorded_and_comes_back_in_a_new_sandbox(
 
     # A kernel of the workspace imports it too.
     kernel = (await api.post(f"/w/{ws}/api/kernels", {"name": "python3"})).json
-    from tests.kernel_client import KernelSocket
-
     url = base_url.replace("http", "ws", 1) + f"/w/{ws}/api/kernels/{kernel['id']}/channels"
     socket = await KernelSocket.open(f"{url}?token={token}")
     reply = await socket.execute("import tinypkg; print(tinypkg.VALUE)")

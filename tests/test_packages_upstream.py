@@ -10,7 +10,11 @@ from typing import Any
 import pytest
 
 from extensions.sandboxes.packages.index import PackageIndex
-from tests.test_terminals import open_terminal, workspace_with_token
+from tests.test_terminals import (  # noqa: F401 (close_terminals: a fixture)
+    close_terminals,
+    open_terminal,
+    workspace_with_token,
+)
 
 UPSTREAM = str(PackageIndex.upstream_url.default_value)
 

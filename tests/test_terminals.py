@@ -377,7 +377,7 @@ class TestWarmPool:
         _, other = await open_terminal(base_url, other_ws, token)
         listing = await other.run('ls -A /workspace | sed "s/^/$((40+2)):/"', "LISTED")
         files = [line[3:] for line in listing.splitlines() if line.startswith("42:")]
-        assert files == ["main.py"]
+        assert files == [".venv", "main.py"]  # its own venv, made when its agent started
         other_row = await sandboxes.row(uuid.UUID(other_ws))
         assert other_row["id"] != row["id"]
 
