@@ -1,7 +1,8 @@
 """Python IntelliSense in the IDE's editor, from the sandbox's language server: completions with
-their documentation, hover, signature help, diagnostics as you type, formatting, go to
-definition, rename across files, a file that becomes Python, reconnection after the sandbox
-restarts, and the status bar, in a real browser against a real PlatformApp and sandbox."""
+their documentation (the standard library's, numpy's, and a package pip installed in the
+sandbox), hover, signature help, diagnostics as you type, formatting, go to definition, rename
+across files, a file that becomes Python, reconnection after the sandbox restarts, and the
+status bar, in a real browser against a real PlatformApp and sandbox."""
 
 from __future__ import annotations
 
@@ -22,8 +23,12 @@ from tests.test_ide import (  # noqa: F401  (pages: fixture)
     pages,
     row,
     tab,
+    terminal,
+    type_in_terminal,
     workspace_of,
 )
+from tests.test_packages import jp_server_config as package_index_config  # noqa: F401
+from tests.test_packages import upstream  # noqa: F401  (package_index_config's fixture)
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(300)
@@ -71,6 +76,28 @@ async def go_to(page: Page, line: int, column: int) -> None:
     await expect(page.locator("#cursor-info")).to_contain_text(f"Ln {line}, Col {column}")
 
 
+def suggestion(page: Page, name: str) -> Locator:
+    """The open suggestion whose label is ``name`` (a function's label goes on with its
+    parameters; the row's text also holds the module it comes from)."""
+    label = page.locator(".label-name", has_text=re.compile(rf"^{name}\b"))
+    return page.locator(".suggest-widget .monaco-list-row", has=label)
+
+
+async def choose_suggestion(page: Page, name: str) -> None:
+    """Wait for ``name`` among the open suggestions, move the focus to it and show its
+    documentation beside the list ("Read More": it is fetched once the item is chosen)."""
+    chosen = suggestion(page, name)
+    await expect(chosen).to_have_count(1)
+    focused = re.compile(r"\bfocused\b")
+    for _ in range(await page.locator(".suggest-widget .monaco-list-row").count()):
+        if focused.search(await chosen.get_attribute("class") or ""):
+            break
+        await page.keyboard.press("ArrowDown")
+    await expect(chosen).to_have_class(focused)
+    await chosen.hover()
+    await chosen.locator(".readMore").click()
+
+
 async def test_completion_hover_signature_diagnostics_and_formatting(
     pages: Pages,  # noqa: F811
     make_user: Any,
@@ -94,17 +121,7 @@ async def test_completion_hover_signature_diagnostics_and_formatting(
     # Completion of a module's function, with its documentation beside it.
     await page.keyboard.press("ControlOrMeta+End")
     await page.keyboard.type("import json\njson.du")  # "." opens the suggestions
-    suggestions = page.locator(".suggest-widget .monaco-list-row")
-    await expect(suggestions.filter(has_text="dumps")).to_have_count(1)
-    focused = page.locator(".suggest-widget .monaco-list-row.focused")
-    for _ in range(await suggestions.count()):
-        if re.match(r"dumps\b", await focused.inner_text()):
-            break
-        await page.keyboard.press("ArrowDown")
-    await expect(focused).to_contain_text(re.compile(r"^dumps\b"))
-    # Its documentation is fetched once it is chosen: then "Read More" shows it beside the list.
-    await focused.hover()
-    await focused.locator(".readMore").click()
+    await choose_suggestion(page, "dumps")
     await expect(page.locator(".suggest-details")).to_contain_text("Serialize")
     await page.keyboard.press("Enter")
     await expect(editor_lines(page)).to_contain_text("json.dumps")
@@ -202,3 +219,52 @@ async def test_a_file_renamed_to_python_gets_diagnostics(
     await page.locator(".tree-input").press("Enter")
     await expect(tab(page, "notes.py")).to_have_class(re.compile(r"\bactive\b"))
     await expect(squiggles(page)).to_have_count(1)
+
+
+async def test_numpy_completion_with_its_documentation(
+    pages: Pages,  # noqa: F811
+    make_user: Any,
+) -> None:
+    _, _, page = await ide_with_files(pages, make_user, {"main.py": ""})
+    await editor_lines(page).click()
+    # The first numpy completion takes seconds (jedi reads numpy's stubs): expect waits.
+    await page.keyboard.type("import numpy as np\nnp.ar")
+    await choose_suggestion(page, "arange")
+    await expect(page.locator(".suggest-details")).to_contain_text("evenly spaced values")
+    await page.keyboard.press("Enter")
+    await expect(editor_lines(page)).to_contain_text("np.arange")
+
+
+async def test_numpy_hover_shows_the_signature(
+    pages: Pages,  # noqa: F811
+    make_user: Any,
+) -> None:
+    files = {"main.py": "import numpy as np\n\nprint(np.arange(3))\n"}
+    _, _, page = await ide_with_files(pages, make_user, files)
+    await go_to(page, 3, 12)  # in "arange"
+    await page.keyboard.press("Control+K")
+    await page.keyboard.press("Control+I")
+    # The first parameter: start_or_stop in numpy's stubs, "[start,] stop" in its docstring.
+    signature = re.compile(r"arange\(\s*\[?start")
+    await expect(page.locator(".monaco-hover", has_text=signature)).to_be_visible()
+
+
+class TestWithThePackageIndex:
+    """Tests whose platform installs packages from this module's upstream index."""
+
+    @pytest.fixture
+    def jp_server_config(self, package_index_config: dict[str, Any]) -> dict[str, Any]:  # noqa: F811
+        return package_index_config
+
+    async def test_a_package_installed_in_the_sandbox_is_completed(
+        self,
+        pages: Pages,  # noqa: F811
+        make_user: Any,
+    ) -> None:
+        _, _, page = await ide_with_files(pages, make_user, {"main.py": ""})
+        await type_in_terminal(page, "pip install tinypkg")
+        await expect(terminal(page)).to_contain_text("Successfully installed tinypkg-1.0")
+
+        await editor_lines(page).click()
+        await page.keyboard.type("import tinypkg\ntinypkg.")
+        await expect(suggestion(page, "VALUE")).to_have_count(1)
