@@ -413,3 +413,19 @@ async def test_a_sandbox_from_the_warm_pool_gets_the_packages_too(
     sandboxes = jp_serverapp.web_app.settings["sandboxes"]
     row = await sandboxes.current(uuid.UUID(ws))
     assert str(row["id"]) == pooled
+
+
+class TestDeepDataFolder:
+    @pytest.fixture
+    def jp_server_config(self, upstream: Upstream, tmp_path: Path) -> dict[str, Any]:
+        """A cache folder whose socket path would pass the 107 bytes Unix sockets allow."""
+        deep = tmp_path / ("deep-folder-" * 10) / "package-cache"
+        return {"PackageIndex": {"upstream_url": upstream.url, "cache_dir": str(deep)}}
+
+    async def test_the_cache_works_from_a_folder_deeper_than_a_socket_path(
+        self, make_user: Any, base_url: str
+    ) -> None:
+        _, ws, token = await workspace_with_token(make_user)
+        _, terminal = await open_terminal(base_url, ws, token)
+        out = await terminal.run("pip install tinypkg", "DEEP")
+        assert "Successfully installed tinypkg-1.0" in out, out

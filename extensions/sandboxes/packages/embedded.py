@@ -13,12 +13,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 
+MAX_SOCKET_PATH = 100
+"""Bytes of a Unix socket's path that every platform accepts (Linux: 107)."""
 RESTART_DELAY = 1.0
 MAX_RESTART_DELAY = 30.0
 READY_TIMEOUT = 30.0
@@ -35,6 +39,11 @@ class EmbeddedCache:
     ) -> None:
         self.folder = folder
         self.socket = folder / "cache.sock"
+        self._socket_dir: str | None = None
+        if len(os.fsencode(self.socket)) > MAX_SOCKET_PATH:
+            # A deep data folder: the socket goes to a private folder of its own.
+            self._socket_dir = tempfile.mkdtemp(prefix="package-cache-")
+            self.socket = Path(self._socket_dir) / "cache.sock"
         self.environment = environment
         self.log = log
         self.process: asyncio.subprocess.Process | None = None
@@ -123,3 +132,5 @@ class EmbeddedCache:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
