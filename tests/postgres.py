@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +15,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from tests.missing import skip_or_fail
 
 TEMPLATE = "platform_test_template"
 
@@ -56,3 +62,44 @@ def drop_database(admin_url: str, url: str) -> None:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(str(name)))
         )
+
+
+DEBIAN_POSTGRES = Path("/usr/lib/postgresql")
+
+
+@contextmanager
+def debian_postgres() -> Iterator[str]:
+    """Yield an admin conninfo of a throwaway cluster of Debian's PostgreSQL (with contrib's
+    extensions, such as pg_trgm, which the embedded server lacks), on a Unix socket only. As
+    root, the cluster runs as Debian's ``postgres`` user (PostgreSQL refuses root)."""
+    initdbs = sorted(DEBIAN_POSTGRES.glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if not initdbs:
+        skip_or_fail(
+            "Debian's PostgreSQL is not installed (the trigram index needs its pg_trgm): "
+            "`sudo apt-get install postgresql` (scripts/system-deps installs it as root)"
+        )
+    bindir = initdbs[-1].parent
+    folder = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
+    run_as: list[str] = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    data = folder / "data"
+    try:
+        subprocess.run(
+            [*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+            check=True,
+            capture_output=True,
+        )
+        options = f"-c listen_addresses='' -k {folder} -p 5432"
+        pg_ctl = [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-s"]
+        # The server's output to a file: a pipe would stay open as long as the server runs.
+        start = [*pg_ctl, "-o", options, "-l", str(folder / "log"), "-w", "start"]
+        subprocess.run(start, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            yield make_conninfo(host=str(folder), port=5432, user="postgres", dbname="postgres")
+        finally:
+            subprocess.run([*pg_ctl, "-m", "immediate", "stop"], check=False, capture_output=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

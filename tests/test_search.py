@@ -4,7 +4,8 @@ expressions, limits, binary and large files, ownership, and a 10,000-file worksp
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -15,6 +16,8 @@ from extensions.workspaces.search import WorkspaceSearch
 from extensions.workspaces.search_options import SearchOptions, glob_pattern
 from extensions.workspaces.search_store import Scope, candidates_query
 from platform_server.app import PlatformApp
+from platform_server.db.migrate import apply_migrations
+from tests import postgres
 from tests.client import Client, Response
 
 TokenClientFactory = Callable[..., Awaitable[Client]]
@@ -378,10 +381,30 @@ async def test_a_10000_file_workspace(
     assert names["files"][0]["path"] == "m7777.py"
 
 
-def test_the_trigram_index_serves_searches(database_url: str) -> None:
+@pytest.fixture
+def trigram_database_url(database_url: str) -> Iterator[str]:
+    """A migrated database on a server with pg_trgm: the run's own when it has it, else a
+    throwaway cluster of Debian's PostgreSQL (the embedded server has no pg_trgm)."""
     with psycopg.connect(database_url) as conn:
-        if conn.execute("SELECT FROM pg_extension WHERE extname = 'pg_trgm'").fetchone() is None:
-            pytest.skip("This PostgreSQL has no pg_trgm: searches read the workspace's texts.")
+        if (
+            conn.execute("SELECT FROM pg_extension WHERE extname = 'pg_trgm'").fetchone()
+            is not None
+        ):
+            yield database_url
+            return
+    with postgres.debian_postgres() as admin_url:
+        url = postgres.create_database(admin_url)
+        apply_migrations(url, logging.getLogger("tests"))
+        yield url
+
+
+def test_the_trigram_index_serves_searches(trigram_database_url: str) -> None:
+    database_url = trigram_database_url
+    with psycopg.connect(database_url) as conn:
+        assert (
+            conn.execute("SELECT FROM pg_extension WHERE extname = 'pg_trgm'").fetchone()
+            is not None
+        )
         owner = conn.execute(
             "INSERT INTO users (username, password_hash) VALUES ('searcher', 'x') RETURNING id"
         ).fetchone()
