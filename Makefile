@@ -9,6 +9,7 @@ FRONTEND_DEPS := frontend/node_modules/.installed
 FRONTEND_STAMP := platform_server/static/manifest.json
 FRONTEND_SRC := $(shell find frontend/src -type f 2>/dev/null) frontend/build.mjs
 ARGS ?=
+PORT ?= 8888
 
 .PHONY: install run test lint typecheck frontend-lint pytest bench clean
 
@@ -43,7 +44,7 @@ $(SANDBOX_STAMP): $(STAMP) extensions/sandboxes/python_env.py kernel_image/requi
 	@touch $(SANDBOX_STAMP)
 
 run: install
-	$(BIN)/platform-server --ip=127.0.0.1 --port=8888 $(ARGS)
+	$(BIN)/platform-server --ip=127.0.0.1 --port=$(PORT) $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .
