@@ -9,7 +9,9 @@ token, like every agent route) and the agent sends its requests the other way:
   when pip goes away; ``{"type": "environment", "seq", "installed": [dist...], "removed":
   [name...]}`` when the workspace's venv changed (``EnvironmentRecorder``).
 - platform → agent: ``{"type": "response", "id", "status", "reason", "headers"}``, then binary
-  frames (a 4-byte big-endian id, then body bytes), then ``{"type": "end", "id"}``;
+  frames (a 4-byte big-endian id, then body bytes), then ``{"type": "end", "id"}``, or
+  ``{"type": "abort", "id"}`` when the body cannot be completed (the client's connection is then
+  cut);
   ``{"type": "ack", "seq"}`` once an environment change is stored.
 
 Several platform connections may be open at once (one starting the sandbox, one holding its
@@ -133,6 +135,8 @@ class PackageChannel:
             reply.head.set_result(frame)
         elif kind == "end":
             await reply.chunks.put(None)
+        elif kind == "abort":
+            self._fail(frame["id"], reply)
 
     def _fail(self, request_id: int, reply: Reply) -> None:
         self.replies.pop(request_id, None)

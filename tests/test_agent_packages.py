@@ -197,3 +197,26 @@ async def test_install_without_the_venv_is_a_404(tmp_path: Path) -> None:
         assert "--workspace-env" in json.loads(answer.body)["message"]
     finally:
         plain.close()
+
+
+async def test_an_aborted_answer_cuts_the_download_off_and_the_channel_goes_on(
+    agent: Agent, index_port: int
+) -> None:
+    conn = await platform(agent)
+    pending = asyncio.ensure_future(index(index_port, "GET", "/index/big/big-1.whl"))
+    request = await next_frame(conn, "request")
+    head = {"type": "response", "id": request["id"], "status": 200, "reason": "OK"}
+    await conn.write_message(json.dumps({**head, "headers": {"Content-Length": "1000"}}))
+    await conn.write_message(ID.pack(request["id"]) + b"x" * 10, binary=True)
+    await conn.write_message(json.dumps({"type": "abort", "id": request["id"]}))
+    with pytest.raises(HTTPClientError, match="Connection closed"):
+        await pending
+    # The same channel answers the next request.
+    pending = asyncio.ensure_future(index(index_port, "GET", "/index/small/"))
+    request = await next_frame(conn, "request")
+    head = {"type": "response", "id": request["id"], "status": 200, "reason": "OK"}
+    await conn.write_message(json.dumps({**head, "headers": {}}))
+    await conn.write_message(ID.pack(request["id"]) + b"ok", binary=True)
+    await conn.write_message(json.dumps({"type": "end", "id": request["id"]}))
+    assert (await pending).body == b"ok"
+    conn.close()

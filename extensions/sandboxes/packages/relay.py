@@ -152,6 +152,8 @@ class PackageRelay:
         self.connection: WebSocketClientConnection | None = None
         self.connected = asyncio.Event()
         self._requests: dict[int, asyncio.Task[None]] = {}
+        self._answering: set[int] = set()
+        """Requests whose answer's head went to the agent."""
         self._owner: tuple[int, str] | None = None
 
     async def run(self) -> None:
@@ -227,11 +229,25 @@ class PackageRelay:
             await self._answer(request_id, e.status, e.reason)
         except asyncio.CancelledError:
             raise
-        except (aiohttp.ClientError, OSError) as e:
-            self.log.warning("workspace %s | package cache unreachable: %s", self.workspace_id, e)
-            await self._answer(request_id, 502, "The package cache is not reachable; try again")
         except WebSocketClosedError:
             return
+        except Exception as e:
+            if request_id in self._answering:
+                # Cut off mid-body: the sandbox must see a broken answer, never a short file.
+                self.log.warning(
+                    "workspace %s | package download cut off: %s", self.workspace_id, e
+                )
+                await self._send_json({"type": "abort", "id": request_id})
+                return
+            if isinstance(e, aiohttp.ClientError | OSError):
+                self.log.warning(
+                    "workspace %s | package cache unreachable: %s", self.workspace_id, e
+                )
+            else:
+                self.log.exception("workspace %s | package request failed", self.workspace_id)
+            await self._answer(request_id, 502, "The package cache is not reachable; try again")
+        finally:
+            self._answering.discard(request_id)
 
     async def check(self, method: Any, path: Any) -> tuple[str | None, str | None]:
         """The request's project and file name, or ``Refused``."""
@@ -303,6 +319,7 @@ class PackageRelay:
                     f"{filename} is larger than this platform's limit of {limit / 1024**2:.0f} MB"
                 )
                 raise Refused(403, reason, "too_large")
+            self._answering.add(request_id)
             await self._send_json(
                 {
                     "type": "response",
@@ -316,7 +333,7 @@ class PackageRelay:
             async for chunk in response.content.iter_chunked(CHUNK):
                 sent += len(chunk)
                 if filename is not None and limit > 0 and sent > limit:
-                    self.close()  # mid-body: the sandbox sees the answer cut off
+                    await self._send_json({"type": "abort", "id": request_id})
                     return
                 await self._send_binary(request_id, chunk)
             await self._send_json({"type": "end", "id": request_id})
