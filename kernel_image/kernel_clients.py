@@ -50,7 +50,7 @@ class _ClientsManager(Protocol):
 
 
 class ClientKernel(Protocol):
-    """What a kernel client needs from its kernel (``kernel_image.kernels.Kernel``)."""
+    """What a kernel client needs from its kernel (``kernel_image.kernel.Kernel``)."""
 
     @property
     def id(self) -> str: ...

@@ -14,9 +14,9 @@ from tornado.websocket import WebSocketClosedError
 
 from kernel_image import files
 from kernel_image.auth import AgentHandler, AgentSocket, ApiError
+from kernel_image.kernel import Kernel
 from kernel_image.kernel_clients import KernelClient
 from kernel_image.kernels import (
-    Kernel,
     Kernels,
     KernelStartError,
     MaxKernelsReachedError,

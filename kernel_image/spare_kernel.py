@@ -25,7 +25,8 @@ from kernel_image.kernels_spec import PYTHON3
 from kernel_image.kernels_wire import make_parts
 
 if TYPE_CHECKING:
-    from kernel_image.kernels import Kernel, Kernels
+    from kernel_image.kernel import Kernel
+    from kernel_image.kernels import Kernels
 
 log = logging.getLogger("kernel_image.kernels")
 

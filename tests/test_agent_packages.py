@@ -69,6 +69,24 @@ async def run(*args: str) -> tuple[int, str]:
     return process.returncode or 0, out.decode()
 
 
+async def answer(
+    conn: WebSocketClientConnection,
+    request_id: int,
+    head: tuple[int, str, dict[str, str]],
+    *chunks: bytes,
+    end: str | None = "end",
+) -> None:
+    """Answer a relayed request as the platform does: the head (status, reason, headers), the
+    body's chunks, then ``end`` (or ``abort``, or nothing)."""
+    status, reason, headers = head
+    response = {"type": "response", "id": request_id, "status": status, "reason": reason}
+    await conn.write_message(json.dumps({**response, "headers": headers}))
+    for chunk in chunks:
+        await conn.write_message(ID.pack(request_id) + chunk, binary=True)
+    if end is not None:
+        await conn.write_message(json.dumps({"type": end, "id": request_id}))
+
+
 async def next_frame(conn: WebSocketClientConnection, kind: str) -> dict[str, Any]:
     """The next JSON frame of ``kind`` (others are skipped)."""
     while True:
@@ -93,9 +111,9 @@ async def test_the_venv_sees_the_base_packages_and_pip_points_at_the_relay(
 async def test_without_a_platform_the_index_says_so_and_refuses_writes(
     agent: Agent, index_port: int
 ) -> None:
-    answer = await index(index_port, "GET", "/index/requests/")
-    assert answer.code == 503
-    assert "no connection to the platform" in (answer.reason or "")
+    unreachable = await index(index_port, "GET", "/index/requests/")
+    assert unreachable.code == 503
+    assert "no connection to the platform" in (unreachable.reason or "")
     for method in ("POST", "PUT", "DELETE", "PATCH"):
         refused = await index(index_port, method, "/index/requests/")
         assert refused.code == 405, method
@@ -116,26 +134,21 @@ async def test_requests_are_relayed_to_the_platform_and_answered_in_order(
     request = await next_frame(conn, "request")
     assert request["method"] == "GET"
     assert request["path"] == "/index/tinypkg/?format=x"
-    head = {"type": "response", "id": request["id"], "status": 200, "reason": "OK"}
-    await conn.write_message(json.dumps({**head, "headers": {"Content-Type": "text/html"}}))
-    for part in (b"<html>", b"</html>"):
-        await conn.write_message(ID.pack(request["id"]) + part, binary=True)
-    await conn.write_message(json.dumps({"type": "end", "id": request["id"]}))
-    answer = await pending
-    assert answer.code == 200
-    assert answer.body == b"<html></html>"
-    assert answer.headers["Content-Type"] == "text/html"
+    head = (200, "OK", {"Content-Type": "text/html"})
+    await answer(conn, request["id"], head, b"<html>", b"</html>")
+    page = await pending
+    assert page.code == 200
+    assert page.body == b"<html></html>"
+    assert page.headers["Content-Type"] == "text/html"
 
     # The platform's refusal reaches pip with its reason phrase.
     pending = asyncio.ensure_future(index(index_port, "GET", "/index/x/x-1.whl"))
     request = await next_frame(conn, "request")
     reason = "Package 'x' is not allowed by this platform's package policy"
-    refusal = {"type": "response", "id": request["id"], "status": 403, "reason": reason}
-    await conn.write_message(json.dumps({**refusal, "headers": {}}))
-    await conn.write_message(json.dumps({"type": "end", "id": request["id"]}))
-    answer = await pending
-    assert answer.code == 403
-    assert answer.reason == reason
+    await answer(conn, request["id"], (403, reason, {}))
+    refused = await pending
+    assert refused.code == 403
+    assert refused.reason == reason
     conn.close()
 
 
@@ -145,9 +158,7 @@ async def test_a_platform_gone_mid_answer_cuts_the_download_off(
     conn = await platform(agent)
     pending = asyncio.ensure_future(index(index_port, "GET", "/index/big/big-1.whl"))
     request = await next_frame(conn, "request")
-    head = {"type": "response", "id": request["id"], "status": 200, "reason": "OK"}
-    await conn.write_message(json.dumps({**head, "headers": {"Content-Length": "1000"}}))
-    await conn.write_message(ID.pack(request["id"]) + b"x" * 10, binary=True)
+    await answer(conn, request["id"], (200, "OK", {"Content-Length": "1000"}), b"x" * 10, end=None)
     conn.close()
     with pytest.raises(HTTPClientError, match="Connection closed"):
         await pending
@@ -192,9 +203,9 @@ async def test_install_without_the_venv_is_a_404(tmp_path: Path) -> None:
     proc, root, log = start(tmp_path, "--port", "0")
     plain = Agent(proc, root, log, wait_listening(proc, log))
     try:
-        answer = await plain.fetch("POST", "/api/packages/install", json_body={"packages": []})
-        assert answer.code == 404
-        assert "--workspace-env" in json.loads(answer.body)["message"]
+        missing = await plain.fetch("POST", "/api/packages/install", json_body={"packages": []})
+        assert missing.code == 404
+        assert "--workspace-env" in json.loads(missing.body)["message"]
     finally:
         plain.close()
 
@@ -205,18 +216,13 @@ async def test_an_aborted_answer_cuts_the_download_off_and_the_channel_goes_on(
     conn = await platform(agent)
     pending = asyncio.ensure_future(index(index_port, "GET", "/index/big/big-1.whl"))
     request = await next_frame(conn, "request")
-    head = {"type": "response", "id": request["id"], "status": 200, "reason": "OK"}
-    await conn.write_message(json.dumps({**head, "headers": {"Content-Length": "1000"}}))
-    await conn.write_message(ID.pack(request["id"]) + b"x" * 10, binary=True)
-    await conn.write_message(json.dumps({"type": "abort", "id": request["id"]}))
+    head = (200, "OK", {"Content-Length": "1000"})
+    await answer(conn, request["id"], head, b"x" * 10, end="abort")
     with pytest.raises(HTTPClientError, match="Connection closed"):
         await pending
     # The same channel answers the next request.
     pending = asyncio.ensure_future(index(index_port, "GET", "/index/small/"))
     request = await next_frame(conn, "request")
-    head = {"type": "response", "id": request["id"], "status": 200, "reason": "OK"}
-    await conn.write_message(json.dumps({**head, "headers": {}}))
-    await conn.write_message(ID.pack(request["id"]) + b"ok", binary=True)
-    await conn.write_message(json.dumps({"type": "end", "id": request["id"]}))
+    await answer(conn, request["id"], (200, "OK", {}), b"ok")
     assert (await pending).body == b"ok"
     conn.close()

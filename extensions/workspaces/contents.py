@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import uuid
 from base64 import encodebytes
@@ -13,13 +12,11 @@ from typing import Any, Protocol, cast
 import nbformat
 import psycopg
 from jupyter_events import EventLogger
-from jupyter_server import DEFAULT_EVENTS_SCHEMA_PATH
 from jupyter_server.base.call_context import CallContext
 from jupyter_server.services.contents.manager import AsyncContentsManager, copy_pat
 from nbformat import sign
 from tornado.web import RequestHandler
 from traitlets import Instance, Integer, List, TraitError, Unicode, default
-from traitlets.config import Configurable
 
 from extensions.workspaces import (
     checkpoint_store,
@@ -29,6 +26,7 @@ from extensions.workspaces import (
     models,
     notebooks,
     paths,
+    server_shared,
     standalone,
     uploads,
     writes,
@@ -46,20 +44,6 @@ from platform_server.errors import DomainError, PlatformError, TooLarge
 
 # The running digests of chunked uploads received by this process.
 _UPLOAD_DIGESTS = uploads.UploadDigests()
-
-
-@functools.cache
-def _fallback_event_logger() -> EventLogger:
-    """One event logger for managers without a server above them (as Jupyter would make)."""
-    logger = EventLogger()
-    logger.register_event_schema(DEFAULT_EVENTS_SCHEMA_PATH / "contents_service" / "v1.yaml")
-    return logger
-
-
-@functools.lru_cache(maxsize=4)
-def _server_notary(root: Configurable) -> sign.NotebookNotary:
-    """The notary shared by every manager under ``root`` (configured by its config)."""
-    return sign.NotebookNotary(parent=root)  # type: ignore[no-untyped-call]
 
 
 class ContentsListener(Protocol):
@@ -136,25 +120,11 @@ class PostgresContentsManager(AsyncContentsManager):
 
     @default("notary")
     def _default_notary(self) -> sign.NotebookNotary:
-        # One notary (it opens a SQLite store of signatures) per server, not one per request.
-        root = self.parent
-        if root is None:
-            return sign.NotebookNotary(parent=self)  # type: ignore[no-untyped-call]
-        while getattr(root, "parent", None) is not None:
-            root = root.parent
-        return _server_notary(root)
+        return server_shared.notary(self)
 
     @default("event_logger")
     def _default_event_logger(self) -> EventLogger:
-        # Made per request, a manager must not build (and register schemas in) its own logger:
-        # it uses the nearest ancestor's, the server's, so listeners see every workspace's events.
-        parent = self.parent
-        while parent is not None:
-            found = getattr(parent, "event_logger", None)
-            if isinstance(found, EventLogger):
-                return found
-            parent = getattr(parent, "parent", None)
-        return _fallback_event_logger()
+        return server_shared.event_logger(self)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -174,17 +144,8 @@ class PostgresContentsManager(AsyncContentsManager):
         except DomainError as e:
             raise TraitError(e.message) from e
         self.workspace_id = workspace_id
-        self.db = standalone.POOLS.get(self.db_url, self._server_loop(), log)
+        self.db = standalone.POOLS.get(self.db_url, server_shared.server_loop(self), log)
         self.log.info("contents | serving workspace %s from PostgreSQL", workspace_id)
-
-    def _server_loop(self) -> asyncio.AbstractEventLoop | None:
-        """The event loop the server runs on (its ``io_loop``, made before its managers)."""
-        try:
-            return asyncio.get_running_loop()
-        except RuntimeError:
-            io_loop = getattr(self.parent, "io_loop", None)
-            loop = getattr(io_loop, "asyncio_loop", None)
-            return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
 
     def info_string(self) -> str:
         """What the server logs at start."""
