@@ -162,6 +162,8 @@ def platform_args(port: int, data_dir: Path, conninfo: str, *options: str) -> li
         f"--PlatformApp.db_url={conninfo}",
         f"--PlatformApp.data_dir={data_dir}",
         "--Accounts.bcrypt_cost=4",
+        # One benchmark user opens many workspaces at once: no per-user sandbox cap.
+        "--Sandboxes.max_sandboxes_per_user=0",
         *options,
     ]
 
