@@ -1,12 +1,23 @@
-"""Linux inotify through ctypes (the standard library has no binding)."""
+"""Linux inotify through ctypes (the standard library has no binding), and the agent's one
+shared instance.
+
+Linux caps inotify instances per user (``fs.inotify.max_user_instances``, 128 by default), and
+every sandbox on a machine counts against the same user's cap (the user that started bubblewrap;
+on a Kubernetes node, the uid all sandbox pods run as): an agent holding two would halve the
+sandboxes a machine can start. So everything in the agent that watches folders (file sync, the
+package recorder) shares one instance, read once and dispatched by watch descriptor.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import os
 import struct
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
@@ -89,3 +100,70 @@ class Inotify:
     def close(self) -> None:
         """Stop watching everything."""
         os.close(self.fd)
+
+
+class Listener(Protocol):
+    """Something that watches folders through the shared instance."""
+
+    def inotify_events(self, events: list[Event]) -> None:
+        """Events of this listener's watches, and queue overflows (``wd`` -1), in the order
+        read; called once per read."""
+
+
+class SharedInotify:
+    """One inotify instance whose events go to the listener that added each watch."""
+
+    def __init__(self) -> None:
+        self._inotify: Inotify | None = None
+        self._owners: dict[int, Listener] = {}
+
+    def open(self) -> None:
+        """Make the instance (once) and read it from now on; an OSError that says what to do
+        when the machine has none left."""
+        if self._inotify is not None:
+            return
+        try:
+            self._inotify = Inotify()
+        except OSError as e:
+            limit = Path("/proc/sys/fs/inotify/max_user_instances").read_text().strip()
+            e.strerror = (
+                f"{e.strerror}: no inotify instance left (fs.inotify.max_user_instances is "
+                f"{limit} per user, and every sandbox on this machine takes one; raise it with "
+                "sysctl)"
+            )
+            raise
+        asyncio.get_running_loop().add_reader(self._inotify.fd, self._dispatch, self._inotify)
+
+    def add_watch(self, path: str, listener: Listener) -> int:
+        """Watch a directory for ``listener`` (after ``open``)."""
+        if self._inotify is None:
+            msg = "open() the shared inotify instance before adding watches"
+            raise RuntimeError(msg)
+        wd = self._inotify.add_watch(path)
+        self._owners[wd] = listener
+        return wd
+
+    def read_pending(self) -> None:
+        """Dispatch the events queued now (for a listener about to act on what it knows)."""
+        if self._inotify is not None:
+            self._dispatch(self._inotify)
+
+    def _dispatch(self, instance: Inotify) -> None:
+        batches: dict[int, tuple[Listener, list[Event]]] = {}
+        for event in instance.read():
+            owners = set(self._owners.values()) if event.wd == -1 else {self._owners.get(event.wd)}
+            if event.mask & IN_IGNORED:
+                self._owners.pop(event.wd, None)
+            for owner in owners:
+                if owner is not None:
+                    batches.setdefault(id(owner), (owner, []))[1].append(event)
+        for owner, events in batches.values():
+            owner.inotify_events(events)
+
+
+_shared = SharedInotify()
+
+
+def shared() -> SharedInotify:
+    """This process's shared instance."""
+    return _shared

@@ -45,23 +45,22 @@ class EnvironmentRecorder:
         self.channel = channel
         self.reported: dict[str, Dist] = env.installed() or {}
         self.paused = False
-        self.inotify = inotify.Inotify()
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Watch ``site-packages`` and report from now on."""
         try:
-            self.inotify.add_watch(str(self.env.site_packages))
+            inotify.shared().open()
+            inotify.shared().add_watch(str(self.env.site_packages), self)
         except OSError as e:
             log.warning("packages | cannot watch %s: %s", self.env.site_packages, e.strerror)
             return
-        asyncio.get_running_loop().add_reader(self.inotify.fd, self._poll)
         self._task = asyncio.create_task(self._run())
 
-    def _poll(self) -> None:
-        if self.inotify.read():
-            self._changed.set()
+    def inotify_events(self, events: list[inotify.Event]) -> None:
+        """Something in ``site-packages`` changed: report once the burst settles."""
+        self._changed.set()
 
     async def _run(self) -> None:
         while True:

@@ -70,7 +70,6 @@ class Watcher:
     def __init__(self, root: str, ignore: Ignore) -> None:
         self.root = root
         self.ignore = ignore
-        self.inotify = inotify.Inotify()
         self.folders: dict[int, str] = {}
         self.dirty: dict[str, None] = {}
         self.moves: list[tuple[str, str]] = []
@@ -79,14 +78,9 @@ class Watcher:
         self._moved_from: dict[int, str] = {}
 
     def start(self) -> None:
-        """Watch every folder now, and wake up when inotify has events."""
+        """Watch every folder now; inotify's events come to ``inotify_events``."""
+        inotify.shared().open()
         self._watch_tree("")
-        asyncio.get_running_loop().add_reader(self.inotify.fd, self.poll)
-
-    def close(self) -> None:
-        """Stop watching."""
-        asyncio.get_running_loop().remove_reader(self.inotify.fd)
-        self.inotify.close()
 
     def note_written(self, real_path: str) -> None:
         """The agent wrote this file itself: do not send it back unless it changes again."""
@@ -104,7 +98,7 @@ class Watcher:
             base = os.path.relpath(folder, self.root)
             base = "" if base == "." else base
             try:
-                self.folders[self.inotify.add_watch(folder)] = base
+                self.folders[inotify.shared().add_watch(folder, self)] = base
             except OSError as e:
                 log.warning("sync | cannot watch %s: %s", base or "/", e.strerror)
             dirs[:] = [d for d in dirs if not self.ignore(_join(base, d), is_dir=True)]
@@ -117,9 +111,9 @@ class Watcher:
         self.dirty.setdefault(path, None)
         self.changed.set()
 
-    def poll(self) -> None:
-        """Read every pending inotify event into the change set."""
-        for event in self.inotify.read():
+    def inotify_events(self, events: list[inotify.Event]) -> None:
+        """Take the events read from inotify into the change set."""
+        for event in events:
             self._handle(event)
         # A move out of the root has no matching arrival: the entry is gone.
         for path in self._moved_from.values():
@@ -177,7 +171,7 @@ class Watcher:
 
     def take(self) -> tuple[list[tuple[str, str]], list[str]]:
         """The moves and changed paths since the last call, in order."""
-        self.poll()
+        inotify.shared().read_pending()
         moves, self.moves = self.moves, []
         dirty, self.dirty = list(self.dirty), {}
         self.changed.clear()

@@ -226,3 +226,31 @@ async def test_an_aborted_answer_cuts_the_download_off_and_the_channel_goes_on(
     await answer(conn, request["id"], (200, "OK", {}), b"ok")
     assert (await pending).body == b"ok"
     conn.close()
+
+
+def inotify_instances(pid: int) -> int:
+    """How many inotify instances process ``pid`` holds."""
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        links = [str(fd.readlink()) for fd in fds.iterdir()]
+    except PermissionError:
+        pytest.skip("the agent forbids inspection: reading its descriptors needs root")
+    return links.count("anon_inode:inotify")
+
+
+async def test_files_and_packages_are_watched_with_one_inotify_instance(
+    agent: Agent, tmp_path: Path
+) -> None:
+    """Linux caps inotify instances per user (128 by default) and every sandbox on a machine
+    counts against one user's cap: an agent with two would halve the sandboxes a machine holds."""
+    conn = await platform(agent)
+    (agent.root / "watched").mkdir()
+    filename, data = build_wheel("tinypkg", "1.0", "42")
+    (tmp_path / filename).write_bytes(data)
+    pip = agent.root / ".venv" / "bin" / "pip"
+    status, out = await run(str(pip), "install", "--no-index", "--quiet", str(tmp_path / filename))
+    assert status == 0, out
+    report = await next_frame(conn, "environment")
+    assert [d["name"] for d in report["installed"]] == ["tinypkg"]
+    assert inotify_instances(agent.proc.pid) == 1
+    conn.close()
