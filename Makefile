@@ -72,6 +72,7 @@ bench: install
 	$(BIN)/python -m benchmarks.kernels
 	$(BIN)/python -m benchmarks.capacity
 	$(BIN)/python -m benchmarks.intellisense
+	$(BIN)/python -m benchmarks.database
 
 clean:
 	rm -rf $(VENV) .sandbox-venv .mypy_cache .ruff_cache .pytest_cache *.egg-info frontend/node_modules platform_server/static
