@@ -80,7 +80,7 @@ def operations(api: HTTP, prefix: str) -> Iterator[tuple[str, int, Callable[[], 
         def save() -> None:
             changed = f"{next(versions):06}" + content[6:]
             body = {"type": "file", "format": "text", "content": changed}
-            api.json("PUT", f"{prefix}/api/contents/{path}", body)
+            api.json("PUT", f"{prefix}/api/contents/{path}", body, expect=None)
 
         return save
 
