@@ -93,6 +93,8 @@ class Run:
     cpu: ActiveCpu
     per_sandbox: float = 0.0
     per_terminal: float = 0.0
+    server_per_terminal: dict[str, float] = field(default_factory=dict)
+    """KiB each open terminal adds to the server process itself (ours: the platform)."""
 
 
 def step_counts(maximum: int) -> list[int]:
@@ -234,8 +236,10 @@ async def measure(tmp: Path, maximum: int) -> Run:
     with embedded_postgres(tmp / "pgdata") as conninfo, stock_server(tmp / "stock") as stock_run:
         stock, stock_process = stock_run
         stock_idle = rss_kib(tree(stock_process.pid))
+        stock_server_idle = rss_kib([stock_process.pid])
         async with platform(data_dir, conninfo, *options) as (process, port):
             user = await platform_target(port, "capacity")
+            platform_idle = rss_kib([process.pid])
 
             async def ours_processes() -> list[int]:
                 inits = await sandbox_pids(data_dir)
@@ -253,6 +257,11 @@ async def measure(tmp: Path, maximum: int) -> Run:
             )
             sandboxes = [tree(init) for init in await sandbox_pids(data_dir)]
             run.per_sandbox = sum(map(rss_kib, sandboxes)) / len(sandboxes)
+            count = run.steps[-1].count
+            run.server_per_terminal = {
+                "ours": (rss_kib([process.pid]) - platform_idle) / count,
+                "stock": (rss_kib([stock_process.pid]) - stock_server_idle) / count,
+            }
         stock_growth = rss_kib(tree(stock_process.pid)) - stock_idle
     run.per_terminal = stock_growth / run.steps[-1].count
     print(f"stopped by {run.stopped_by} at {run.steps[-1].count} terminals")
@@ -275,6 +284,12 @@ def results(run: Run) -> list[Result]:
         ),
         Result("terminals.capacity.echo.p99", "ms", at_ours.ours_p99, at_ours.stock_p99),
         Result("terminals.capacity.idle_memory_each", "KiB", run.per_sandbox, run.per_terminal),
+        Result(
+            "terminals.capacity.server_memory_per_terminal",
+            "KiB",
+            run.server_per_terminal["ours"],
+            run.server_per_terminal["stock"],
+        ),
     ]
     if run.cpu.server:
         found += [
