@@ -29,11 +29,12 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets, bind_unix_socket
 
-from kernel_image import __version__, file_handlers, files, handlers, kernel_handlers, lsp_handlers
+from kernel_image import __version__, file_handlers, files, handlers
 from kernel_image.auth import AgentHandler, AgentToken, ApiError
 from kernel_image.config import AgentConfig
 from kernel_image.handlers import MIN_TOKEN_LENGTH
 from kernel_image.kernels import Kernels, KernelsConfig
+from kernel_image.lazy_routes import add_lazy_routes
 from kernel_image.lifetime import Lifetime, Limits
 from kernel_image.lsp_session import LanguageServerLimits, LanguageServers
 from kernel_image.lsp_specs import default_specs
@@ -59,6 +60,13 @@ PR_SET_DUMPABLE = 4
 LOG_FULL_NOTICE = b"[agent] log size limit reached: further lines are dropped\n"
 
 
+LAZY_ROUTES = {
+    r"/(api/)?kernel.*": "kernel_image.kernel_handlers",
+    r"/lsp/.*": "kernel_image.lsp_handlers",
+}
+"""Paths served by a handlers module imported at the first request to one of them."""
+
+
 class NotFoundHandler(AgentHandler):
     """Any other URL: 401 without the token, else a JSON 404."""
 
@@ -77,14 +85,12 @@ def make_app(
     language_servers: LanguageServers | None = None,
 ) -> web.Application:
     """The Tornado application: every route, the settings handlers read."""
-    return web.Application(
+    app = web.Application(
         [
             *handlers.default_handlers,
             *file_handlers.default_handlers,
-            *kernel_handlers.default_handlers,
             (r"/terminals/websocket/([^/]+)", TerminalSocket),
             (r"/api/sync", SyncSocket),
-            *lsp_handlers.default_handlers,
             (r"/api/packages", PackageSocket),
             (r"/api/packages/install", InstallHandler),
         ],
@@ -106,6 +112,8 @@ def make_app(
         xsrf_cookies=False,
         serve_traceback=False,
     )
+    add_lazy_routes(app, LAZY_ROUTES)
+    return app
 
 
 @dataclasses.dataclass

@@ -1,7 +1,9 @@
 """The agent's kernels (``Kernels``): start (the spare first, ``spare_kernel``), list, interrupt,
 restart, shut down and cull Jupyter kernels (ipykernel) run with jupyter_client; each one is a
-``kernel.Kernel``. jupyter_client and pyzmq are imported when the first kernel starts
-(``kernels_backend``)."""
+``kernel.Kernel``. Until the first kernel starts, nothing of them is imported: not ``kernel``
+(with the clients and the wire format), not ``spare_kernel`` without a spare, not
+jupyter_client and pyzmq (``kernels_backend``); an agent that only serves terminals stays
+smaller (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -18,13 +20,14 @@ from typing import TYPE_CHECKING, cast
 
 from kernel_image import files
 from kernel_image.config import AgentConfig
-from kernel_image.kernel import Kernel, KernelModel
 from kernel_image.kernels_spec import PYTHON3
-from kernel_image.spare_kernel import SpareKernel
 
 if TYPE_CHECKING:
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_client.multikernelmanager import AsyncMultiKernelManager
+
+    from kernel_image.kernel import Kernel, KernelModel
+    from kernel_image.spare_kernel import SpareKernel
 
 log = logging.getLogger("kernel_image.kernels")
 
@@ -82,6 +85,8 @@ class Kernels:
         self._culler: asyncio.Task[None] | None = None
         self.spare: SpareKernel | None = None
         if config.spare:
+            from kernel_image.spare_kernel import SpareKernel
+
             self.spare = SpareKernel(self, config.spare_timeout)
 
     # -- activity -----------------------------------------------------------------------------
@@ -162,6 +167,8 @@ class Kernels:
 
     async def launch(self, name: str, cwd: str, session_name: str | None) -> Kernel:
         """Start a kernel process and begin watching it, without listing it."""
+        from kernel_image.kernel import Kernel
+
         mkm = self._manager()
         kernel_id = await mkm.start_kernel(kernel_name=name, cwd=cwd, env=self._env(session_name))
         kernel = Kernel(
