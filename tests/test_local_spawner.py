@@ -989,6 +989,45 @@ async def test_fork_bomb_hits_the_pids_limit(spawner: LocalSpawner) -> None:
     assert (await health(handle))["status"] == "ok"
 
 
+INOTIFY_HOG = """
+import ctypes, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+watcher = libc.inotify_init1(0)
+watches = 0
+while watches < 5000:
+    os.makedirs(f"/tmp/w/{watches}")
+    if libc.inotify_add_watch(watcher, f"/tmp/w/{watches}".encode(), 0x100) < 0:
+        break
+    watches += 1
+watches_errno = ctypes.get_errno()
+instances = 1
+while instances < 5000 and libc.inotify_init1(0) >= 0:
+    instances += 1
+print(json.dumps({"instances": instances, "instances_errno": ctypes.get_errno(),
+                  "watches": watches, "watches_errno": watches_errno}))
+"""
+
+
+async def test_one_sandbox_cannot_take_every_inotify_instance_or_watch(
+    make_spawner: Callable[..., LocalSpawner],
+) -> None:
+    """Linux counts inotify instances and watches per host user, and every sandbox runs as
+    the same one: without caps of its own, one sandbox could take them all and no other
+    sandbox's agent could start."""
+    spawner = make_spawner(inotify_instances=8, inotify_watches=10)
+    handle = await start(spawner)
+    result = await python(handle, INOTIFY_HOG)
+    assert result == {
+        "instances": 8,
+        "instances_errno": errno.EMFILE,
+        "watches": 10,
+        "watches_errno": errno.ENOSPC,
+    }
+    # The caps are the sandbox's own: another sandbox gets its eight.
+    other = await python(await start(spawner), INOTIFY_HOG)
+    assert other["instances"] == 8
+
+
 async def test_memory_hog_is_killed_inside_its_limit(spawner: LocalSpawner) -> None:
     await enforced(spawner, "memory")
     handle = await start(spawner)

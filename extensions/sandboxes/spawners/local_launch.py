@@ -28,6 +28,7 @@ AGENT_DIR = "/opt/agent"
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
 EXITED = "The sandbox exited while it was being set up."
+UNSHARE, BASH = "/usr/bin/unshare", "/bin/bash"
 
 # The command bwrap runs, given the listening socket's, the token's and the log's fds.
 Command = Callable[[int, int, int], list[str]]
@@ -48,6 +49,25 @@ class SandboxSpec:
     limits: cgroups.Limits
     python: str  # the sandbox venv's interpreter (runs the rlimit wrapper)
     permission_hint: str  # added to failures that say "Permission denied"
+    userns_limits: tuple[tuple[str, int], ...] = ()  # /proc/sys/user/<name> of its namespace
+
+    def bwrap_command(self, bwrap_args: list[str]) -> tuple[str, list[str]]:
+        """The executable and argv that run bwrap with ``bwrap_args``.
+
+        With ``userns_limits``, bwrap runs in a user namespace of its own, whose per-namespace
+        limits (``/proc/sys/user/``) are set first: Linux counts inotify instances and watches
+        per user, and every sandbox runs as the same host user, so without its own limits one
+        sandbox could take them all and no other could start. The sandbox's namespace, made by
+        bwrap inside that one, is held to them (limits apply at every level up).
+        argv[0] stays "bwrap": the sandbox's init is a fork of it, and its command line must
+        not show the host's paths.
+        """
+        if not self.userns_limits:
+            return self.binary, ["bwrap", *bwrap_args]
+        writes = [f"echo {value} > /proc/sys/user/{name}" for name, value in self.userns_limits]
+        script = " && ".join([*writes, 'exec -a bwrap "$0" "$@"'])
+        argv = ["unshare", "--user", "--map-root-user", "--", BASH, "-c", script, self.binary]
+        return UNSHARE, [*argv, *bwrap_args]
 
     def options(self, info_fd: int, block_fd: int, fds: Fds) -> bwrap.BwrapOptions:
         """The bwrap options; fds of generated files are added to ``fds``."""
@@ -182,8 +202,10 @@ def try_bwrap(spec: SandboxSpec) -> str | None:
         info_fd, _ = fds.pipe(child_reads=False)
         block_fd = fds.data(b"x")
         args_fd = fds.data(nul_join(bwrap.build_args(spec.options(info_fd, block_fd, fds))))
+        executable, argv = spec.bwrap_command(["--args", str(args_fd), "--", "true"])
         result = subprocess.run(  # noqa: S603 - our bwrap, our arguments
-            [spec.binary, "--args", str(args_fd), "--", "true"],
+            argv,
+            executable=executable,
             pass_fds=fds.passed,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -232,13 +254,11 @@ def launch(
         output, output_fd = os.pipe()
         os.set_blocking(output, False)
         fds.kept.append(output)
-        # argv[0] is just "bwrap" (``executable`` is the absolute path), so that the host's
-        # paths stay out of the sandbox's `ps`.
-        bwrap_argv = ["bwrap", "--args", str(args_fd), "--", *argv]
+        executable, bwrap_argv = spec.bwrap_command(["--args", str(args_fd), "--", *argv])
         try:
             process = subprocess.Popen(  # noqa: S603 - our bwrap, our arguments
                 bwrap_argv,
-                executable=spec.binary,
+                executable=executable,
                 pass_fds=[*fds.passed, listener.fileno()],
                 stdin=subprocess.DEVNULL,
                 stdout=output_fd,
