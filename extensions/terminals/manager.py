@@ -111,18 +111,22 @@ class Terminals(LoggingConfigurable):
         """409 when the user already has ``max_terminals_per_user`` terminals open."""
         if not self.max_terminals_per_user:
             return
-        count = 0
-        for row in await self.sandboxes.for_owner(owner_id, running_only=True):
-            try:
-                count += len(await self.sandboxes.client(row).json("GET", "/api/terminals"))
-            except AgentError:
-                continue  # a dead sandbox has no terminals
+        rows = await self.sandboxes.for_owner(owner_id, running_only=True)
+        count = sum(await asyncio.gather(*map(self._terminal_count, rows)))
         if count >= self.max_terminals_per_user:
             msg = (
                 f"You have {count} terminals open, the most allowed; close one first "
                 "(in this or another workspace)."
             )
             raise TooManyTerminals(msg)
+
+    async def _terminal_count(self, row: SandboxRow) -> int:
+        """How many terminals a running sandbox has (0 for one whose agent does not answer:
+        a dead sandbox has none)."""
+        try:
+            return len(await self.sandboxes.client(row).json("GET", "/api/terminals"))
+        except AgentError:
+            return 0
 
     async def running(self, workspace_id: uuid.UUID) -> list[TerminalModel]:
         """The workspace's terminals; none while its sandbox is stopped."""
