@@ -72,6 +72,7 @@ bench: install
 	$(BIN)/python -m benchmarks.kernels
 	$(BIN)/python -m benchmarks.capacity
 	$(BIN)/python -m benchmarks.intellisense
+	$(BIN)/python -m benchmarks.collaboration
 	$(BIN)/python -m benchmarks.database
 
 clean:

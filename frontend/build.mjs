@@ -42,6 +42,9 @@ const common = {
   chunkNames: 'chunk-[hash]',
   assetNames: '[name]-[hash]',
   loader: { '.ttf': 'file', '.woff': 'file', '.woff2': 'file' },
+  // y-monaco imports Monaco by a path that monaco-editor's exports map no longer offers: the
+  // same Monaco module the IDE imports.
+  alias: { 'monaco-editor/esm/vs/editor/editor.api.js': 'monaco-editor/editor/editor.api.js' },
   legalComments: 'linked',
   logLevel: 'warning',
 };

@@ -49,6 +49,7 @@ PLATFORM_EXTENSIONS = (
     "extensions.terminals",
     "extensions.kernels",
     "extensions.language_servers",
+    "extensions.collaboration",
     "extensions.ide",
 )
 

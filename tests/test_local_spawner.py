@@ -938,10 +938,8 @@ async def enforced(spawner: LocalSpawner, controller: str) -> None:
         skip_or_fail(f"cgroups cannot limit {controller}: {spawner._plan.unavailable[controller]}")
 
 
-async def test_cgroups_carry_the_limits(spawner: LocalSpawner) -> None:
-    for controller in ("memory", "pids", "cpu"):
-        await enforced(spawner, controller)
-    handle = await start(spawner)
+def cgroup_limits(handle: SandboxHandle) -> dict[str, str]:
+    """The limits in a sandbox's cgroups, by their cgroup v2 names; checks the init is in."""
     files: dict[str, str] = {}
     for path in map(Path, handle.state["cgroups"]):
         assert str(handle.state["pid"]) in (path / "cgroup.procs").read_text().split()
@@ -953,9 +951,30 @@ async def test_cgroups_carry_the_limits(spawner: LocalSpawner) -> None:
                 f"{(path / 'cpu.cfs_quota_us').read_text().strip()} "
                 f"{(path / 'cpu.cfs_period_us').read_text().strip()}"
             )
+    return files
+
+
+async def test_cgroups_carry_the_limits(spawner: LocalSpawner) -> None:
+    for controller in ("memory", "pids", "cpu"):
+        await enforced(spawner, controller)
+    handle = await start(spawner)
+    # The agent starts at start_cpu_limit (one core by default)...
+    assert cgroup_limits(handle)["cpu.max"] == "100000 100000"
+    # ...and is held to cpu_limit once it answers, before any terminal or kernel opens.
+    await spawner.hold_to_limits(handle)
+    files = cgroup_limits(handle)
     assert files.get("memory.max", files.get("memory.limit_in_bytes")) == str(256 << 20)
     assert files["pids.max"] == "64"
     assert files["cpu.max"] == "50000 100000"
+
+
+async def test_a_start_cpu_limit_up_to_cpu_limit_is_cpu_limit_from_the_start(
+    make_spawner: Callable[..., LocalSpawner],
+) -> None:
+    spawner = make_spawner(start_cpu_limit=0.25)
+    await enforced(spawner, "cpu")
+    handle = await start(spawner)
+    assert cgroup_limits(handle)["cpu.max"] == "50000 100000"
 
 
 FORK_BOMB = """

@@ -11,8 +11,10 @@ from typing import Any, cast
 import pytest
 
 from extensions.sandboxes.manager import Sandboxes
+from extensions.sandboxes.spawners.local import LocalSpawner
 from platform_server.app import PlatformApp
 from tests.client import Client
+from tests.test_local_spawner import cgroup_limits, enforced
 from tests.waiting import until
 
 TokenClientFactory = Callable[..., Awaitable[Client]]
@@ -224,3 +226,21 @@ async def test_a_claim_whose_files_do_not_load_in_time_falls_back_to_a_new_sandb
     assert row["state"] == "running"
     assert str(row["id"]) != pooled
     assert await running_ids(sandboxes) == {str(row["id"])}
+
+
+async def test_sandboxes_are_held_to_the_cpu_limit_before_anyone_uses_them(
+    make_token_client: TokenClientFactory, jp_serverapp: PlatformApp
+) -> None:
+    sandboxes = sandboxes_of(jp_serverapp)
+    spawner = sandboxes.spawner
+    assert isinstance(spawner, LocalSpawner)
+    await enforced(spawner, "cpu")
+    assert spawner.start_cpu_limit > spawner.cpu_limit  # they start faster than they run
+    api = await make_token_client()
+    ws = (await api.post("/api/workspaces", {"name": "limited"})).json["uuid"]
+    assert (await api.post(f"/api/workspaces/{ws}/sandbox")).status == 200
+    await fill_warm_pool(sandboxes)
+    handles = await spawner.find_running()
+    assert len(handles) == 2  # the workspace's, and the warm pool's
+    quota = f"{round(spawner.cpu_limit * 100_000)} 100000"
+    assert [cgroup_limits(handle)["cpu.max"] for handle in handles] == [quota, quota]

@@ -17,6 +17,7 @@ import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from extensions.sandboxes.manager import Sandboxes
 from platform_server.app import PlatformApp
 from tests.client import Client
 from tests.waiting import until
@@ -158,17 +159,105 @@ async def test_reconnect_replays_scrollback(make_user: Any, base_url: str) -> No
 
 @pytest.mark.parametrize(
     "frame",
-    ["not json", json.dumps(["stdin", 123]), json.dumps(["set_size", -1, 10**9]), "x" * (2 << 20)],
+    [
+        "not json",
+        json.dumps(["stdin", 123]),
+        json.dumps(["set_size", -1, 10**9]),
+        "x" * (2 << 20),
+        # Shaped like a keystroke, which is accepted without parsing, but not one.
+        '["stdin","]',
+        '["stdin","a","b"]',
+        '["stdin", "a\tb"]',
+        '["stdin","a\\"]',
+        b"\x00binary",
+    ],
 )
 async def test_bad_frames_close_the_socket_cleanly(
-    make_user: Any, base_url: str, frame: str
+    make_user: Any, base_url: str, frame: str | bytes
 ) -> None:
     _, ws, token = await workspace_with_token(make_user)
     _, terminal = await open_terminal(base_url, ws, token)
-    await terminal.connection.write_message(frame)
+    await terminal.connection.write_message(frame, binary=isinstance(frame, bytes))
     while await terminal.connection.read_message() is not None:
         pass
     assert terminal.connection.close_code in {1003, 1009}
+
+
+async def test_text_that_is_not_utf8_closes_the_socket_and_spares_the_terminal(
+    make_user: Any, base_url: str
+) -> None:
+    _, ws, token = await workspace_with_token(make_user)
+    name, terminal = await open_terminal(base_url, ws, token)
+    await terminal.run("echo before", "BEFORE")
+    # A text frame whose bytes are not UTF-8 (tornado sends bytes as they are).
+    await terminal.connection.write_message(b'["stdin", "\xff\xfe"]', binary=False)
+    while await terminal.connection.read_message() is not None:
+        pass
+    assert terminal.connection.close_code == 1007
+    again = await Terminal.open(base_url, f"/w/{ws}/terminals/websocket/{name}", token)
+    await again.run("echo after-$((3+4))", "AFTER")
+    assert "after-7" in again.output
+
+
+async def test_keystrokes_in_one_write_arrive_whole_and_in_order(
+    make_user: Any, base_url: str
+) -> None:
+    """Frames that reach the relay in one read (and a large one split over several) all go
+    on, in order."""
+    _, ws, token = await workspace_with_token(make_user)
+    _, terminal = await open_terminal(base_url, ws, token)
+    connection = terminal.connection
+    # Not awaited one by one, so that the frames leave in one burst; the last is larger than
+    # one read of the relay's.
+    writes = [connection.write_message(json.dumps(["stdin", c])) for c in "echo ab"]
+    writes.append(connection.write_message(json.dumps(["stdin", "c" * 70_000 + "\r"])))
+    await asyncio.gather(*writes)
+    await terminal.send("echo typed-$((2*21))\r")
+    await terminal.expect("typed-42")
+    assert "ab" + "c" * 1000 in terminal.output
+
+
+async def test_a_terminal_that_exits_says_so_and_closes_with_1011(
+    make_user: Any, base_url: str
+) -> None:
+    """The agent ends the socket (1000) when the shell exits; the browser gets 1011, after
+    which @jupyterlab/services reconnects (and finds the terminal gone)."""
+    _, ws, token = await workspace_with_token(make_user)
+    _, terminal = await open_terminal(base_url, ws, token)
+    await terminal.run("echo alive", "ALIVE")
+    await terminal.send("exit\r")
+    frames = []
+    while (message := await terminal.connection.read_message()) is not None:
+        frames.append(json.loads(message))
+    assert ["disconnect", 1] in frames
+    assert terminal.connection.close_code == 1011
+
+
+async def test_a_slow_browser_pauses_the_terminal_output(
+    make_user: Any, base_url: str, jp_serverapp: PlatformApp
+) -> None:
+    """Output the browser does not read stops the agent reading the PTY: what it has read
+    stops growing far below what the program prints."""
+    printed = 200_000_000
+    _, ws, token = await workspace_with_token(make_user)
+    name, terminal = await open_terminal(base_url, ws, token)
+    await terminal.run("echo ready", "READY")
+    sandboxes: Sandboxes = jp_serverapp.web_app.settings["sandboxes"]
+    row = await sandboxes.row(uuid.UUID(ws))
+    assert row is not None
+    agent = sandboxes.client(row)
+    await terminal.send(f"yes | head -c {printed}\r")
+    offsets: list[int] = []
+
+    async def stalled() -> bool:
+        offsets.append((await agent.json("GET", f"/api/terminals/{name}"))["output_offset"])
+        return len(offsets) > 2 and offsets[-1] == offsets[-2]
+
+    await until(stalled, "the terminal stops reading while nobody reads", within=60, interval=0.5)
+    assert offsets[-1] < printed // 4
+    await terminal.send("\x03")
+    await terminal.send("echo back-$((5*5))\r")
+    await terminal.expect("back-25", within=60)
 
 
 async def test_other_users_cannot_reach_terminals(
@@ -345,6 +434,32 @@ class TestTerminalCap:
         assert "2 terminals open" in refused.json["message"]
         assert (await api.delete(f"/w/{ws_b}/api/terminals/1")).status == 204
         assert (await api.post(f"/w/{ws_a}/api/terminals")).status == 200
+
+
+class TestKeepAlive:
+    @pytest.fixture
+    def jp_server_config(self) -> dict[str, Any]:
+        # Pings every 0.1 s; no pong for 0.3 s closes the socket.
+        pings = {"ws_ping_interval": 100, "ws_ping_timeout": 300}
+        return {"PlatformApp": {"tornado_settings": pings}}
+
+    async def test_the_browser_pongs_keep_a_relayed_terminal_open(
+        self, make_user: Any, base_url: str
+    ) -> None:
+        """The relay hands the browser's pongs to the keep-alive that pings it; without them
+        the socket would close after 0.3 s."""
+        _, ws, token = await workspace_with_token(make_user)
+        api = Client(base_url, token=token)
+        name = (await api.post(f"/w/{ws}/api/terminals")).json["name"]
+        terminal = await Terminal.open(base_url, f"/w/{ws}/terminals/websocket/{name}", token)
+        pings: list[bytes] = []
+        terminal.connection.on_ping = pings.append  # type: ignore[method-assign]
+        await terminal.run("echo first", "FIRST")
+        # Ten pings span three timeouts; the client answers each one as it reads.
+        await terminal.send("sleep 1.5; echo second-$((6+6))\r")
+        await terminal.expect("second-12")
+        assert len(pings) >= 10
+        await terminal.run("echo third", "THIRD")
 
 
 class TestWarmPool:

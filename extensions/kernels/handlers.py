@@ -12,6 +12,7 @@ from tornado import web
 from extensions.kernels.manager import Kernels
 from extensions.kernels.sessions import Sessions
 from extensions.workspaces.handlers import WorkspacesAPIHandler
+from extensions.workspaces.roles import Action
 from platform_server.errors import PlatformError
 from platform_server.handlers import WORKSPACE_ROUTE, parse_json_object
 
@@ -21,7 +22,7 @@ KERNEL_NAME = r"(?P<kernel_name>[\w\.\-%]+)"
 
 
 class KernelsAPIHandler(WorkspacesAPIHandler):
-    """Base: the services, the owner check of the URL's workspace, JSON bodies."""
+    """Base: the services, the role check of the URL's workspace, JSON bodies."""
 
     auth_resource = "kernels"
 
@@ -54,7 +55,7 @@ class KernelSpecsHandler(KernelsAPIHandler):
     @authorized
     async def get(self, workspace_id: str) -> None:
         """``{"default": "python3", "kernelspecs": {...}}``."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.READ)
         self.finish_json(await self.kernels.kernelspecs(ws, self.workspace_base(ws)))
 
 
@@ -67,7 +68,7 @@ class KernelSpecHandler(KernelsAPIHandler):
     @authorized
     async def get(self, workspace_id: str, kernel_name: str) -> None:
         """One kernelspec."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.READ)
         self.finish_json(await self.kernels.kernelspec(ws, kernel_name, self.workspace_base(ws)))
 
 
@@ -80,7 +81,7 @@ class KernelSpecResourceHandler(KernelsAPIHandler):
     @authorized
     async def get(self, workspace_id: str, kernel_name: str, path: str) -> None:
         """The file's bytes, from the sandbox's agent."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.READ)
         response = await self.kernels.resource(ws, kernel_name, path)
         self.set_header("Cache-Control", "max-age=86400")
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -95,14 +96,14 @@ class MainKernelHandler(KernelsAPIHandler):
     @authorized
     async def get(self, workspace_id: str) -> None:
         """The running kernels' models."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.READ)
         self.finish_json(await self.kernels.running(ws))
 
     @web.authenticated
     @authorized
     async def post(self, workspace_id: str) -> None:
         """Start a kernel: body ``{"name"?: "python3", "path"?: "folder"}``; 201."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.CHANGE)
         body = self.json_body() or {}
         for key in ("name", "path"):
             if body.get(key) is not None and not isinstance(body[key], str):
@@ -120,14 +121,14 @@ class KernelHandler(KernelsAPIHandler):
     @authorized
     async def get(self, workspace_id: str, kernel_id: str) -> None:
         """One kernel's model."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.READ)
         self.finish_json(await self.kernels.get(ws, kernel_id))
 
     @web.authenticated
     @authorized
     async def delete(self, workspace_id: str, kernel_id: str) -> None:
         """Shut the kernel down."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.CHANGE)
         await self.kernels.shutdown(ws, kernel_id)
         self.set_status(204)
         self.finish()
@@ -140,7 +141,7 @@ class KernelActionHandler(KernelsAPIHandler):
     @authorized
     async def post(self, workspace_id: str, kernel_id: str, action: str) -> None:
         """Interrupt or restart the kernel."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.CHANGE)
         if action == "interrupt":
             await self.kernels.interrupt(ws, kernel_id)
             self.set_status(204)
@@ -158,14 +159,14 @@ class SessionRootHandler(KernelsAPIHandler):
     @authorized
     async def get(self, workspace_id: str) -> None:
         """Sessions whose kernels run."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.READ)
         self.finish_json(await self.sessions.list_sessions(ws))
 
     @web.authenticated
     @authorized
     async def post(self, workspace_id: str) -> None:
         """``{"path", "type", "name"?, "kernel"?: {"name"} | {"id"}}``; 201 and the session."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.CHANGE)
         body = self.json_body()
         if body is None:
             raise PlatformError(400, "No JSON data provided", reason="invalid_input")
@@ -184,14 +185,14 @@ class SessionHandler(KernelsAPIHandler):
     @authorized
     async def get(self, workspace_id: str, session_id: str) -> None:
         """One session."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.READ)
         self.finish_json(await self.sessions.get(ws, session_id))
 
     @web.authenticated
     @authorized
     async def patch(self, workspace_id: str, session_id: str) -> None:
         """Rename the session, or give it another kernel."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.CHANGE)
         body = self.json_body()
         if body is None:
             raise PlatformError(400, "No JSON data provided", reason="invalid_input")
@@ -201,7 +202,7 @@ class SessionHandler(KernelsAPIHandler):
     @authorized
     async def delete(self, workspace_id: str, session_id: str) -> None:
         """Shut the session's kernel down and delete the session."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.CHANGE)
         await self.sessions.delete(ws, session_id)
         self.set_status(204)
         self.finish()

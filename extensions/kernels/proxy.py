@@ -4,9 +4,10 @@ the sandbox's agent.
 The agent speaks both of jupyter_server's wire formats (``v1.kernel.websocket.jupyter.org``,
 which current JupyterLab negotiates, and the legacy JSON one), so the proxy asks it for the
 format the client chose and passes frames through unchanged: nothing is parsed or converted
-here. Each direction awaits the other side's write before reading more, so a slow client slows
-the agent's writes to it (which then drops output for that client, see the agent protocol)
-instead of filling this process's memory.
+here, except that a viewer's frames are read to drop all but ``kernel_info_request``
+(``watch_only``). Each direction awaits the other side's write before reading more, so a slow
+client slows the agent's writes to it (which then drops output for that client, see the agent
+protocol) instead of filling this process's memory.
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ from tornado.websocket import (
 from extensions.accounts.identity import PlatformUser
 from extensions.kernels.handlers import KERNEL_ID
 from extensions.kernels.manager import no_kernel
+from extensions.kernels.watch_only import viewer_may_send
+from extensions.sandboxes.access_watch import AccessWatch
 from extensions.sandboxes.agent_client import AgentError, AgentUnresponsive
 from extensions.sandboxes.errors import SandboxUnavailable, SandboxUnresponsive
-from extensions.sandboxes.handlers import running_sandbox
+from extensions.sandboxes.handlers import running_sandbox, socket_access
 from extensions.sandboxes.manager import Sandboxes
 from extensions.sandboxes.relay import UNRESPONSIVE_CLOSE, AgentRelay
 from extensions.workspaces.manager import Workspaces
+from extensions.workspaces.roles import Action
 from platform_server.errors import InvalidInput, PlatformError
 from platform_server.handlers import WORKSPACE_ROUTE
 
@@ -59,7 +63,7 @@ def offered_subprotocols(header: str | None) -> list[str]:
     return [p.strip() for p in (header or "").split(",") if p.strip()]
 
 
-class KernelProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
+class KernelProxyHandler(WebSocketMixin, AccessWatch, AgentRelay, JupyterHandler):
     """Relays one kernel connection between a Jupyter client and the agent."""
 
     auth_resource = "kernels"
@@ -80,10 +84,12 @@ class KernelProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
         """No API headers on a WebSocket (as jupyter_server's kernel socket)."""
 
     async def get(self, workspace_id: str, kernel_id: str) -> None:
-        """Check the owner, connect to the agent in the client's format, then accept."""
+        """Check the caller's role, connect to the agent in the client's format, then
+        accept."""
         sandboxes = cast(Sandboxes, self.settings["sandboxes"])
+        self.access = await socket_access(self, workspace_id, Action.WATCH)
         try:
-            row = await running_sandbox(self, workspace_id, f"Kernel does not exist: {kernel_id}")
+            row = await running_sandbox(self, self.access, f"Kernel does not exist: {kernel_id}")
         except SandboxUnresponsive:
             self.refusal = UNRESPONSIVE_CLOSE
             await cast(Any, super().get(workspace_id, kernel_id))
@@ -132,6 +138,7 @@ class KernelProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
     def open(self, *args: Any, **kwargs: Any) -> None:
         """Start relaying the agent's messages to the client."""
         super().open(*args, **kwargs)
+        self.watch_access()
         self.start_relay()
 
     def upstream_closed(self, upstream: WebSocketClientConnection) -> None:
@@ -142,7 +149,14 @@ class KernelProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
             self.close(CONNECTION_LOST, "The connection to the kernel's sandbox was lost.")
 
     async def on_message(self, message: str | bytes) -> None:
-        """Pass a client's frame to the agent (which checks it)."""
+        """Pass a client's frame to the agent (which checks it); drop a viewer's, but for
+        ``kernel_info_request``."""
+        if self.access is None:
+            return
+        if not self.access.role.allows(Action.INPUT) and not viewer_may_send(
+            message, v1=self.protocol == V1_PROTOCOL
+        ):
+            return
         if time.monotonic() - self._touched > TOUCH_INTERVAL and self._touch is None:
             self._touched = time.monotonic()
             self._touch = asyncio.create_task(self._note_activity())
@@ -156,7 +170,9 @@ class KernelProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
         user = self.current_user
         try:
             if isinstance(user, PlatformUser):
-                await workspaces.touch(self.path_kwargs["workspace_id"], user.user_id)
+                await workspaces.access(
+                    self.path_kwargs["workspace_id"], user.user_id, Action.WATCH
+                )
         except Exception as e:
             self.log.warning("kernel socket | could not note activity: %s", e)
         finally:

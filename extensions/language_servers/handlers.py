@@ -19,12 +19,14 @@ from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketClientConnection
 
 from extensions.accounts.identity import PlatformUser
+from extensions.sandboxes.access_watch import AccessWatch
 from extensions.sandboxes.agent_client import AgentError, AgentUnresponsive
 from extensions.sandboxes.errors import SandboxUnavailable, SandboxUnresponsive
-from extensions.sandboxes.handlers import running_sandbox
+from extensions.sandboxes.handlers import running_sandbox, socket_access
 from extensions.sandboxes.manager import Sandboxes
 from extensions.sandboxes.relay import UNRESPONSIVE_CLOSE, AgentRelay
 from extensions.workspaces.handlers import WorkspacesAPIHandler
+from extensions.workspaces.roles import Action
 from platform_server.errors import NotFound
 from platform_server.handlers import WORKSPACE_ROUTE, unauthenticated
 
@@ -79,7 +81,7 @@ class LanguageServerStatusHandler(WorkspacesAPIHandler):
     async def get(self, workspace_id: str) -> None:
         """``{"version": 2, "sandbox_running", "sessions", "specs"}``; ``sessions`` is empty
         while the sandbox is not running (no server can run then)."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.READ)
         sandboxes = cast(Sandboxes, self.settings["sandboxes"])
         row = await sandboxes.row(ws)
         sessions: dict[str, Any] = {}
@@ -101,7 +103,7 @@ class LanguageServerStatusHandler(WorkspacesAPIHandler):
         )
 
 
-class LanguageServerProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
+class LanguageServerProxyHandler(WebSocketMixin, AccessWatch, AgentRelay, JupyterHandler):
     """Relays one client of a language server between the browser and the agent."""
 
     auth_resource = "lsp"
@@ -112,17 +114,18 @@ class LanguageServerProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
         return MAX_MESSAGE_BYTES
 
     async def get(self, workspace_id: str, name: str) -> None:
-        """Check the user, the server's name and the owner, connect to the agent, then accept
-        the browser's upgrade."""
+        """Check the user, the server's name and the caller's role (an editor's), connect to
+        the agent, then accept the browser's upgrade."""
         if not isinstance(self.current_user, PlatformUser):
             raise unauthenticated()
         if name not in SPECS:
             raise unknown_server(name).to_http()
         sandboxes = cast(Sandboxes, self.settings["sandboxes"])
+        self.access = await socket_access(self, workspace_id, Action.LANGUAGE_SERVER)
         try:
             row = await running_sandbox(
                 self,
-                workspace_id,
+                self.access,
                 "No language server: the workspace's sandbox is not running.",
             )
             self.upstream = await sandboxes.client(row).websocket(f"/lsp/ws/{quote(name)}")
@@ -138,6 +141,7 @@ class LanguageServerProxyHandler(WebSocketMixin, AgentRelay, JupyterHandler):
     def open(self, *args: Any, **kwargs: Any) -> None:
         """Start relaying the agent's messages to the browser."""
         super().open(*args, **kwargs)
+        self.watch_access()
         self.start_relay()
 
     def upstream_closed(self, upstream: WebSocketClientConnection) -> None:

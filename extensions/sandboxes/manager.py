@@ -37,6 +37,7 @@ from extensions.sandboxes.mirror import Mirror
 from extensions.sandboxes.packages.index import AGENT_INDEX_PORT, PackageIndex
 from extensions.sandboxes.packages.service import Packages
 from extensions.sandboxes.pool import WarmPool
+from extensions.sandboxes.spawners.aio import abandon
 from extensions.sandboxes.spawners.base import (
     AgentEndpoint,
     AgentFeatures,
@@ -267,6 +268,11 @@ class Sandboxes(LoggingConfigurable):
         async with self.db.connection() as conn:
             return await store.for_owner(conn, owner_id, running_only=running_only)
 
+    async def for_workspaces(self, workspace_ids: list[uuid.UUID]) -> list[SandboxRow]:
+        """The sandboxes of these workspaces, as their rows say: no agent is asked."""
+        async with self.db.connection() as conn:
+            return await store.for_workspaces(conn, workspace_ids)
+
     async def get_row(self, sandbox_id: uuid.UUID) -> SandboxRow | None:
         """A sandbox row by id."""
         async with self.db.connection() as conn:
@@ -394,18 +400,11 @@ class Sandboxes(LoggingConfigurable):
                     row = await store.get(conn, sandbox_id)
                 assert row is not None  # noqa: S101
                 client = self.client(row)
+                if workspace_id is None:
+                    await self.spawner.hold_to_limits(handle)  # nobody waits for it
                 await progress(60, "Waiting for the agent")
-                started_handle = handle
-                await wait_healthy(
-                    client,
-                    within=self.agent_ready_timeout,
-                    alive=lambda: self.spawner.poll(started_handle),
-                )
-                loaded = 0
-                if workspace_id is not None:
-                    await progress(80, "Loading your files")
-                    load_began = datetime.now(UTC)
-                    loaded = await self.load_files(workspace_id, client)
+                load_began = datetime.now(UTC)
+                loaded = await self.load_while_agent_starts(workspace_id, client, handle, progress)
             # Bounded by PackageIndex.restore_timeout, not start_timeout: large packages may
             # take minutes, and the sandbox is healthy meanwhile.
             await self.packages.restore(row, progress)
@@ -435,6 +434,48 @@ class Sandboxes(LoggingConfigurable):
             loaded,
         )
         return row
+
+    async def load_while_agent_starts(
+        self,
+        workspace_id: uuid.UUID | None,
+        client: AgentClient,
+        handle: SandboxHandle,
+        progress: Callable[[int, str], Awaitable[None]],
+    ) -> int:
+        """Wait until a new sandbox's agent answers, then hold it to its limits
+        (``Spawner.hold_to_limits``, for a workspace's sandbox); meanwhile load the
+        workspace's files, if any, and return how many items they are.
+
+        The tree load is sent at once: the agent's socket listens before the agent runs, so
+        the request waits there while the agent starts, and reading the files from
+        PostgreSQL overlaps with that start. Terminals and kernels open only after this
+        returns, so user code always finds the files in place.
+        """
+        loading = None
+        if workspace_id is not None:
+            loading = asyncio.ensure_future(self._report_and_load(workspace_id, client, progress))
+        try:
+            await wait_healthy(
+                client,
+                within=self.agent_ready_timeout,
+                alive=lambda: self.spawner.poll(handle),
+            )
+            if workspace_id is not None:
+                await self.spawner.hold_to_limits(handle)
+        except BaseException:
+            if loading is not None:
+                await abandon(loading)
+            raise
+        return await loading if loading is not None else 0
+
+    async def _report_and_load(
+        self,
+        workspace_id: uuid.UUID,
+        client: AgentClient,
+        progress: Callable[[int, str], Awaitable[None]],
+    ) -> int:
+        await progress(80, "Loading your files")
+        return await self.load_files(workspace_id, client)
 
     async def report_progress(
         self, sandbox_id: uuid.UUID, workspace_id: uuid.UUID | None, percent: int, message: str

@@ -55,6 +55,15 @@ async def get_for_workspace(conn: Connection, workspace_id: uuid.UUID) -> Sandbo
     return cast(SandboxRow | None, await cur.fetchone())
 
 
+async def for_workspaces(conn: Connection, workspace_ids: list[uuid.UUID]) -> list[SandboxRow]:
+    """The sandbox rows of these workspaces (a workspace without one is left out)."""
+    cur = await conn.execute(
+        sql.SQL("SELECT {cols} FROM sandboxes WHERE workspace_id = ANY(%s)").format(cols=COLUMNS),
+        [workspace_ids],
+    )
+    return cast(list[SandboxRow], await cur.fetchall())
+
+
 async def get(conn: Connection, sandbox_id: uuid.UUID) -> SandboxRow | None:
     """One sandbox row by id."""
     cur = await conn.execute(

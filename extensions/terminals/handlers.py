@@ -8,11 +8,12 @@ from tornado import web
 
 from extensions.terminals.manager import Terminals
 from extensions.workspaces.handlers import WorkspacesAPIHandler
+from extensions.workspaces.roles import Action
 from platform_server.handlers import WORKSPACE_ROUTE, parse_json_object
 
 
 class TerminalsAPIHandler(WorkspacesAPIHandler):
-    """Base: the services, and the owner check of the URL's workspace."""
+    """Base: the services, and the role check of the URL's workspace."""
 
     auth_resource = "terminals"
 
@@ -32,15 +33,17 @@ class TerminalRootHandler(TerminalsAPIHandler):
     @web.authenticated
     async def get(self, workspace_id: str) -> None:
         """The workspace's terminals."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.READ)
         self.finish_json(await self.terminals.running(ws))
 
     @web.authenticated
     async def post(self, workspace_id: str) -> None:
         """Open a terminal: ``{"name": "1", "last_activity": ...}``."""
-        ws = await self.owned_workspace(workspace_id)
-        owner = self.user_id
-        model = await self.terminals.create(ws, owner, self.body_options())
+        access = await self.workspace_access(workspace_id, Action.CHANGE)
+        # The owner's: the cap on running sandboxes is theirs, whoever opens the terminal.
+        model = await self.terminals.create(
+            access.workspace_id, access.owner_id, self.body_options()
+        )
         self.finish_json(model)
 
 
@@ -50,13 +53,13 @@ class TerminalHandler(TerminalsAPIHandler):
     @web.authenticated
     async def get(self, workspace_id: str, name: str) -> None:
         """One terminal's model."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.READ)
         self.finish_json(await self.terminals.get(ws, name))
 
     @web.authenticated
     async def delete(self, workspace_id: str, name: str) -> None:
         """Close the terminal."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.CHANGE)
         await self.terminals.delete(ws, name)
         self.set_status(204)
         self.finish()

@@ -9,6 +9,7 @@ from tornado import web
 
 from extensions.accounts.identity import authenticated_user
 from extensions.workspaces.manager import Workspaces, is_user_action
+from extensions.workspaces.roles import Access, Action
 from platform_server.handlers import PlatformAPIHandler
 
 
@@ -26,12 +27,21 @@ class WorkspacesAPIHandler(PlatformAPIHandler):
         """The caller's account id."""
         return authenticated_user(self).user_id
 
-    async def owned_workspace(self, workspace_id: str) -> uuid.UUID:
-        """The URL's workspace if the caller owns it (404 otherwise); writes count as the
-        user's activity, reads do not (clients poll)."""
-        return await self.workspaces.touch(
-            workspace_id, self.user_id, active=is_user_action(self.request.method or "GET")
+    async def workspace_access(self, workspace_id: str, action: Action) -> Access:
+        """The caller's access to the URL's workspace if it allows ``action``: 404 when they
+        have no role in it, 403 when their role is too low. Writes count as the workspace's
+        activity, reads do not (clients poll)."""
+        return await self.workspaces.access(
+            workspace_id,
+            self.user_id,
+            action,
+            active=is_user_action(self.request.method or "GET"),
         )
+
+    async def workspace_for(self, workspace_id: str, action: Action) -> uuid.UUID:
+        """The URL's workspace id, if the caller may perform ``action`` in it (see
+        ``workspace_access``)."""
+        return (await self.workspace_access(workspace_id, action)).workspace_id
 
 
 class WorkspaceListHandler(WorkspacesAPIHandler):
@@ -39,8 +49,9 @@ class WorkspaceListHandler(WorkspacesAPIHandler):
 
     @web.authenticated
     async def get(self) -> None:
-        """The caller's workspaces, most recently active first."""
-        rows = await self.workspaces.owned_by(self.user_id)
+        """The caller's workspaces and the ones shared with them, most recently active
+        first."""
+        rows = await self.workspaces.reachable_by(self.user_id)
         self.finish_json([self.workspaces.model(row) for row in rows])
 
     @web.authenticated
@@ -53,7 +64,8 @@ class WorkspaceListHandler(WorkspacesAPIHandler):
 
 
 class WorkspaceHandler(WorkspacesAPIHandler):
-    """``GET/PATCH/DELETE /api/workspaces/<uuid>``; another user's workspace is 404."""
+    """``GET/PATCH/DELETE /api/workspaces/<uuid>``; a workspace the caller has no role in is
+    404."""
 
     @web.authenticated
     async def get(self, workspace_id: str) -> None:
@@ -63,15 +75,16 @@ class WorkspaceHandler(WorkspacesAPIHandler):
 
     @web.authenticated
     async def patch(self, workspace_id: str) -> None:
-        """Rename a workspace ``{name}``."""
+        """Rename a workspace ``{name}`` (an editor may)."""
+        access = await self.workspace_access(workspace_id, Action.CHANGE)
         body = self.read_json(frozenset({"name"}))
-        workspace = await self.workspaces.update(workspace_id, self.user_id, body)
+        workspace = await self.workspaces.update(access, body)
         self.finish_json(self.workspaces.model(workspace))
 
     @web.authenticated
     async def delete(self, workspace_id: str) -> None:
-        """Delete a workspace with all its files."""
-        await self.workspaces.delete(workspace_id, self.user_id)
+        """Delete a workspace with all its files (its owner only)."""
+        await self.workspaces.delete(await self.workspace_access(workspace_id, Action.DELETE))
         self.set_status(204)
         self.finish()
 

@@ -1,7 +1,8 @@
 """jupyter_server's own contents and files handlers, bound to the workspace in the URL.
 
 The REST layer is jupyter_server's (so JupyterLab sees exactly the API it expects); only the
-contents manager changes, to the one of ``/w/<uuid>/``'s workspace, after an owner check.
+contents manager changes, to the one of ``/w/<uuid>/``'s workspace, after a role check (reads:
+any role; writes: an editor's).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tornado import web
 from extensions.accounts.identity import PlatformUser
 from extensions.workspaces.contents import PostgresContentsManager
 from extensions.workspaces.manager import Workspaces, is_user_action
+from extensions.workspaces.roles import Action, Role
 from platform_server.errors import DomainError, PlatformError
 from platform_server.handlers import (
     WORKSPACE_ROUTE,
@@ -57,13 +59,15 @@ MODEL_STRING_FIELDS = ("path", "copy_from", "type", "format", "ext")
 
 
 class WorkspaceBound(PlatformAuthErrors, JupyterHandler):
-    """Mixin: take the workspace out of the URL, check the owner, serve its contents manager.
+    """Mixin: take the workspace out of the URL, check the caller's role, serve its contents
+    manager.
 
     Tornado calls ``prepare`` with ``path_kwargs`` already parsed, so the extra URL group is
     removed there and jupyter_server's verbs keep their own signatures.
     """
 
     workspace_id: uuid.UUID
+    role: Role = Role.VIEWER
     _workspace_contents: AsyncContentsManager | None = None
 
     @property
@@ -72,18 +76,22 @@ class WorkspaceBound(PlatformAuthErrors, JupyterHandler):
         return cast(Workspaces, self.settings["workspaces"])
 
     async def prepare(self) -> None:  # type: ignore[override]
-        """Authenticate, then 404 unless the caller owns the URL's workspace."""
+        """Authenticate, then 404 unless the caller has a role in the URL's workspace, 403
+        when a viewer's request would change something."""
         raw_id = self.path_kwargs.pop("workspace_id")
         await super().prepare()
         user = self.current_user
         if not isinstance(user, PlatformUser):
             return  # the verb's @web.authenticated refuses the request
+        writes = is_user_action(self.request.method or "GET")
         try:
-            self.workspace_id = await self.workspaces.touch(
-                raw_id, user.user_id, active=is_user_action(self.request.method or "GET")
+            access = await self.workspaces.access(
+                raw_id, user.user_id, Action.CHANGE if writes else Action.READ, active=writes
             )
         except DomainError as e:
             raise e.to_http() from e
+        self.workspace_id = access.workspace_id
+        self.role = access.role
 
     def get_login_url(self) -> str:
         """An anonymous request hears 401 (jupyter_server's files handler would redirect)."""
@@ -115,6 +123,15 @@ class WorkspaceContentsHandler(WorkspaceBound, ContentsHandler):
     def location_url(self, path: str) -> str:
         """Locations point into this workspace, not at the server's root contents."""
         return url_path_join(self.workspace_url, "api", "contents", url_escape(path))
+
+    def _finish_model(self, model: dict[str, Any], location: bool = True) -> None:
+        """A viewer's models (and a listing's) say ``writable: false``, as Jupyter says of a
+        file it may not change: JupyterLab then opens them read-only."""
+        if not self.role.allows(Action.CHANGE):
+            model = {**model, "writable": False}
+            if model["type"] == "directory" and isinstance(model["content"], list):
+                model["content"] = [{**child, "writable": False} for child in model["content"]]
+        cast(Any, super())._finish_model(model, location)
 
     async def _finish_error(self, code: int, message: str) -> None:
         """jupyter_server answers a missing path's GET in plain text: answer JSON instead."""

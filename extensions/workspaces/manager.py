@@ -1,4 +1,4 @@
-"""``Workspaces``: create, list, rename and delete a user's workspaces."""
+"""``Workspaces``: create, list, rename and delete workspaces; who may reach one, and how."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any, TypedDict
 from traitlets import Instance, Integer, List, Unicode
 from traitlets.config import LoggingConfigurable
 
-from extensions.workspaces import store
+from extensions.workspaces import member_store, store
 from extensions.workspaces.contents import PostgresContentsManager
-from extensions.workspaces.store import WorkspaceRow
+from extensions.workspaces.member_store import WorkspaceView
+from extensions.workspaces.roles import Access, Action, Role, roles_allowing
 from platform_server.db import Database
 from platform_server.errors import InvalidInput, NotFound
 from platform_server.timefmt import isoformat
@@ -41,6 +42,12 @@ class WorkspaceModel(TypedDict):
     updated_at: str
     last_activity: str
     bytes_used: int
+    role: str
+    """The caller's role: ``owner``, ``editor`` or ``viewer`` (see ``roles``)."""
+    owner: str
+    """The owner's username."""
+    shared: bool
+    """Whether the workspace has at least one member."""
 
 
 def is_user_action(method: str) -> bool:
@@ -114,8 +121,8 @@ class Workspaces(LoggingConfigurable):
         self._managers[workspace_id] = manager
         return manager
 
-    def model(self, workspace: WorkspaceRow) -> WorkspaceModel:
-        """The JSON model of a workspace."""
+    def model(self, workspace: WorkspaceView) -> WorkspaceModel:
+        """The JSON model of a workspace, as the user it was read for sees it."""
         return {
             "uuid": str(workspace["id"]),
             "name": workspace["name"],
@@ -123,57 +130,70 @@ class Workspaces(LoggingConfigurable):
             "updated_at": isoformat(workspace["updated_at"]) or "",
             "last_activity": isoformat(workspace["last_activity"]) or "",
             "bytes_used": workspace["bytes_used"],
+            "role": workspace["role"],
+            "owner": workspace["owner"],
+            "shared": workspace["shared"],
         }
 
-    async def create(self, owner_id: int, body: dict[str, Any]) -> WorkspaceRow:
+    async def create(self, owner_id: int, body: dict[str, Any]) -> WorkspaceView:
         """Create a workspace ``{name}`` with the starter ``main.py``."""
         name = workspace_name(body.get("name"))
         files = {"main.py": self.starter_file.encode()} if self.starter_file else {}
         async with self.db.transaction() as conn:
-            workspace = await store.create_workspace(
+            created = await store.create_workspace(
                 conn, owner_id, name, self.max_workspaces_per_user, files
             )
+            workspace = await member_store.reachable_workspace(conn, created["id"], owner_id)
         self.log.info("workspace %s | created by user %d", workspace["id"], owner_id)
         return workspace
 
-    async def owned_by(self, owner_id: int) -> list[WorkspaceRow]:
-        """The owner's workspaces, most recently active first."""
+    async def reachable_by(self, user_id: int) -> list[WorkspaceView]:
+        """The workspaces the user owns or was given a role in, most recently active first."""
         async with self.db.transaction() as conn:
-            return await store.list_workspaces(conn, owner_id)
+            return await member_store.reachable_workspaces(conn, user_id)
 
-    async def get(self, workspace_id: str, owner_id: int) -> WorkspaceRow:
-        """One of the owner's workspaces (404 for anyone else's)."""
+    async def get(self, workspace_id: str, user_id: int) -> WorkspaceView:
+        """A workspace the user owns or was given a role in (404 for any other)."""
         async with self.db.transaction() as conn:
-            return await store.get_workspace(conn, parse_workspace_id(workspace_id), owner_id)
+            return await member_store.reachable_workspace(
+                conn, parse_workspace_id(workspace_id), user_id
+            )
 
-    async def touch(self, workspace_id: str, owner_id: int, *, active: bool = True) -> uuid.UUID:
-        """Check that the owner may use the workspace; return its id.
+    async def access(
+        self, workspace_id: str, user_id: int, action: Action, *, active: bool = True
+    ) -> Access:
+        """The user's access to the workspace if it allows ``action``: ``NotFound`` when they
+        have no role in it, ``NotAllowed`` when their role is too low.
 
         ``active``: the request is the user doing something (not a client polling), which
-        keeps the workspace's sandbox from being culled as idle.
+        keeps the workspace's sandbox from being culled as idle, whoever its user is; a
+        refused request records nothing.
         """
         parsed = parse_workspace_id(workspace_id)
         async with self.db.connection() as conn:
-            await store.touch_workspace(conn, parsed, owner_id, active=active)
-        return parsed
+            row = await member_store.access(
+                conn, parsed, user_id, active_roles=roles_allowing(action) if active else []
+            )
+        granted = Access(parsed, Role(row["role"]), row["owner_id"], user_id)
+        return granted.require(action)
 
-    async def update(self, workspace_id: str, owner_id: int, body: dict[str, Any]) -> WorkspaceRow:
+    async def update(self, access: Access, body: dict[str, Any]) -> WorkspaceView:
         """Rename a workspace ``{name}``."""
-        parsed = parse_workspace_id(workspace_id)
+        access.require(Action.CHANGE)
         if "name" not in body:
             msg = "Nothing to change: send {'name': ...}."
             raise InvalidInput(msg)
         name = workspace_name(body["name"])
         async with self.db.transaction() as conn:
-            return await store.rename_workspace(conn, parsed, owner_id, name)
+            await store.rename_workspace(conn, access.workspace_id, access.owner_id, name)
+            return await member_store.reachable_workspace(conn, access.workspace_id, access.user_id)
 
-    async def delete(self, workspace_id: str, owner_id: int) -> None:
+    async def delete(self, access: Access) -> None:
         """Delete a workspace and every file in it."""
-        parsed = parse_workspace_id(workspace_id)
-        async with self.db.transaction() as conn:
-            await store.get_workspace(conn, parsed, owner_id)
+        access.require(Action.DELETE)
+        ws = access.workspace_id
         for listener in self.listeners:
-            await listener.workspace_deleting(parsed)
+            await listener.workspace_deleting(ws)
         async with self.db.transaction() as conn:
-            await store.delete_workspace(conn, parsed, owner_id)
-        self.log.info("workspace %s | deleted by user %d", parsed, owner_id)
+            await store.delete_workspace(conn, ws, access.owner_id)
+        self.log.info("workspace %s | deleted by user %d", ws, access.owner_id)

@@ -7,6 +7,7 @@ from typing import cast
 from tornado import web
 
 from extensions.workspaces.handlers import WorkspacesAPIHandler
+from extensions.workspaces.roles import Action
 from extensions.workspaces.search import WorkspaceSearch
 from extensions.workspaces.search_options import parse_file_query, parse_search
 from platform_server.errors import InvalidInput
@@ -42,7 +43,7 @@ class SearchHandler(SearchAPIHandler):
     @web.authenticated
     async def get(self, workspace_id: str) -> None:
         """Search; options are checked (400) before anything runs."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.READ)
         options = parse_search(self.arguments(), self.search.max_results)
         self.finish_json(await self.search.search(ws, options))
 
@@ -53,7 +54,7 @@ class FileNameSearchHandler(SearchAPIHandler):
     @web.authenticated
     async def get(self, workspace_id: str) -> None:
         """The best matching file paths."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.READ)
         query = parse_file_query(self.arguments())
         self.finish_json(await self.search.file_names(ws, query))
 

@@ -77,50 +77,6 @@ async def create_workspace(
     return workspace
 
 
-async def list_workspaces(conn: Connection, owner_id: int) -> list[WorkspaceRow]:
-    """A user's workspaces, most recently active first."""
-    cur = await conn.execute(
-        sql.SQL(
-            "SELECT {cols} FROM workspaces WHERE owner_id = %s ORDER BY last_activity DESC, id"
-        ).format(cols=COLUMNS),
-        [owner_id],
-    )
-    return cast(list[WorkspaceRow], await cur.fetchall())
-
-
-async def get_workspace(conn: Connection, workspace_id: uuid.UUID, owner_id: int) -> WorkspaceRow:
-    """One of the owner's workspaces; ``NotFound`` for anyone else's."""
-    cur = await conn.execute(
-        sql.SQL("SELECT {cols} FROM workspaces WHERE id = %s AND owner_id = %s").format(
-            cols=COLUMNS
-        ),
-        [workspace_id, owner_id],
-    )
-    row = await cur.fetchone()
-    if row is None:
-        raise _not_found(workspace_id)
-    return cast(WorkspaceRow, row)
-
-
-async def touch_workspace(
-    conn: Connection, workspace_id: uuid.UUID, owner_id: int, *, active: bool = True
-) -> None:
-    """Check ownership (``NotFound``); when ``active``, record activity (at most once a
-    minute). One statement: it runs on every request to a workspace."""
-    cur = await conn.execute(
-        """WITH found AS (
-               SELECT id, last_activity < now() - make_interval(secs => %(every)s) AS stale
-               FROM workspaces WHERE id = %(id)s AND owner_id = %(owner)s),
-           active AS (
-               UPDATE workspaces SET last_activity = now()
-               WHERE id = (SELECT id FROM found WHERE stale AND %(active)s))
-           SELECT id FROM found""",
-        {"every": TOUCH_INTERVAL, "id": workspace_id, "owner": owner_id, "active": active},
-    )
-    if await cur.fetchone() is None:
-        raise _not_found(workspace_id)
-
-
 async def rename_workspace(
     conn: Connection, workspace_id: uuid.UUID, owner_id: int, name: str
 ) -> WorkspaceRow:

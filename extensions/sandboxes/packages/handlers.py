@@ -8,6 +8,7 @@ from tornado import web
 from extensions.sandboxes.handlers import SandboxAPIHandler
 from extensions.sandboxes.packages import store
 from extensions.sandboxes.packages.index import normalize
+from extensions.workspaces.roles import Action
 from platform_server.errors import NotFound
 
 
@@ -17,7 +18,7 @@ class PackagesHandler(SandboxAPIHandler):
     @web.authenticated
     async def get(self, workspace_id: str) -> None:
         """The workspace's recorded packages."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.READ)
         async with self.sandboxes.db.connection() as conn:
             rows = await store.recorded(conn, ws)
         self.finish_json(
@@ -34,7 +35,7 @@ class PackageHandler(SandboxAPIHandler):
     @web.authenticated
     async def delete(self, workspace_id: str, name: str) -> None:
         """Forget it: the next sandbox does not install it again."""
-        ws = await self.owned_workspace(workspace_id)
+        ws = await self.workspace_for(workspace_id, Action.CHANGE)
         async with self.sandboxes.db.transaction() as conn:
             if not await store.forget(conn, ws, normalize(name)):
                 raise NotFound(f"The workspace has no recorded package {name!r}.").to_http()

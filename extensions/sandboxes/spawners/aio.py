@@ -1,4 +1,4 @@
-"""asyncio helpers for work that must run to its end once begun."""
+"""asyncio helpers for work that must run to its end once begun, and for work given up."""
 
 from __future__ import annotations
 
@@ -30,3 +30,12 @@ async def uninterrupted(awaitable: Awaitable[T]) -> T:
 async def in_thread(func: Callable[..., T], *args: Any) -> T:
     """``func(*args)`` in the default executor, awaited to its end (``uninterrupted``)."""
     return await uninterrupted(asyncio.get_running_loop().run_in_executor(None, func, *args))
+
+
+async def abandon(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended, its outcome dropped: for work begun
+    beside something that failed, whose failure is the one raised."""
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # retrieved: the caller raises its own

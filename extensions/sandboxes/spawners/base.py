@@ -187,6 +187,15 @@ class Spawner(LoggingConfigurable):
         """
         raise NotImplementedError
 
+    async def hold_to_limits(self, handle: SandboxHandle) -> None:
+        """Called once nobody waits for a started sandbox any more: when the agent of a
+        workspace's sandbox first answers (before any terminal or kernel opens in it, so
+        before any user code runs), and as soon as ``start`` returns for a warm-pool sandbox.
+        Override in a subclass to end what a start may take beyond the sandbox's limits
+        (``LocalSpawner``: ``start_cpu_limit``). Must be a coroutine; ``SpawnerError`` fails
+        the start.
+        """
+
     async def stop(self, handle: SandboxHandle, *, now: bool = False) -> None:
         """Stop the sandbox and everything in it; no error if it is already gone. With
         ``now``, kill it without the grace period its agent otherwise gets (it hangs).

@@ -155,25 +155,39 @@ def create(plan: CgroupPlan, name: str, limits: Limits) -> list[Path]:
 
 
 def _write_limits(path: Path, version: int, controllers: frozenset[str], limits: Limits) -> None:
-    quota = max(1000, int(limits.cpu * CPU_PERIOD_US))
     if version == 2:
         if "memory" in controllers:
             (path / "memory.max").write_text(str(limits.memory))
             _write_optional(path / "memory.swap.max", "0")
         if "pids" in controllers:
             (path / "pids.max").write_text(str(limits.pids))
-        if "cpu" in controllers:
-            (path / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
-        return
-    if "memory" in controllers:
-        (path / "memory.limit_in_bytes").write_text(str(limits.memory))
-        # Without this the sandbox could use swap beyond its limit (absent if not accounted).
-        _write_optional(path / "memory.memsw.limit_in_bytes", str(limits.memory))
-    if "pids" in controllers:
-        (path / "pids.max").write_text(str(limits.pids))
+    else:
+        if "memory" in controllers:
+            (path / "memory.limit_in_bytes").write_text(str(limits.memory))
+            # Without this the sandbox could use swap beyond its limit (absent if not
+            # accounted).
+            _write_optional(path / "memory.memsw.limit_in_bytes", str(limits.memory))
+        if "pids" in controllers:
+            (path / "pids.max").write_text(str(limits.pids))
     if "cpu" in controllers:
+        _write_cpu(path, version, limits.cpu)
+
+
+def _write_cpu(path: Path, version: int, cores: float) -> None:
+    quota = max(1000, int(cores * CPU_PERIOD_US))
+    if version == 2:
+        (path / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+    else:
         (path / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
         (path / "cpu.cfs_quota_us").write_text(str(quota))
+
+
+def limit_cpu(plan: CgroupPlan, name: str, cores: float) -> None:
+    """Change the CPU limit of sandbox ``name``'s cgroup to ``cores`` (more than 0), where
+    the plan limits CPU with cgroups."""
+    for hierarchy in plan.hierarchies:
+        if "cpu" in hierarchy.controllers:
+            _write_cpu(hierarchy.parent / name, hierarchy.version, cores)
 
 
 def _write_optional(path: Path, value: str) -> None:

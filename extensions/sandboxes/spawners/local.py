@@ -18,6 +18,7 @@ root, uid 1000 inside would be root outside and own every root-owned file bound 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import shutil
@@ -38,7 +39,7 @@ from extensions.sandboxes.spawners import (
     processes,
     sizes,
 )
-from extensions.sandboxes.spawners.aio import in_thread, uninterrupted
+from extensions.sandboxes.spawners.aio import abandon, in_thread, uninterrupted
 from extensions.sandboxes.spawners.base import (
     AgentEndpoint,
     Progress,
@@ -106,6 +107,16 @@ class LocalSpawner(Spawner):
 
     cpu_limit = Float(
         0.5, help="CPU of a sandbox, in cores (0.5 = half of one core). 0 disables."
+    ).tag(config=True)
+
+    start_cpu_limit = Float(
+        1.0,
+        help="CPU of a workspace's new sandbox while its agent starts, in cores, until the "
+        "agent first answers (before any terminal or kernel opens in it); cpu_limit holds "
+        "from then on. The agent's start is about 0.1 s of one core's work (mostly Python "
+        "imports), which a limit of half a core stretches to twice as long. Warm-pool "
+        "sandboxes, which nobody waits for, get cpu_limit once bwrap runs the agent. Values "
+        "up to cpu_limit: cpu_limit from the start. Unused when cpu_limit is 0.",
     ).tag(config=True)
 
     pids_limit = Integer(
@@ -218,6 +229,15 @@ class LocalSpawner(Spawner):
     def limits(self) -> cgroups.Limits:
         """The limits every sandbox gets."""
         return cgroups.Limits(sizes.parse_bytes(self.memory_limit), self.cpu_limit, self.pids_limit)
+
+    @property
+    def start_limits(self) -> cgroups.Limits:
+        """The limits a sandbox starts with: ``limits``, with ``start_cpu_limit`` as its CPU
+        until ``hold_to_limits``."""
+        limits = self.limits
+        if 0 < limits.cpu < self.start_cpu_limit:
+            return dataclasses.replace(limits, cpu=self.start_cpu_limit)
+        return limits
 
     run_dir = Unicode(
         help="Folder of the sandboxes' sockets, state and logs, one 0700 folder each. Default: "
@@ -374,15 +394,18 @@ class LocalSpawner(Spawner):
         binary, plan = await self._ensure_ready()
         host_user = sandbox_host_user(self.sandbox_user, self.log)
         spec = self._spec(binary, host_user, self._python_binds())
-        await report_progress(progress, 10, "Creating the sandbox")
         listener = local_state.make_folder(folder)
         self._starting.add(sandbox_id)
+        # Reported while bwrap starts (the report is a database write), not before it.
+        reported = asyncio.ensure_future(report_progress(progress, 10, "Creating the sandbox"))
         try:
             handle = await self._start(folder, listener, token, spec, plan)
+            await reported
             await report_progress(progress, 40, "Sandbox created")
         except BaseException:
             # Failed, or given up by the caller (a timeout, a shutdown): undone either way.
             await uninterrupted(self._undo_start(sandbox_id))
+            await abandon(reported)
             raise
         finally:
             self._starting.discard(sandbox_id)
@@ -405,7 +428,7 @@ class LocalSpawner(Spawner):
         sandbox_id = folder.name
         try:
             with listener:
-                cgroup_paths = await in_thread(cgroups.create, plan, sandbox_id, self.limits)
+                cgroup_paths = await in_thread(cgroups.create, plan, sandbox_id, self.start_limits)
                 launch = await in_thread(
                     self._launch, spec, plan, folder, listener, token, cgroup_paths
                 )
@@ -452,6 +475,17 @@ class LocalSpawner(Spawner):
     async def _wait_for_agent(self, launch: local_launch.Launch, folder: Path) -> tuple[int, int]:
         """Wait until the sandbox's init runs the agent; its (pid, start time)."""
         return await local_launch.wait_for_agent(launch, folder, self.launch_timeout)
+
+    async def hold_to_limits(self, handle: SandboxHandle) -> None:
+        """Hold the sandbox to ``cpu_limit`` from now on (it started at ``start_limits``)."""
+        if self.start_limits == self.limits:
+            return
+        _, plan = await self._ensure_ready()
+        try:
+            await in_thread(cgroups.limit_cpu, plan, handle.sandbox_id, self.limits.cpu)
+        except OSError as e:
+            msg = f"Could not set the CPU limit of sandbox {handle.sandbox_id}: {e}"
+            raise SpawnerError(msg) from e
 
     async def _undo_start(self, sandbox_id: str) -> None:
         """Stop what a failed or cancelled start made, as found in its folder.

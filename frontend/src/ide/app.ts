@@ -7,11 +7,13 @@ import { confirmDialog } from '../common/dialog';
 import { h } from '../common/dom';
 import { icon } from '../common/icons';
 import { toast, toastError } from '../common/toast';
+import { Collaboration, collaborationWanted } from './collab';
 import { ConsolePanel } from './console';
 import { EditorArea } from './editor';
 import { baseName, parentOf, WorkspaceFiles } from './files';
 import { LayoutStore, splitter } from './layout';
 import { PythonLanguageClient } from './lsp';
+import { type Sharing, SharingControls, sharingOf, VIEW_ONLY_MESSAGE } from './members';
 import { configureWorkers, languageName } from './monaco';
 import { SandboxStatus } from './sandbox';
 import { installSearch } from './searchui';
@@ -26,6 +28,9 @@ export function shellQuote(path: string): string {
 
 export class Ide {
   private readonly workspace: WorkspaceModel;
+  /** The caller's role here, the owner's name, whether shared (members.ts). */
+  private readonly sharing: Sharing;
+  private readonly sharingControls: SharingControls;
   private readonly files: WorkspaceFiles;
   private readonly layout: LayoutStore;
   private readonly tree: FileTree;
@@ -44,11 +49,14 @@ export class Ide {
   private readonly cursorInfo: HTMLElement;
   private pollCount = 0;
   private pollFailing = false;
+  private reloading = false;
 
   constructor() {
     const data = pageData();
     if (!data.workspace) throw new Error('This page was served without its workspace.');
     this.workspace = data.workspace;
+    this.sharing = sharingOf(this.workspace, data.user?.username ?? '');
+    this.sharingControls = new SharingControls(this.workspace.uuid, data.user?.username ?? '', this.sharing, () => this.accessChanged());
     configureWorkers(data.workers ?? {});
     const baseUrl = new URL(data.baseUrl, location.href).href;
     const wsUrl = baseUrl.replace(/^http/, 'ws');
@@ -76,6 +84,7 @@ export class Ide {
       documentMoved: (model) => this.lsp.documentMoved(model),
     }, (path) => this.tree.entry(path));
     this.editor.titleSuffix = document.title;
+    if (collaborationWanted(this.workspace)) this.editor.collaboration = new Collaboration(wsUrl, data.user?.username ?? '');
     const sandboxStarting = (done: boolean): void => {
       if (done) void this.sandbox.refresh();
       else this.sandbox.expectStart();
@@ -92,11 +101,14 @@ export class Ide {
     });
     this.sandbox = new SandboxStatus(this.workspace.uuid);
     this.lsp = new PythonLanguageClient(`${wsUrl}lsp/ws/pylsp`, this.files, this.editor);
-    this.sandbox.onStateChange((state) => this.lsp.sandboxChanged(state));
+    // A viewer has no language server (its socket is an editor's).
+    if (this.sharing.role !== 'viewer') this.sandbox.onStateChange((state) => this.lsp.sandboxChanged(state));
     this.feed = new ChangeFeed(`${wsUrl}api/events`, {
       file: (event) => this.onFileEvent(event),
       sandbox: (event) => this.sandbox.apply(event),
       notice: (event) => toast(event.message, 'error'),
+      member: (event) => this.sharingControls.memberChanged(event),
+      accessChanged: () => this.accessChanged(),
       poll: () => this.poll(),
       mode: (mode) => this.showSyncMode(mode),
     });
@@ -119,7 +131,29 @@ export class Ide {
     }, icon('console'));
     this.syncBadge = h('span', { class: 'status-item', id: 'sync-mode' });
     this.cursorInfo = h('span', { class: 'status-item', id: 'cursor-info' });
+    this.terminals.accessChanged = () => this.accessChanged();
+    if (this.sharing.role === 'viewer') {
+      this.editor.setViewOnly(VIEW_ONLY_MESSAGE);
+      this.tree.setViewOnly();
+      this.terminals.setViewOnly(VIEW_ONLY_MESSAGE);
+      this.console.setViewOnly(VIEW_ONLY_MESSAGE);
+      for (const button of [this.runButton, this.runConsoleButton]) {
+        button.disabled = true;
+        button.title = VIEW_ONLY_MESSAGE;
+      }
+    } else if (this.sharing.shared || this.sharing.role !== 'owner') {
+      this.terminals.followOthers();
+    }
     this.build(data.user?.username ?? '');
+  }
+
+  /** The owner changed or revoked this user's role: the page starts again with the new one
+   * (or says the workspace is not theirs any more). */
+  private accessChanged(): void {
+    if (this.reloading) return;
+    this.reloading = true;
+    toast('The owner changed your access to this workspace: reloading.', 'info');
+    window.setTimeout(() => location.reload(), 1500);
   }
 
   private build(username: string): void {
@@ -144,9 +178,10 @@ export class Ide {
       h('span', { class: 'crumb-sep' }, '/'),
       h('span', { class: 'workspace-name', id: 'workspace-name' }, this.workspace.name),
       h('span', { class: 'spacer' }),
+      this.sharingControls.element,
       this.historyButton, this.runButton, this.runConsoleButton, this.consoleToggle);
     const status = h('footer', { class: 'statusbar', id: 'statusbar' },
-      this.sandbox.element, this.syncBadge, this.lsp.status.element, h('span', { class: 'spacer' }), this.cursorInfo,
+      this.sandbox.element, this.syncBadge, this.sharing.role !== 'viewer' && this.lsp.status.element, h('span', { class: 'spacer' }), this.cursorInfo,
       h('span', { class: 'status-item who', id: 'username' }, username),
       h('button', { type: 'button', class: 'status-button', id: 'logout', onclick: () => void this.logout() }, icon('logout'), 'Log out'));
     document.body.append(h('div', { class: 'ide' }, header,
@@ -226,6 +261,7 @@ export class Ide {
 
   /** Save the current Python file and run it in a terminal. */
   async run(): Promise<void> {
+    if (this.sharing.role === 'viewer') return;
     this.runButton.disabled = true;
     try {
       const path = await this.savedPythonFile('Run');
@@ -237,6 +273,7 @@ export class Ide {
 
   /** Save the current Python file and run it in the console's kernel (``%run -i``). */
   async runInConsole(): Promise<void> {
+    if (this.sharing.role === 'viewer') return;
     this.runConsoleButton.disabled = true;
     let path: string | null;
     try {
@@ -250,6 +287,7 @@ export class Ide {
 
   /** Shift+Enter in the editor: the selection, or the current line, runs in the console. */
   private runSelection(): void {
+    if (this.sharing.role === 'viewer') return;
     const code = this.editor.selectionOrLine();
     if (code !== null) void this.console.execute(code);
   }

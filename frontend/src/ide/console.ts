@@ -88,11 +88,16 @@ export class ConsolePanel {
   private wasAlive = false;
   /** A restart asked for here (any other is the kernel's own, after it died). */
   private restartRequested = false;
+  /** The outputs of other clients' runs in progress, by the msg_id of their request. */
+  private readonly othersRuns = new Map<string, OutputArea>();
+  /** A viewer's console follows the workspace's console kernel instead of starting one. */
+  private viewOnly = false;
 
   constructor(settings: ServerConnection.ISettings, workspace: string, private readonly callbacks: ConsoleCallbacks) {
     this.kernel = new ConsoleKernel(settings, workspace, {
       state: (state) => this.showState(state),
       starting: (done) => callbacks.starting(done),
+      othersIOPub: (message) => this.showOthersRun(message),
     });
     const tool = (id: string, title: string, label: string, action: () => void): HTMLButtonElement =>
       h('button', { type: 'button', class: 'button small', id, title, onclick: action }, label);
@@ -124,6 +129,16 @@ export class ConsolePanel {
     this.showState('none');
   }
 
+  /** A viewer's console: nothing can be typed, run, interrupted or restarted. */
+  setViewOnly(message: string): void {
+    this.viewOnly = true;
+    this.input.disabled = true;
+    this.input.placeholder = message;
+    this.interruptButton.disabled = true;
+    this.restartButton.disabled = true;
+    this.log.querySelector('.console-hint')?.replaceChildren('The console shows the runs of the workspace’s console as they happen.');
+  }
+
   get open(): boolean {
     return !this.element.hidden;
   }
@@ -137,7 +152,7 @@ export class ConsolePanel {
   /** Reconnect to this tab's kernel after a reload, if it still runs. */
   async start(): Promise<void> {
     try {
-      await this.kernel.reattach();
+      await (this.viewOnly ? this.kernel.watch() : this.kernel.reattach());
     } catch (error) {
       toastError(`Could not reconnect to the console's kernel: ${sentence(describeError(error))} Running code starts a new one.`);
     }
@@ -194,6 +209,30 @@ export class ConsolePanel {
     }
   }
 
+  /** A run another client of the kernel asked for: its input, then its outputs as they come. */
+  private showOthersRun(message: KernelMessage.IIOPubMessage): void {
+    const request = (message.parent_header as Partial<KernelMessage.IHeader>).msg_id ?? '';
+    const follow = this.atEnd();
+    if (KernelMessage.isExecuteInputMsg(message)) {
+      const input = cellInput(`In [${message.content.execution_count}]:`, message.content.code, 'python');
+      const outputs = new OutputArea();
+      this.othersRuns.set(request, outputs);
+      this.log.append(h('div', { class: 'cell console-cell', 'data-state': 'others' }, input.element, outputs.element));
+    } else {
+      const outputs = this.othersRuns.get(request);
+      if (outputs === undefined) return;
+      if (KernelMessage.isClearOutputMsg(message)) {
+        outputs.clear(message.content.wait);
+      } else if (KernelMessage.isStatusMsg(message)) {
+        if (message.content.execution_state === 'idle') this.othersRuns.delete(request);
+      } else {
+        const output = parseOutput({ ...message.content, output_type: message.header.msg_type });
+        if (output) outputs.add(output);
+      }
+    }
+    if (follow) this.scrollToEnd();
+  }
+
   /** Stop the running code; the console stays usable. */
   private async interrupt(): Promise<void> {
     try {
@@ -227,7 +266,7 @@ export class ConsolePanel {
     this.badge.className = `badge kernel-${state}`;
     this.badge.textContent = WORDS[state];
     this.badge.title = HINTS[state] ?? '';
-    const running = this.kernel.running;
+    const running = this.kernel.running && !this.viewOnly;
     this.interruptButton.disabled = !running;
     this.restartButton.disabled = !running;
     const wait = WAITS[state];

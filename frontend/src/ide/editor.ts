@@ -9,6 +9,7 @@ import { icon } from '../common/icons';
 import { isDark, onThemeChange } from '../common/theme';
 import { timestamp } from '../common/time';
 import { toastError } from '../common/toast';
+import { type Collaboration, PresenceBar, saveLabel, type SharedText } from './collab';
 import { baseName, isWithin, parentOf, type WorkspaceFiles } from './files';
 import { HistoryPanel } from './history';
 import { languageFor, monaco } from './monaco';
@@ -35,6 +36,8 @@ interface Tab {
   conflict: 'changed' | 'deleted' | null;
   /** The save in flight, if any (change notices wait for it). */
   saving: Promise<unknown> | null;
+  /** The file's shared document, when the workspace's tabs are shared (the server saves). */
+  collab: SharedText | null;
   loaded: Promise<void>;
 }
 
@@ -87,6 +90,9 @@ export class EditorArea {
   private readonly stack: HTMLElement;
   readonly editor: monaco.editor.IStandaloneCodeEditor;
   private readonly history: HistoryPanel;
+  private readonly presence = new PresenceBar();
+  /** Set when the workspace's text tabs are shared (collab.ts). */
+  collaboration: Collaboration | null = null;
   private tabs: Tab[] = [];
   private active: Tab | null = null;
   /** The page title after the file name ("workspace · Platform"). */
@@ -103,7 +109,7 @@ export class EditorArea {
     this.placeholder = h('div', { class: 'editor-placeholder', id: 'editor-placeholder' });
     this.history = new HistoryPanel(files);
     this.stack = h('div', { class: 'editor-stack' }, this.host, this.placeholder, this.history.element);
-    this.element = h('section', { class: 'editor-area', 'aria-label': 'Editor' }, this.tabsBar, this.banner, this.stack);
+    this.element = h('section', { class: 'editor-area', 'aria-label': 'Editor' }, this.tabsBar, this.presence.element, this.banner, this.stack);
     this.editor = monaco.editor.create(this.host, {
       model: null,
       automaticLayout: true,
@@ -129,6 +135,15 @@ export class EditorArea {
       if (event.button === 1 && path !== null) void this.close(path);
     });
     this.showPlaceholder();
+  }
+
+  /** Set for a viewer: Monaco refuses typing with this message, and nothing is saved. */
+  private viewOnly: string | null = null;
+
+  /** Make the editor a viewer's: files open and show changes, but cannot be edited or saved. */
+  setViewOnly(message: string): void {
+    this.viewOnly = message;
+    this.editor.updateOptions({ readOnly: true, readOnlyMessage: { value: message } });
   }
 
   // --- tabs ---------------------------------------------------------------------------------
@@ -177,7 +192,7 @@ export class EditorArea {
   }
 
   isDirty(tab: Tab): boolean {
-    return tab.model !== null && tab.model.getAlternativeVersionId() !== tab.savedVersion;
+    return tab.collab === null && tab.model !== null && tab.model.getAlternativeVersionId() !== tab.savedVersion;
   }
 
   anyDirty(): boolean {
@@ -187,7 +202,8 @@ export class EditorArea {
   private tabElement(path: string): HTMLElement {
     const close = h('button', { type: 'button', class: 'tab-close', 'aria-label': `Close ${baseName(path)}`, title: 'Close' }, icon('close'));
     const element = h('div', { class: 'tab', role: 'tab', 'data-path': path, title: path, tabindex: 0 },
-      icon('file'), h('span', { class: 'tab-name' }, baseName(path)), h('span', { class: 'tab-dirty', 'aria-hidden': 'true' }), close);
+      icon('file'), h('span', { class: 'tab-name' }, baseName(path)), h('span', { class: 'tab-dirty', 'aria-hidden': 'true' }),
+      h('span', { class: 'tab-save' }), close);
     element.addEventListener('click', (event) => {
       if (close.contains(event.target as Node)) return;
       const tab = this.find(element.dataset.path ?? '');
@@ -210,6 +226,8 @@ export class EditorArea {
     const name = tab.element.querySelector('.tab-name');
     if (name) name.textContent = baseName(tab.path);
     tab.element.classList.toggle('dirty', dirty);
+    const save = tab.element.querySelector('.tab-save');
+    if (save) save.textContent = saveLabel(tab.collab);
     tab.element.classList.toggle('deleted', tab.conflict === 'deleted');
     tab.element.classList.toggle('conflict', tab.conflict === 'changed');
     tab.element.classList.toggle('active', tab === this.active);
@@ -217,6 +235,7 @@ export class EditorArea {
     if (tab === this.active) {
       document.title = `${dirty ? '● ' : ''}${baseName(tab.path)} · ${this.titleSuffix}`;
       this.renderBanner();
+      this.presence.show(tab.collab);
     }
   }
 
@@ -233,7 +252,7 @@ export class EditorArea {
     }
     const tab: Tab = {
       path, model: null, uri: null, notebook: null, asText: false, binary: false, savedVersion: 0, diskModified: 0, viewState: null,
-      element: this.tabElement(path), conflict: null, saving: null, loaded: Promise.resolve(),
+      element: this.tabElement(path), conflict: null, saving: null, collab: null, loaded: Promise.resolve(),
     };
     this.tabs.push(tab);
     this.tabsBar.append(tab.element);
@@ -268,6 +287,8 @@ export class EditorArea {
       tab.uri = uri.toString();
       const model = monaco.editor.createModel(file.content, languageFor(tab.path), uri);
       tab.model = model;
+      tab.collab = await this.collaboration?.share(tab.path, model, this.editor, () => this.updateTab(tab)) ?? null;
+      if (!this.tabs.includes(tab)) tab.collab?.destroy();
       tab.savedVersion = model.getAlternativeVersionId();
       model.onDidChangeContent(() => this.updateTab(tab));
     }
@@ -400,6 +421,7 @@ export class EditorArea {
         this.reportCursor();
       }
     }
+    tab.collab?.destroy();
     tab.model?.dispose();
     this.notifyTabs();
   }
@@ -411,11 +433,16 @@ export class EditorArea {
    * (or, with ``onlyIfDirty``, when there was nothing to save).
    */
   async save(path?: string, onlyIfDirty = false): Promise<boolean> {
+    if (this.viewOnly !== null) {
+      toastError(this.viewOnly);
+      return false;
+    }
     const tab = path === undefined ? this.active : this.find(path);
     if (!tab) return false;
     await tab.loaded;
     const model = tab.model;
     if (!model) return !tab.binary;
+    if (tab.collab) return tab.collab.saveNow();
     if (onlyIfDirty && !this.isDirty(tab) && tab.conflict !== 'deleted') return true;
     if (tab.saving) await tab.saving.catch(() => undefined);
     try {
@@ -456,6 +483,7 @@ export class EditorArea {
 
   /** Replace a tab's text with what is on disk, keeping the cursor where it was. */
   private async reload(tab: Tab): Promise<void> {
+    if (tab.collab) return; // the server merges the file's change into the shared text
     const file = await this.files.read(tab.path);
     const model = tab.model;
     if (!model || typeof file.content !== 'string' || file.format !== 'text') return;
@@ -483,7 +511,7 @@ export class EditorArea {
       if (tab.conflict === 'deleted' || when === 0 || when > tab.diskModified) await this.reloadNotebook(tab);
       return;
     }
-    if (!tab.model) return;
+    if (!tab.model || tab.collab) return;
     if (tab.conflict !== 'deleted' && when !== 0 && when <= tab.diskModified) return;
     if (this.isDirty(tab)) {
       if (tab.conflict === 'changed') return;
@@ -511,6 +539,9 @@ export class EditorArea {
   deletedOnDisk(path: string): void {
     for (const tab of this.tabs) {
       if (isWithin(tab.path, path) && tab.conflict !== 'deleted') {
+        // The file's room closed: saving is this tab's again (it would create the file).
+        tab.collab?.destroy();
+        tab.collab = null;
         tab.conflict = 'deleted';
         this.updateTab(tab);
       }
@@ -542,10 +573,21 @@ export class EditorArea {
         monaco.editor.setModelLanguage(tab.model, languageFor(tab.path));
         this.callbacks.documentMoved(tab.model);
       }
+      if (tab.collab) void this.reshare(tab);
       this.updateTab(tab);
     }
     this.reportCursor();
     this.notifyTabs();
+  }
+
+  /** A shared tab's file moved (its old room closed): the tab joins the new path's. */
+  private async reshare(tab: Tab): Promise<void> {
+    tab.collab?.destroy();
+    tab.collab = null;
+    if (tab.model && this.collaboration) {
+      tab.collab = await this.collaboration.share(tab.path, tab.model, this.editor, () => this.updateTab(tab));
+    }
+    this.updateTab(tab);
   }
 
   /** Polling: compare each open file with what the server says now. */

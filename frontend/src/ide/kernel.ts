@@ -2,7 +2,7 @@
 // browser tab of a workspace, started on first use. Its path is kept in sessionStorage, so a
 // reload of the page reattaches to the same kernel (the server answers a session request for
 // an existing path with that session), while another tab gets a kernel of its own.
-import { KernelManager, SessionManager, type Kernel, type ServerConnection, type Session } from '@jupyterlab/services';
+import { KernelManager, SessionManager, type Kernel, type KernelMessage, type ServerConnection, type Session } from '@jupyterlab/services';
 
 /** What the console shows of its kernel. */
 export type KernelState = 'none' | 'starting' | 'connecting' | 'idle' | 'busy' | 'restarting' | 'disconnected' | 'dead';
@@ -12,6 +12,8 @@ export interface KernelEvents {
   state(state: KernelState): void;
   /** A kernel is being started (the sandbox may start too), and when that is over. */
   starting(done: boolean): void;
+  /** IOPub of what another client of the kernel asked for (a member's page, JupyterLab). */
+  othersIOPub(message: KernelMessage.IIOPubMessage): void;
 }
 
 function stateOf(kernel: Kernel.IKernelConnection): KernelState {
@@ -73,6 +75,20 @@ export class ConsoleKernel {
     if (model !== undefined && this.session === null) this.attach(this.sessions().connectTo({ model }));
   }
 
+  /** A viewer's console: follow the workspace's most recent console kernel as it comes and
+   * goes (never starting one). */
+  async watch(): Promise<void> {
+    const manager = this.sessions();
+    const follow = (): void => {
+      if (this.session !== null) return;
+      const model = [...manager.running()].filter((m) => m.path.startsWith('console-')).at(-1);
+      if (model !== undefined) this.attach(manager.connectTo({ model }));
+    };
+    manager.runningChanged.connect(follow);
+    await manager.refreshRunning();
+    follow();
+  }
+
   /** The running kernel; a new one if there is none or it died (the sandbox stopped). */
   async connection(): Promise<Kernel.IKernelConnection> {
     const kernel = this.session?.kernel;
@@ -116,6 +132,11 @@ export class ConsoleKernel {
     };
     session.statusChanged.connect(update);
     session.connectionStatusChanged.connect(update);
+    session.iopubMessage.connect((_, message) => {
+      const parent = message.parent_header as Partial<KernelMessage.IHeader>;
+      const own = session.kernel?.clientId;
+      if (this.session === session && parent.session !== undefined && parent.session !== own) this.events.othersIOPub(message);
+    });
     // The session manager disposes a session whose kernel is gone from the server.
     session.disposed.connect(() => {
       if (this.session !== session) return;

@@ -1,5 +1,6 @@
 // Changes from the sandbox side: WS /w/<uuid>/api/events when the server has it, and polling
 // of the open folders and files every 2 s while that socket is unavailable.
+import { ACCESS_CHANGED, type MemberEvent } from './members';
 import type { SandboxState } from './sandbox';
 
 export interface FileEvent {
@@ -30,6 +31,11 @@ export interface SyncHandlers {
   file(event: FileEvent): void;
   sandbox(event: SandboxEvent): void;
   notice(event: NoticeEvent): void;
+  /** The owner shared the workspace, changed a member's role, or a member left or was removed. */
+  member(event: MemberEvent): void;
+  /** The server closed the feed because the owner changed or revoked this user's role: the
+   * feed stops (a new one is checked against the new role). */
+  accessChanged(): void;
   /** Compare what is shown with the server (polling, and once after each reconnection). */
   poll(): Promise<void>;
   mode(mode: SyncMode): void;
@@ -48,6 +54,12 @@ function isSandboxEvent(data: unknown): data is SandboxEvent {
   if (typeof data !== 'object' || data === null) return false;
   const event = data as Record<string, unknown>;
   return event.type === 'sandbox' && typeof event.state === 'string';
+}
+
+function isMemberEvent(data: unknown): data is MemberEvent {
+  if (typeof data !== 'object' || data === null) return false;
+  const event = data as Record<string, unknown>;
+  return event.type === 'member' && typeof event.username === 'string' && (event.role === null || typeof event.role === 'string');
 }
 
 function isNoticeEvent(data: unknown): data is NoticeEvent {
@@ -113,11 +125,17 @@ export class ChangeFeed {
       if (isFileEvent(data)) this.handlers.file(data);
       else if (isSandboxEvent(data)) this.handlers.sandbox(data);
       else if (isNoticeEvent(data)) this.handlers.notice(data);
+      else if (isMemberEvent(data)) this.handlers.member(data);
     };
-    socket.onclose = () => {
+    socket.onclose = (event: CloseEvent) => {
       if (this.socket !== socket) return;
       this.socket = null;
       if (this.stopped) return;
+      if (event.code === ACCESS_CHANGED) {
+        this.stop();
+        this.handlers.accessChanged();
+        return;
+      }
       this.startPolling();
       this.scheduleReconnect();
     };

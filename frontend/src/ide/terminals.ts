@@ -31,6 +31,8 @@ const DARK: ITheme = {
 
 /** The longest wait between reconnection attempts, in seconds. */
 const MAX_BACKOFF = 30;
+/** The close code of a member's socket when the owner changed or revoked their role. */
+const ACCESS_CHANGED = 4403;
 
 function webglAllowed(): boolean {
   // A person (or a test reading the DOM) may prefer the DOM renderer.
@@ -116,7 +118,9 @@ class TerminalView {
       allowProposedApi: false,
     });
     this.xterm.loadAddon(this.fit);
-    this.xterm.onData((data) => connection.send({ type: 'stdin', content: [data] }));
+    this.xterm.onData((data) => {
+      if (!panel.viewOnly) connection.send({ type: 'stdin', content: [data] });
+    });
     connection.messageReceived.connect((_, message) => {
       if (message.type === 'stdout') this.xterm.write(String(message.content?.[0] ?? ''));
     });
@@ -158,7 +162,7 @@ class TerminalView {
       return;
     }
     const size = `${this.xterm.rows}x${this.xterm.cols}`;
-    if (size === this.lastSize || this.connection.connectionStatus !== 'connected') return;
+    if (size === this.lastSize || this.connection.connectionStatus !== 'connected' || this.panel.viewOnly) return;
     this.lastSize = size;
     this.connection.send({ type: 'set_size', content: [this.xterm.rows, this.xterm.cols] });
   }
@@ -193,9 +197,11 @@ class TerminalView {
     }
   }
 
-  /** The server closed the socket in a way services does not retry (1000/1001). */
+  /** The server closed the socket: with 4403 the user's role changed (the page starts again);
+   * with 1000/1001, services does not retry, so this panel does. */
   lost(code: number): void {
     if (this.ended || this.connection.isDisposed) return;
+    if (code === ACCESS_CHANGED) this.panel.accessChanged();
     if (code === 1000 || code === 1001) this.scheduleRetry();
   }
 
@@ -292,6 +298,10 @@ export class TerminalPanel {
   private creating: Promise<TerminalView | null> | null = null;
   /** Views being closed by the person (their disposal removes them). */
   readonly closing = new Set<TerminalView>();
+  /** A viewer's panel: terminals show their output, and nothing is sent to them. */
+  viewOnly = false;
+  /** Told when the owner changed or revoked this user's role (a socket closed with 4403). */
+  accessChanged: () => void = () => undefined;
 
   constructor(
     baseUrl: string,
@@ -323,6 +333,28 @@ export class TerminalPanel {
     onThemeChange((dark) => this.views.forEach((v) => v.setTheme(dark)));
   }
 
+  /**
+   * A viewer's panel: no keys or sizes are sent, no terminal is opened or closed, and the
+   * terminals others open appear as they are opened.
+   */
+  setViewOnly(message: string): void {
+    this.viewOnly = true;
+    this.element.classList.add('view-only');
+    this.element.title = message;
+    this.empty.replaceChildren(h('p', {}, 'No terminal is open: the owner or an editor can open one.'));
+    this.followOthers();
+  }
+
+  /** Show the terminals that others open in this workspace (a shared one). */
+  followOthers(): void {
+    this.manager.runningChanged.connect((_, models) => {
+      if (this.creating !== null) return;
+      for (const model of models) {
+        if (!this.views.some((v) => v.name === model.name)) this.add(this.manager.connectTo({ model }), false);
+      }
+    });
+  }
+
   /** Reattach to the workspace's running terminals, or open the first one. */
   async start(): Promise<void> {
     let running: JupyterTerminal.IModel[] = [];
@@ -334,7 +366,8 @@ export class TerminalPanel {
       toastError(`Could not list the terminals: ${describeError(error)}`);
     }
     if (running.length === 0) {
-      await this.create();
+      if (!this.viewOnly) await this.create();
+      else this.empty.hidden = false;
       return;
     }
     for (const model of running) this.add(this.manager.connectTo({ model }), false);

@@ -59,6 +59,10 @@ export class FileTree {
   private uploadTarget = '';
   private menu: HTMLElement | null = null;
   private dropTarget: string | null = null;
+  /** A viewer's tree: browse, open and download; nothing that changes files is offered. */
+  private viewOnly = false;
+  /** The toolbar's new file, new folder and upload buttons (a viewer has none). */
+  private readonly changeTools: HTMLElement[];
 
   constructor(
     private readonly files: WorkspaceFiles,
@@ -76,16 +80,27 @@ export class FileTree {
     });
     const tool = (id: string, title: string, name: Parameters<typeof icon>[0], action: () => void): HTMLElement =>
       h('button', { type: 'button', class: 'icon-button', id, title, 'aria-label': title, onclick: action }, icon(name));
+    this.changeTools = [
+      tool('tree-new-file', 'New file', 'newFile', () => this.startNew('new-file', this.targetDir())),
+      tool('tree-new-folder', 'New folder', 'newFolder', () => this.startNew('new-folder', this.targetDir())),
+      tool('tree-upload', 'Upload files', 'upload', () => this.chooseUpload(this.targetDir())),
+    ];
     this.element = h('section', { class: 'sidebar', 'aria-label': 'Explorer' },
       h('div', { class: 'pane-header' },
         h('span', { class: 'pane-title' }, 'Files'),
-        tool('tree-new-file', 'New file', 'newFile', () => this.startNew('new-file', this.targetDir())),
-        tool('tree-new-folder', 'New folder', 'newFolder', () => this.startNew('new-folder', this.targetDir())),
-        tool('tree-upload', 'Upload files', 'upload', () => this.chooseUpload(this.targetDir())),
+        ...this.changeTools,
         tool('tree-refresh', 'Refresh', 'refresh', () => void this.refreshLoaded()),
         tool('tree-collapse', 'Collapse folders', 'collapse', () => this.collapseAll())),
       this.body, this.uploads, this.fileInput);
     this.bindEvents();
+  }
+
+  /** A viewer's tree: no new, rename, delete, upload or move (by menu, key or drag); the
+   * server would refuse them. */
+  setViewOnly(): void {
+    this.viewOnly = true;
+    for (const tool of this.changeTools) tool.remove();
+    this.render(true);
   }
 
   // --- loading ----------------------------------------------------------------------------
@@ -177,7 +192,7 @@ export class FileTree {
     this.renderDir('', 1, rows);
     replaceChildren(this.body, ...rows);
     if (this.listings.get('')?.length === 0 && this.editing === null) {
-      this.body.append(h('div', { class: 'tree-empty' }, 'No files yet. Create one with the buttons above, or drop files here.'));
+      this.body.append(h('div', { class: 'tree-empty' }, this.viewOnly ? 'No files yet.' : 'No files yet. Create one with the buttons above, or drop files here.'));
     }
     const input = this.body.querySelector<HTMLInputElement>('.tree-input');
     if (input && document.activeElement !== input) {
@@ -213,7 +228,7 @@ export class FileTree {
       class: `tree-row${this.selected === entry.path ? ' selected' : ''}${this.activeFile === entry.path ? ' active-file' : ''}${this.dropTarget === entry.path ? ' drop-target' : ''}`,
       role: 'treeitem', 'data-path': entry.path, 'data-type': entry.type, 'aria-level': depth,
       'aria-expanded': isDir ? String(open) : null, 'aria-selected': String(this.selected === entry.path),
-      draggable: 'true', tabindex: -1, title: entry.path, style: `--depth:${depth}`,
+      draggable: String(!this.viewOnly), tabindex: -1, title: entry.path, style: `--depth:${depth}`,
     },
     h('span', { class: 'twisty' }, isDir ? icon(open ? 'collapse' : 'expand') : null),
     icon(isDir ? (open ? 'folderOpen' : 'folder') : 'file'),
@@ -545,7 +560,8 @@ export class FileTree {
     });
     this.body.addEventListener('dragover', (event) => {
       const types = event.dataTransfer?.types ?? [];
-      if (!types.includes(DRAG_TYPE) && !types.includes('Files')) return;
+      // Not accepting the drag (no preventDefault) is what makes the browser refuse the drop.
+      if (this.viewOnly || (!types.includes(DRAG_TYPE) && !types.includes('Files'))) return;
       event.preventDefault();
       if (event.dataTransfer) event.dataTransfer.dropEffect = types.includes('Files') ? 'copy' : 'move';
       this.setDropTarget(this.dropDir(event.target));
@@ -613,13 +629,13 @@ export class FileTree {
         }
         break;
       case 'F2':
-        if (this.selected !== null) {
+        if (this.selected !== null && !this.viewOnly) {
           event.preventDefault();
           this.startRename(this.selected);
         }
         break;
       case 'Delete':
-        if (this.selected !== null) {
+        if (this.selected !== null && !this.viewOnly) {
           event.preventDefault();
           void this.remove(this.selected);
         }
@@ -633,14 +649,17 @@ export class FileTree {
     const dir = path === null ? '' : isDir ? path : parentOf(path);
     const items: MenuItem[] = [];
     if (path !== null && !isDir) items.push({ label: 'Open', action: () => this.callbacks.open(path) });
-    items.push({ label: 'New file', action: () => this.startNew('new-file', dir) });
-    items.push({ label: 'New folder', action: () => this.startNew('new-folder', dir) });
-    items.push({ label: 'Upload files…', action: () => this.chooseUpload(dir) });
-    if (path !== null) {
-      if (!isDir) items.push({ label: 'Download', action: () => this.download(path) });
+    if (!this.viewOnly) {
+      items.push({ label: 'New file', action: () => this.startNew('new-file', dir) });
+      items.push({ label: 'New folder', action: () => this.startNew('new-folder', dir) });
+      items.push({ label: 'Upload files…', action: () => this.chooseUpload(dir) });
+    }
+    if (path !== null && !isDir) items.push({ label: 'Download', action: () => this.download(path) });
+    if (path !== null && !this.viewOnly) {
       items.push({ label: 'Rename', action: () => this.startRename(path) });
       items.push({ label: 'Delete', action: () => void this.remove(path), danger: true });
     }
+    if (items.length === 0) return;
     const menu = h('div', { class: 'menu', role: 'menu', id: 'tree-menu' });
     for (const item of items) {
       const button = h('button', { type: 'button', role: 'menuitem', class: item.danger ? 'danger' : null }, item.label);

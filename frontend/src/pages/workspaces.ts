@@ -8,6 +8,7 @@ import { h, replaceChildren } from '../common/dom';
 import { icon } from '../common/icons';
 import { exactTime, timeAgo } from '../common/time';
 import { toastError } from '../common/toast';
+import { sharingOf } from '../ide/members';
 
 interface SandboxModel {
   state: 'stopped' | 'starting' | 'running' | 'unresponsive' | 'stopping' | 'failed';
@@ -54,17 +55,28 @@ function stateBadge(model: SandboxModel | null): HTMLElement {
   return badge;
 }
 
+/** "shared by <owner> · <role>" for a workspace shared with this user; "shared" for one of
+ * theirs that they shared. */
+function sharingNote(ws: WorkspaceModel): HTMLElement | null {
+  const sharing = sharingOf(ws, data.user?.username ?? '');
+  if (sharing.role !== 'owner') {
+    return h('span', { class: 'sharing-note muted', 'data-role': sharing.role }, `shared by ${sharing.owner} · ${sharing.role}`);
+  }
+  return sharing.shared ? h('span', { class: 'sharing-note muted', 'data-role': 'owner' }, 'shared') : null;
+}
+
 function row(ws: WorkspaceModel): HTMLTableRowElement {
+  const role = sharingOf(ws, data.user?.username ?? '').role;
   const stateCell = h('td', { class: 'state' }, stateBadge(sandboxes && (sandboxes.get(ws.uuid) ?? STOPPED)));
-  const nameCell = h('td', { class: 'name' }, h('a', { href: workspaceUrl(ws) }, ws.name));
-  const tr = h('tr', { 'data-uuid': ws.uuid },
+  const nameCell = h('td', { class: 'name' }, h('a', { href: workspaceUrl(ws) }, ws.name), ' ', sharingNote(ws));
+  const tr = h('tr', { 'data-uuid': ws.uuid, 'data-role': role },
     nameCell,
     h('td', { class: 'activity muted', title: exactTime(ws.last_activity) }, timeAgo(ws.last_activity)),
     stateCell,
     h('td', { class: 'actions' },
       h('a', { class: 'button small primary', href: workspaceUrl(ws) }, 'Open'),
-      h('button', { class: 'button small', type: 'button', onclick: () => startRename(ws, nameCell) }, icon('rename'), 'Rename'),
-      h('button', { class: 'button small', type: 'button', onclick: () => void remove(ws) }, icon('trash'), 'Delete')));
+      role !== 'viewer' && h('button', { class: 'button small', type: 'button', onclick: () => startRename(ws, nameCell) }, icon('rename'), 'Rename'),
+      role === 'owner' && h('button', { class: 'button small', type: 'button', onclick: () => void remove(ws) }, icon('trash'), 'Delete')));
   return tr;
 }
 
