@@ -18,6 +18,7 @@ from __future__ import annotations
 import mimetypes
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict, cast
 
@@ -212,31 +213,49 @@ def _refuse_directory(old: ItemRow | None, path: str) -> None:
         raise InvalidInput(msg)
 
 
-async def lock_for_write(
-    conn: Connection, workspace_id: uuid.UUID, path: str
-) -> tuple[int, ItemRow | None]:
-    """``lock_workspace`` and ``replaceable`` at once: ``(bytes_used, file replaced)``.
+@dataclass(frozen=True)
+class WriteLock:
+    """The statements of ``send_write_lock``, sent: ``read`` waits for their answers."""
 
-    The three statements are sent before any result is read, so in a pipelined transaction
-    they cost one round trip (every save pays this). Locks are taken in the usual order:
-    the workspace, then the item.
+    path: str
+    parent: str
+    workspace: writes.Cursor
+    parent_type: writes.Cursor | None
+    current: writes.Cursor
+
+    async def read(self) -> tuple[int, ItemRow | None]:
+        """``(bytes_used, file replaced)``: ``NotFound`` without the workspace or the parent
+        directory, ``InvalidInput`` if ``path`` is a directory."""
+        locked = await self.workspace.fetchone()
+        if locked is None:
+            msg = "No such workspace."
+            raise NotFound(msg)
+        if self.parent_type is not None:
+            found = await self.parent_type.fetchone()
+            if found is None or found["type"] != "directory":
+                msg = f"No such directory: {self.parent}"
+                raise NotFound(msg)
+        old = cast(ItemRow | None, await self.current.fetchone())
+        _refuse_directory(old, self.path)
+        return int(locked["bytes_used"]), old
+
+
+async def send_write_lock(conn: Connection, workspace_id: uuid.UUID, path: str) -> WriteLock:
+    """Send ``lock_workspace`` and ``replaceable`` at once, without waiting for answers.
+
+    In a pipelined transaction the statements sent next travel with these, so that a write
+    pays one round trip for its locks and its work (every save and chunk does); a refused
+    write raises in ``read`` and rolls back. Locks are taken in the usual order: the
+    workspace, then the item.
     """
     parent = paths.split(path)[0]
-    workspace = await conn.execute(writes.LOCK_WORKSPACE, [workspace_id])
-    parent_type = await conn.execute(_ITEM_TYPE, [workspace_id, parent]) if parent else None
-    current = await conn.execute(_LOCK_ITEM, [workspace_id, path])
-    locked = await workspace.fetchone()
-    if locked is None:
-        msg = "No such workspace."
-        raise NotFound(msg)
-    if parent_type is not None:
-        found = await parent_type.fetchone()
-        if found is None or found["type"] != "directory":
-            msg = f"No such directory: {parent}"
-            raise NotFound(msg)
-    old = cast(ItemRow | None, await current.fetchone())
-    _refuse_directory(old, path)
-    return int(locked["bytes_used"]), old
+    return WriteLock(
+        path=path,
+        parent=parent,
+        workspace=await conn.execute(writes.LOCK_WORKSPACE, [workspace_id]),
+        parent_type=await conn.execute(_ITEM_TYPE, [workspace_id, parent]) if parent else None,
+        current=await conn.execute(_LOCK_ITEM, [workspace_id, path]),
+    )
 
 
 async def _check_moved_paths_fit(
@@ -263,6 +282,54 @@ async def _check_moved_paths_fit(
         raise InvalidInput(msg)
 
 
+def _upsert_query(source: sql.Composable, *, keep_held: bool = False) -> sql.Composed:
+    """The statement of ``upsert``; ``keep_held``: a file that holds the source's bytes
+    already (same sha256) keeps its content, and is only dated anew."""
+    content = (
+        sql.SQL(
+            "CASE WHEN i.sha256 = excluded.sha256 THEN i.content_id ELSE excluded.content_id END"
+        )
+        if keep_held
+        else sql.SQL("excluded.content_id")
+    )
+    return sql.SQL(
+        """WITH src AS ({source}), t AS (SELECT clock_timestamp() AS now)
+        INSERT INTO workspace_items AS i (workspace_id, path, parent, name, type, content_id,
+                                          size, sha256, mimetype, created, last_modified)
+        SELECT %(ws)s, %(path)s, %(parent)s, %(name)s, %(type)s, src.content_id,
+               src.size, src.sha256, %(mimetype)s, t.now, t.now
+        FROM src, t
+        ON CONFLICT (workspace_id, path) DO UPDATE SET
+            type = excluded.type, content_id = {content}, size = excluded.size,
+            sha256 = excluded.sha256, mimetype = excluded.mimetype,
+            last_modified = greatest(excluded.last_modified,
+                                     i.last_modified + interval '1 millisecond')
+        RETURNING {cols}"""
+    ).format(source=source, content=content, cols=_ITEM_COLUMNS)
+
+
+# A new content, as ``writes.store_content`` leaves it (nothing is fetched before the upsert);
+# no row once the workspace is gone, so that a write sent with its lock fails in ``read``.
+_NEW_CONTENT = sql.SQL(
+    "SELECT currval('content_ids') AS content_id, %(size)s::bigint AS size, "
+    "%(sha256)s::bytea AS sha256 FROM workspaces WHERE id = %(ws)s"
+)
+_WRITE_FILE = _upsert_query(_NEW_CONTENT, keep_held=True)
+
+
+def _upsert_params(workspace_id: uuid.UUID, path: str, params: dict[str, Any]) -> dict[str, Any]:
+    parent, name = paths.split(path)
+    return {
+        **params,
+        "ws": workspace_id,
+        "path": path,
+        "parent": parent,
+        "name": name,
+        "type": file_type(path),
+        "mimetype": file_mimetype(path),
+    }
+
+
 async def upsert(
     conn: Connection,
     workspace_id: uuid.UUID,
@@ -277,51 +344,28 @@ async def upsert(
     ``last_modified`` grows by at least 1 ms on every write, so clients that compare it at
     millisecond precision always see a change.
     """
-    parent, name = paths.split(path)
-    cur = await conn.execute(
-        sql.SQL(
-            """WITH src AS ({source}), t AS (SELECT clock_timestamp() AS now)
-            INSERT INTO workspace_items AS i (workspace_id, path, parent, name, type, content_id,
-                                              size, sha256, mimetype, created, last_modified)
-            SELECT %(ws)s, %(path)s, %(parent)s, %(name)s, %(type)s, src.content_id,
-                   src.size, src.sha256, %(mimetype)s, t.now, t.now
-            FROM src, t
-            ON CONFLICT (workspace_id, path) DO UPDATE SET
-                type = excluded.type, content_id = excluded.content_id, size = excluded.size,
-                sha256 = excluded.sha256, mimetype = excluded.mimetype,
-                last_modified = greatest(excluded.last_modified,
-                                         i.last_modified + interval '1 millisecond')
-            RETURNING {cols}"""
-        ).format(source=source, cols=_ITEM_COLUMNS),
-        {
-            **params,
-            "ws": workspace_id,
-            "path": path,
-            "parent": parent,
-            "name": name,
-            "type": file_type(path),
-            "mimetype": file_mimetype(path),
-        },
-    )
+    return await upserted(await send_upsert(conn, workspace_id, path, source, params), path)
+
+
+async def send_upsert(
+    conn: Connection,
+    workspace_id: uuid.UUID,
+    path: str,
+    source: sql.Composable,
+    params: dict[str, Any],
+) -> writes.Cursor:
+    """``upsert``, sent: ``upserted`` reads the file written."""
+    return await conn.execute(_upsert_query(source), _upsert_params(workspace_id, path, params))
+
+
+async def upserted(cur: writes.Cursor, path: str) -> ItemRow:
+    """The file an upsert wrote; ``NotFound`` if its source had no row (what it named is
+    gone)."""
     row = await cur.fetchone()
-    if row is None:  # the source had no row: what it named is gone
+    if row is None:
         msg = f"Nothing to write to {path}."
         raise NotFound(msg)
     return cast(ItemRow, row)
-
-
-async def _touch(conn: Connection, workspace_id: uuid.UUID, path: str) -> ItemRow:
-    """Mark the file at ``path`` as saved now, as ``upsert`` dates a write."""
-    cur = await conn.execute(
-        sql.SQL(
-            """UPDATE workspace_items
-               SET last_modified = greatest(clock_timestamp(),
-                                            last_modified + interval '1 millisecond')
-               WHERE workspace_id = %s AND path = %s RETURNING {cols}"""
-        ).format(cols=_ITEM_COLUMNS),
-        [workspace_id, path],
-    )
-    return cast(ItemRow, await cur.fetchone())
 
 
 async def write_file(
@@ -337,31 +381,28 @@ async def write_file(
     """Create or replace the file at ``path``; its parent directory must exist.
 
     ``if_match``: the client's entity tags (sha256 hex, or '*'); the file is written only if the
-    stored one matches, checked under the row lock.
+    stored one matches, checked under the row lock. The bytes the file holds already (a save
+    with no change) are not stored again: the file is only dated anew.
+
+    Every statement is sent before any answer is read, so in a pipelined transaction the
+    locks, the content, the file and the quota's reading cost one round trip. The checks
+    then run on the answers; a refused write raises, and its transaction rolls back.
     """
-    bytes_used, old = await lock_for_write(conn, workspace_id, path)
+    lock = await send_write_lock(conn, workspace_id, path)
+    await writes.store_content(conn, workspace_id, content, unless_held_by=(path, sha256))
+    saved = await conn.execute(
+        _WRITE_FILE,
+        _upsert_params(workspace_id, path, {"size": len(content), "sha256": sha256}),
+    )
+    # The replaced content stays stored if a checkpoint or a copy keeps it: the quota is
+    # checked on what the workspace stores once the file is written.
+    grown = await writes.send_bytes_used(conn, workspace_id) if quota > 0 else None
+    bytes_used, old = await lock.read()
     writes.check_if_match(old, if_match, path)
-    delta = len(content) - (old["size"] if old else 0)
-    writes.check_quota(bytes_used, delta, quota, path)
-    if old is not None and old["sha256"] == sha256:
-        # The same bytes again (a save with no change): a new date, and no content rewritten.
-        row = await _touch(conn, workspace_id, path)
-    else:
-        # Nothing here waits for an answer until the upsert's row: in a pipelined transaction,
-        # the parts and the file travel together.
-        await writes.store_content(conn, workspace_id, content)
-        row = await upsert(
-            conn,
-            workspace_id,
-            path,
-            sql.SQL(
-                "SELECT currval('content_ids') AS content_id, %(size)s::bigint AS size, "
-                "%(sha256)s::bytea AS sha256"
-            ),
-            {"size": len(content), "sha256": sha256},
-        )
-        # The replaced content stays stored if a checkpoint or a copy keeps it.
-        await writes.check_growth(conn, workspace_id, bytes_used, quota, path)
+    writes.check_quota(bytes_used, len(content) - (old["size"] if old else 0), quota, path)
+    row = await upserted(saved, path)
+    if grown is not None:
+        await writes.check_grown(grown, bytes_used, quota, path)
     return row
 
 

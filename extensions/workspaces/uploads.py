@@ -19,6 +19,13 @@ from extensions.workspaces import items, writes
 from platform_server.db import Connection
 from platform_server.errors import InvalidInput
 
+# The content an upload's last chunk gives its file: the upload's (its id, a parameter so that
+# the statement stays one prepared statement), or the one just stored (NULL id).
+_UPLOADED_CONTENT = sql.SQL(
+    "SELECT coalesce(%(content_id)s::bigint, currval('content_ids')) AS content_id, "
+    "%(size)s::bigint AS size, %(sha256)s::bytea AS sha256"
+)
+
 
 class UploadState(TypedDict):
     """An upload in progress: its content (chunk n is part n), the bytes and last chunk so far,
@@ -69,11 +76,12 @@ class UploadDigests:
         return cast(bytes, running.digest())
 
 
-async def _upload_state(
+async def _send_upload_state(
     conn: Connection, workspace_id: uuid.UUID, path: str, *, besides: int = 0
-) -> UploadState | None:
-    """The upload in progress to ``path`` (its chunks but chunk ``besides``), or None."""
-    cur = await conn.execute(
+) -> writes.Cursor:
+    """Ask for the upload in progress to ``path`` (its chunks but chunk ``besides``);
+    ``_upload_state`` reads the answer."""
+    return await conn.execute(
         """SELECT u.content_id, u.writes,
                   coalesce(sum(octet_length(p.data)) FILTER (WHERE p.seq <> %(besides)s), 0)
                       AS received,
@@ -85,6 +93,10 @@ async def _upload_state(
            GROUP BY u.content_id, u.writes""",
         {"ws": workspace_id, "path": path, "besides": besides},
     )
+
+
+async def _upload_state(cur: writes.Cursor) -> UploadState | None:
+    """The answer of ``_send_upload_state``: the upload in progress, or None."""
     row = await cur.fetchone()
     if row is None:
         return None
@@ -116,20 +128,46 @@ async def append_chunk(
     seconds or more; a chunk sent again replaces itself. The size limit and the
     quota are checked as chunks arrive (``TooLarge``; the caller then drops the upload with
     ``discard_upload``). The stored file is untouched until ``finish_upload``.
+
+    As in ``items.write_file``, every statement is sent before any answer is read (one round
+    trip in a pipelined transaction); the checks run on the answers, and a refused chunk
+    rolls back with its transaction.
     """
-    bytes_used, old = await items.lock_for_write(conn, workspace_id, path)
+    lock = await items.send_write_lock(conn, workspace_id, path)
     if chunk == 1:
-        writes.check_if_match(old, if_match, path)
         # This path's previous upload, and abandoned ones, go (with their parts: triggers).
         await conn.execute(
             """DELETE FROM uploads WHERE workspace_id = %(ws)s AND (path = %(path)s
                OR updated < now() - make_interval(secs => %(idle)s))""",
             {"ws": workspace_id, "path": path, "idle": expiry},
         )
-        bytes_used = await writes.lock_workspace(conn, workspace_id)  # less what those held
-        received = replaced = 0
+        previous = await writes.send_bytes_used(conn, workspace_id)  # less what those held
     else:
-        upload = await _upload_state(conn, workspace_id, path, besides=chunk)
+        previous = await _send_upload_state(conn, workspace_id, path, besides=chunk)
+    # Sent before the lock's answer: no row (and no error) once the workspace is gone.
+    stored = await conn.execute(
+        """INSERT INTO uploads (workspace_id, path, content_id)
+           SELECT id, %(path)s, nextval('content_ids') FROM workspaces WHERE id = %(ws)s
+           ON CONFLICT (workspace_id, path)
+           DO UPDATE SET updated = clock_timestamp(), writes = uploads.writes + 1
+           RETURNING content_id, writes""",
+        {"ws": workspace_id, "path": path},
+    )
+    await conn.execute(
+        """INSERT INTO content_parts (content_id, seq, data, workspace_id)
+           SELECT content_id, %(seq)s, %(data)s, workspace_id FROM uploads
+           WHERE workspace_id = %(ws)s AND path = %(path)s
+           ON CONFLICT (content_id, seq) DO UPDATE SET data = excluded.data""",
+        {"ws": workspace_id, "path": path, "seq": chunk, "data": data},
+    )
+    bytes_used, old = await lock.read()
+    if chunk == 1:
+        writes.check_if_match(old, if_match, path)
+        row = await previous.fetchone()
+        assert row is not None  # noqa: S101 (the workspace is locked)
+        bytes_used, received, replaced = int(row["bytes_used"]), 0, 0
+    else:
+        upload = await _upload_state(previous)
         if upload is None:
             msg = f"No upload to {path} is in progress: send chunk 1 first."
             raise InvalidInput(msg)
@@ -139,22 +177,7 @@ async def append_chunk(
     # bytes_used holds every upload in progress (unfinished uploads cannot fill the database)
     # and the file this one replaces, counted as gone: it is, once the upload finishes.
     writes.check_quota(bytes_used - (old["size"] if old else 0), len(data) - replaced, quota, path)
-    cur = await conn.execute(
-        """INSERT INTO uploads (workspace_id, path, content_id)
-           VALUES (%(ws)s, %(path)s, nextval('content_ids'))
-           ON CONFLICT (workspace_id, path)
-           DO UPDATE SET updated = clock_timestamp(), writes = uploads.writes + 1
-           RETURNING content_id, writes""",
-        {"ws": workspace_id, "path": path},
-    )
-    await conn.execute(
-        """INSERT INTO content_parts (content_id, seq, data, workspace_id)
-           VALUES ((SELECT content_id FROM uploads WHERE workspace_id = %(ws)s AND path = %(path)s),
-                   %(seq)s, %(data)s, %(ws)s)
-           ON CONFLICT (content_id, seq) DO UPDATE SET data = excluded.data""",
-        {"ws": workspace_id, "path": path, "seq": chunk, "data": data},
-    )
-    row = await cur.fetchone()
+    row = await stored.fetchone()
     assert row is not None  # noqa: S101 (inserted or updated above)
     return int(row["content_id"]), int(row["writes"]), total
 
@@ -175,40 +198,41 @@ async def finish_upload(
     No bytes are copied: the chunks are the content's parts. A last chunk with no upload in
     progress is a whole file.
     """
-    bytes_used, old = await items.lock_for_write(conn, workspace_id, path)
+    lock = await items.send_write_lock(conn, workspace_id, path)
+    state = await _send_upload_state(conn, workspace_id, path)
+    bytes_used, old = await lock.read()
     writes.check_if_match(old, if_match, path)
-    upload = await _upload_state(conn, workspace_id, path)
+    upload = await _upload_state(state)
     received = 0 if upload is None else upload["received"]
     total = received + len(data)
     writes.check_size(total, max_size, path)
     # The chunks received are in bytes_used already; the replaced file may be released.
     writes.check_quota(bytes_used - (old["size"] if old else 0), len(data), quota, path)
-    content: sql.Composable
     if upload is None:
         await writes.store_content(conn, workspace_id, data)
-        content = sql.SQL("currval('content_ids')")
+        content_id = None  # the content just stored
         digest = await writes.sha256_of(data)
     else:
+        content_id = upload["content_id"]
         await conn.execute(
             """INSERT INTO content_parts (content_id, seq, data, workspace_id)
                VALUES (%s, %s, %s, %s)""",
-            [upload["content_id"], upload["last"] + 1, data, workspace_id],
+            [content_id, upload["last"] + 1, data, workspace_id],
         )
-        content = sql.Literal(upload["content_id"])
-        digest = digests.finish(upload, data) or await content_digest(conn, upload["content_id"])
-    row = await items.upsert(
+        digest = digests.finish(upload, data) or await content_digest(conn, content_id)
+    saved = await items.send_upsert(
         conn,
         workspace_id,
         path,
-        sql.SQL(
-            "SELECT {content}::bigint AS content_id, %(size)s::bigint AS size, "
-            "%(sha256)s::bytea AS sha256"
-        ).format(content=content),
-        {"size": total, "sha256": digest},
+        _UPLOADED_CONTENT,
+        {"content_id": content_id, "size": total, "sha256": digest},
     )
     # After the upsert: the file holds the content now, so the upload's end keeps its parts.
-    await discard_upload(conn, workspace_id, path)
-    await writes.check_growth(conn, workspace_id, bytes_used, quota, path)
+    await _delete_upload(conn, workspace_id, path)
+    grown = await writes.send_bytes_used(conn, workspace_id) if quota > 0 else None
+    row = await items.upserted(saved, path)
+    if grown is not None:
+        await writes.check_grown(grown, bytes_used, quota, path)
     return row
 
 
@@ -236,6 +260,11 @@ async def discard_upload(conn: Connection, workspace_id: uuid.UUID, path: str) -
     # Releasing parts updates bytes_used: the workspace is locked first, as by every writer,
     # so that this and another write never wait on each other's locks in opposite orders.
     await writes.lock_workspace(conn, workspace_id)
+    await _delete_upload(conn, workspace_id, path)
+
+
+async def _delete_upload(conn: Connection, workspace_id: uuid.UUID, path: str) -> None:
+    """``discard_upload`` in a transaction that holds the workspace's lock already."""
     await conn.execute(
         "DELETE FROM uploads WHERE workspace_id = %s AND path = %s", [workspace_id, path]
     )

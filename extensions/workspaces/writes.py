@@ -12,16 +12,29 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import Sequence
-from typing import TypedDict
+from typing import TypeAlias, TypedDict
+
+from psycopg import AsyncCursor
+from psycopg.rows import DictRow
 
 from platform_server.db import Connection
 from platform_server.errors import EditConflict, NotFound, QuotaExceeded, TooLarge
+
+# A statement sent, whose answer is read later (in a pipeline, after the statements that follow).
+Cursor: TypeAlias = AsyncCursor[DictRow]
 
 # Content is stored in parts of this size (bytes); an upload's parts are its chunks.
 PART_SIZE = 1024 * 1024
 _THREAD_THRESHOLD = 1024 * 1024
 # NO KEY UPDATE: the lock writers need, without blocking foreign-key checks.
 LOCK_WORKSPACE = "SELECT bytes_used FROM workspaces WHERE id = %s FOR NO KEY UPDATE"
+_BYTES_USED = "SELECT bytes_used FROM workspaces WHERE id = %s"
+_INSERT_PART = """INSERT INTO content_parts (content_id, seq, data, workspace_id)
+    VALUES (currval('content_ids'), %(seq)s, %(data)s, %(ws)s)"""
+_INSERT_PART_UNLESS_HELD = """INSERT INTO content_parts (content_id, seq, data, workspace_id)
+    SELECT currval('content_ids'), %(seq)s, %(data)s, %(ws)s
+    WHERE NOT EXISTS (SELECT FROM workspace_items
+                      WHERE workspace_id = %(ws)s AND path = %(path)s AND sha256 = %(sha256)s)"""
 
 
 class Stored(TypedDict):
@@ -87,10 +100,18 @@ async def check_growth(
     locked: only then is it known whether the content a write replaced is released or still
     kept by a checkpoint or a copy. The caller's transaction then rolls back.
     """
-    if quota <= 0:
-        return
-    cur = await conn.execute("SELECT bytes_used FROM workspaces WHERE id = %s", [workspace_id])
-    row = await cur.fetchone()
+    if quota > 0:
+        await check_grown(await send_bytes_used(conn, workspace_id), before, quota, path)
+
+
+async def send_bytes_used(conn: Connection, workspace_id: uuid.UUID) -> Cursor:
+    """Ask for the workspace's ``bytes_used`` (locked already); ``check_grown`` reads it."""
+    return await conn.execute(_BYTES_USED, [workspace_id])
+
+
+async def check_grown(bytes_used: Cursor, before: int, quota: int, path: str) -> None:
+    """``check_growth`` on the answer of ``send_bytes_used``, sent after the writes."""
+    row = await bytes_used.fetchone()
     assert row is not None  # noqa: S101 (the workspace is locked)
     check_quota(before, int(row["bytes_used"]) - before, quota, path)
 
@@ -102,18 +123,30 @@ def check_size(size: int, max_size: int, path: str) -> None:
         raise TooLarge(msg)
 
 
-async def store_content(conn: Connection, workspace_id: uuid.UUID, data: bytes) -> None:
+async def store_content(
+    conn: Connection,
+    workspace_id: uuid.UUID,
+    data: bytes,
+    *,
+    unless_held_by: tuple[str, bytes] | None = None,
+) -> None:
     """Store ``data`` as a new content of the workspace, in parts; its id is then
     ``currval('content_ids')`` on this connection (nothing is fetched, so a pipelined
-    transaction does not wait here)."""
+    transaction does not wait here).
+
+    ``unless_held_by``: ``(path, sha256)``; no part is stored if the file at ``path`` holds
+    bytes of that digest already (a save with no change), decided by PostgreSQL under the
+    item's lock, so the caller need not wait to know.
+    """
     await conn.execute("SELECT nextval('content_ids')")
     view = memoryview(data)
+    query, held = _INSERT_PART, {}
+    if unless_held_by is not None:
+        query = _INSERT_PART_UNLESS_HELD
+        held = {"path": unless_held_by[0], "sha256": unless_held_by[1]}
     for seq, start in enumerate(range(0, len(data), PART_SIZE), start=1):
-        await conn.execute(
-            """INSERT INTO content_parts (content_id, seq, data, workspace_id)
-               VALUES (currval('content_ids'), %s, %s, %s)""",
-            [seq, view[start : start + PART_SIZE], workspace_id],
-        )
+        part = {"seq": seq, "data": view[start : start + PART_SIZE], "ws": workspace_id}
+        await conn.execute(query, {**part, **held})
 
 
 async def sha256_of(data: bytes) -> bytes:
