@@ -39,7 +39,7 @@ $(FRONTEND_STAMP): $(FRONTEND_DEPS) $(FRONTEND_SRC)
 	cd frontend && npm run build
 
 # The sandboxes' own Python (numpy, pandas, scipy, the agent's deps), never the platform's.
-$(SANDBOX_STAMP): $(STAMP) extensions/sandboxes/python_env.py kernel_image/requirements.txt
+$(SANDBOX_STAMP): $(STAMP) extensions/sandboxes/python_env.py kernel_image/requirements.txt kernel_image/lsp_cache.py
 	$(BIN)/python -m extensions.sandboxes.python_env .sandbox-venv
 	@touch $(SANDBOX_STAMP)
 

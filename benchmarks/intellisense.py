@@ -6,8 +6,9 @@ Cases, each measured on both sides in this run:
 - completion after ``np.`` once warm (each round changes the file first, so no answer can come
   from a cache of the same text), p50 and p99;
 - opening a workspace (its sandbox starts) to the first completion answered, against starting
-  pylsp on this host to its first completion; jedi's cache is empty on both sides, as in a new
-  sandbox;
+  pylsp on this host to its first completion; each server's own jedi cache is empty, as in a new
+  sandbox (which has the shared cache of its base environment, ``kernel_image/lsp_cache.py``;
+  pylsp on the host has none);
 - the growth of the server's resident memory (pylsp and every process it started) over an
   editing script of changes, completions and hovers in numpy and pandas code;
 - a literal search that matches in a few of 10,000 files, against ``grep -rn`` on the same files

@@ -75,16 +75,17 @@ class WebSocketTransport:
 
 
 class StdioTransport:
-    """pylsp started on this host as the agent starts it in a sandbox, without either."""
+    """pylsp started on this host with the sandbox's settings, without a sandbox, the bridge or
+    the sandbox's shared jedi cache."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
 
     @classmethod
     async def start(cls, root: Path, cache: Path) -> StdioTransport:
-        """Start the sandbox venv's pylsp in ``root``, jedi's cache in ``cache`` (as empty as
-        a new sandbox's, if it is new)."""
-        argv = [str(SANDBOX_PYTHON), *pylsp_spec().argv[1:]]
+        """Start the sandbox venv's pylsp in ``root`` as pylsp starts alone (without the
+        sandbox's shared jedi cache or completion details), jedi's cache in ``cache``."""
+        argv = [str(SANDBOX_PYTHON), "-P", "-m", "pylsp"]
         env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
         process = await asyncio.create_subprocess_exec(
             *argv,

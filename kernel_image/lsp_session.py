@@ -397,6 +397,8 @@ class LanguageServer:
             self.name, self.spec.argv, self.root, self.limits.max_message_bytes
         )
         self._reset()
+        if self.spec.prepare is not None:
+            await asyncio.to_thread(self.spec.prepare)
         await process.start()
         self._process = process
         self.status = "started"

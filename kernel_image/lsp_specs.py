@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from kernel_image.lsp_cache import COMPLETIONS, link_shared, shared_cache_dir, user_cache_dir
+
+log = logging.getLogger(__name__)
+
+LAUNCHER = Path(__file__).with_name("lsp_launch.py")
+"""Starts pylsp with jedi's completion details of the base environment."""
 
 PYLSP_SETTINGS: dict[str, Any] = {
     "plugins": {
@@ -45,6 +55,20 @@ class ServerSpec:
     """``languageId``\\ s of the documents it is given (others' ``didOpen`` are dropped)."""
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Configuration sections by name (``{"pylsp": {...}}``)."""
+    prepare: Callable[[], None] | None = None
+    """Run (in a thread) before each start of the server."""
+
+
+def link_jedi_cache() -> None:
+    """Give jedi the pickles of the sandbox's base environment (``kernel_image.lsp_cache``):
+    completing ``np.`` the first time then parses no numpy stub."""
+    try:
+        linked = link_shared(shared_cache_dir(), user_cache_dir())
+    except OSError as e:
+        log.warning("lsp | jedi's shared cache could not be linked: %s", e)
+        return
+    if linked:
+        log.info("lsp | linked %d pickles of jedi's shared cache", linked)
 
 
 def default_specs() -> dict[str, ServerSpec]:
@@ -52,9 +76,17 @@ def default_specs() -> dict[str, ServerSpec]:
     return {
         "pylsp": ServerSpec(
             # -P: a workspace file named like a module (json.py) does not replace the module
-            # the server imports.
-            argv=[sys.executable, "-P", "-m", "pylsp"],
+            # the server imports (nor does a module of the agent's, beside the launcher).
+            argv=[
+                sys.executable,
+                "-P",
+                str(LAUNCHER),
+                str(shared_cache_dir() / COMPLETIONS),
+                "-m",
+                "pylsp",
+            ],
             languages=frozenset({"python"}),
             settings={"pylsp": PYLSP_SETTINGS},
+            prepare=link_jedi_cache,
         )
     }

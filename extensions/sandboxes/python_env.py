@@ -12,14 +12,16 @@ disable them.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[2]
 # The pinned list the sandbox image installs too (one list, so both spawners run the same
 # numpy, pandas, ipykernel, tornado...).
-REQUIREMENTS = Path(__file__).resolve().parents[2] / "kernel_image" / "requirements.txt"
+REQUIREMENTS = REPO / "kernel_image" / "requirements.txt"
 
 # Host folders every sandbox sees read-only: an interpreter under them needs no extra bind.
 SYSTEM_PREFIXES = ("/usr", "/bin", "/lib", "/lib64", "/sbin")
@@ -85,10 +87,11 @@ def build(
     packages: Sequence[str] = ("-r", str(REQUIREMENTS)),
     base_python: Path | None = None,
 ) -> None:
-    """Create (or update) the venv at ``build_dir`` and install ``packages`` (pip arguments;
-    by default the pinned list) into it.
+    """Create (or update) the venv at ``build_dir``, install ``packages`` (pip arguments; by
+    default the pinned list) into it, then build the language servers' shared cache of jedi in
+    it (``kernel_image/lsp_cache.py``, which needs jedi among the packages).
 
-    With no packages, the venv is made without pip (fast; tests use that).
+    With no packages, the venv is made without pip or the cache (fast; tests use that).
     """
     base = base_python or find_base_python()
     if build_dir.resolve() == Path(sys.prefix).resolve():
@@ -102,10 +105,14 @@ def build(
         python = str(build_dir / "bin" / "python")
         _run([python, "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
         _run([python, "-m", "pip", "install", "--quiet", "--upgrade", *packages])
+        # Last, once the venv's files no longer change: the language servers' shared cache of
+        # parsed modules (kernel_image/lsp_cache.py), which the sandbox cannot write.
+        _run([python, "-P", "-m", "kernel_image.lsp_cache"], {"PYTHONPATH": str(REPO)})
 
 
-def _run(args: list[str]) -> None:
-    result = subprocess.run(args, check=False)  # noqa: S603 - our own interpreters
+def _run(args: list[str], env: Mapping[str, str] | None = None) -> None:
+    environ = {**os.environ, **env} if env else None
+    result = subprocess.run(args, check=False, env=environ)  # noqa: S603 - our own interpreters
     if result.returncode != 0:
         msg = f"`{' '.join(args)}` failed with exit status {result.returncode}."
         raise PythonEnvError(msg)
