@@ -95,12 +95,15 @@ def wait_for(port: int, path: str, process: subprocess.Popen[bytes], timeout: fl
 def server(args: list[str], port: int, ready_path: str) -> Iterator[subprocess.Popen[bytes]]:
     """Run a server command until the block ends."""
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    # BENCH_LOG_DIR keeps every server's output (<module>-<port>.log), to see why a run failed.
+    log_dir = os.environ.get("BENCH_LOG_DIR")
+    output = subprocess.DEVNULL
+    if log_dir:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        output = os.open(Path(log_dir) / f"{args[0]}-{port}.log", os.O_WRONLY | os.O_CREAT, 0o600)
+    process = subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=output, stderr=output)
+    if log_dir:
+        os.close(output)
     try:
         wait_for(port, ready_path, process)
         yield process

@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import pwd
+import resource
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from traitlets.config import Config
 from extensions.sandboxes import python_env
 from extensions.sandboxes.spawners import bwrap, cgroups, processes
 from extensions.sandboxes.spawners.base import SandboxHandle, SpawnerError
+from extensions.sandboxes.spawners.fds import read_child_pid
 from extensions.sandboxes.spawners.local import LocalSpawner
 from extensions.sandboxes.spawners.sizes import parse_bytes
 from tests.missing import skip_or_fail
@@ -274,6 +276,26 @@ def test_system_layout_mirrors_merged_usr(tmp_path: Path) -> None:
     layout = bwrap.system_layout(tmp_path)
     assert layout.binds == ("/usr",)
     assert layout.symlinks == (("usr/bin", "/bin"),)
+
+
+def test_bwraps_report_is_read_on_a_descriptor_past_1024(tmp_path: Path) -> None:
+    """A platform holding a few hundred sandboxes' sockets gets descriptors past select()'s
+    limit; the sandbox after that must still start (it failed with "filedescriptor out of
+    range in select()" at about 250 sandboxes)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 2048)), hard))
+    read_end, write_end = os.pipe()
+    high = 1500
+    try:
+        os.dup2(read_end, high)
+        os.write(write_end, json.dumps({"child-pid": 4242}).encode())
+        process = subprocess.Popen(["true"])
+        assert read_child_pid(high, process, timeout=5) == 4242
+        process.wait()
+    finally:
+        for fd in (read_end, write_end, high):
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_parse_bytes() -> None:

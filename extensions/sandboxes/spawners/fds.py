@@ -64,13 +64,16 @@ def read_child_pid(fd: int, process: subprocess.Popen[bytes], timeout: float) ->
     """The sandbox init's pid from bwrap's ``--info-fd`` JSON."""
     data = b""
     deadline = time.monotonic() + timeout
+    # poll, not select: a platform holding a few hundred sandboxes' sockets has descriptors
+    # past select's limit (1024), and select then refuses them.
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             msg = f"bwrap did not report its sandbox within {timeout} s."
             raise SpawnerError(msg)
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
+        if not poller.poll(remaining * 1000):
             continue
         chunk = os.read(fd, 4096)
         data += chunk
