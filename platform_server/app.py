@@ -40,6 +40,7 @@ from platform_server.handlers import (
     NotFoundHandler,
     PlatformIdentityHandler,
 )
+from platform_server.open_files import raise_open_files_limit
 
 # The platform's own server extensions (jupyter_server loads them in name order).
 PLATFORM_EXTENSIONS = (
@@ -214,6 +215,7 @@ class PlatformApp(ServerApp):
 
     def init_configurables(self) -> None:
         """Connect to PostgreSQL before the identity provider and managers are made."""
+        self.log.debug("Open descriptors allowed: %d", raise_open_files_limit())
         # Also home to jupyter's notebook-signature secret (JupyterApp.data_dir is this trait).
         # Only the platform's user may enter it (the embedded PostgreSQL's too, see there).
         data_dir = Path(self.data_dir)

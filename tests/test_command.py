@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -97,6 +98,20 @@ class Browserless:
             return e.code, json.loads(e.read() or b"null")
 
 
+def lower_open_files_limit() -> None:
+    """In the child: a soft limit of 256 open descriptors, the hard one unchanged."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+def open_files_limits(pid: int) -> list[int]:
+    """The soft and hard limits on open descriptors of process ``pid``."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return [int(n) for n in line.split()[3:5]]
+    msg = "no open files line"
+    raise AssertionError(msg)
+
+
 @pytest.mark.slow
 async def test_command_starts_on_embedded_postgres_and_stops_it(tmp_path: Path) -> None:
     """What `make run` does on a fresh machine: no DATABASE_URL, PostgreSQL embedded."""
@@ -109,6 +124,7 @@ async def test_command_starts_on_embedded_postgres_and_stops_it(tmp_path: Path) 
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=lower_open_files_limit,
     )
     try:
         http = Browserless(f"http://127.0.0.1:{port}")
@@ -122,6 +138,9 @@ async def test_command_starts_on_embedded_postgres_and_stops_it(tmp_path: Path) 
 
         await until(healthy, "the platform answers", interval=0.1)
         assert (data_dir / "pgdata" / "PG_VERSION").exists()
+        # Started with a soft limit of 256 open descriptors, it raised it to its hard limit:
+        # each open terminal holds several, and 1024 would stop it at a few hundred.
+        assert open_files_limits(server.pid) == [resource.getrlimit(resource.RLIMIT_NOFILE)[1]] * 2
 
         user = {"username": "dana", "password": "long enough"}
         assert http.call("POST", "/api/accounts/register", user)[0] == 201
