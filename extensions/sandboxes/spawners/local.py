@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -353,27 +352,9 @@ class LocalSpawner(Spawner):
         error = local_launch.try_bwrap(self._spec(self._bwrap, host_user, binds))
         if error:
             self.log.warning("Sandboxes cannot start yet: %s%s", error, self._reach_hint())
-        self._compile_agent()
-
-    def _compile_agent(self) -> None:
-        """Write the agent's bytecode next to its sources (files already up to date are left
-        alone). Sandboxes bind the package read-only, so without it every agent compiles its
-        modules at each start: slower, and 0.7 MiB more memory per sandbox for good."""
-        command = [self.sandbox_python, "-m", "compileall", "-q", self.agent_package]
-        try:
-            done = subprocess.run(  # noqa: S603 (our interpreter, our folder)
-                command, capture_output=True, text=True, timeout=120, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            self.log.warning("LocalSpawner: could not compile the agent: %s", e)
-            return
-        if done.returncode != 0:
-            self.log.warning(
-                "LocalSpawner: could not write the agent's bytecode in %s (agents will compile "
-                "it at each start): %s",
-                self.agent_package,
-                (done.stdout + done.stderr).strip()[-500:],
-            )
+        problem = local_launch.compile_agent(self.sandbox_python, self.agent_package)
+        if problem:
+            self.log.warning("LocalSpawner: %s", problem)
 
     # --- start ---------------------------------------------------------------------------
 

@@ -183,6 +183,27 @@ def wrapped_command(
     return [*prefix, *agent, "--token-fd", str(token_fd), *log_args]
 
 
+def compile_agent(python: str, package: str) -> str | None:
+    """Write the agent's bytecode next to its sources (files already up to date are left
+    alone); None if it worked, else why not. Sandboxes bind the package read-only, so without
+    it every agent compiles its modules at each start: slower, and 0.7 MiB more memory per
+    sandbox for good."""
+    command = [python, "-m", "compileall", "-q", package]
+    try:
+        done = subprocess.run(  # noqa: S603 (our interpreter, our folder)
+            command, capture_output=True, text=True, timeout=120, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"could not compile the agent: {e}"
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).strip()[-500:]
+        return (
+            f"could not write the agent's bytecode in {package} (agents will compile it at "
+            f"each start): {output}"
+        )
+    return None
+
+
 def first_working(specs: list[SandboxSpec]) -> str:
     """The binary of the first of ``specs`` that makes a trial sandbox; ``SpawnerError`` with
     what every one of them answered if none does."""
